@@ -1,0 +1,137 @@
+//! Chunks as stored: plain bytes → zstd → (optionally) convergent encryption, and back.
+//!
+//! Convergent encryption: the key is derived from the BLAKE3 of the plain bytes, which only the
+//! flist holds, so a store alone reveals nothing while identical chunks still encrypt to identical
+//! objects and dedup across images. A key is never reused for other plaintext, so the fixed nonce
+//! is safe.
+//!
+//! [`open`] is the only way to get a [`Verified`] chunk: whatever a store, a cache or a network
+//! hands back is checked against the metadata before anything can use it.
+
+use std::sync::Arc;
+
+use chacha20poly1305::aead::{Aead, KeyInit};
+use chacha20poly1305::{ChaCha20Poly1305, Key, Nonce};
+
+use crate::format::{ChunkRef, Hash};
+
+const KEY_CONTEXT: &str = "flint 2026-11 convergent chunk key v1";
+
+/// Why stored bytes are not the chunk the metadata names.
+#[derive(Debug, thiserror::Error)]
+#[allow(missing_docs)]
+pub enum ChunkError {
+    #[error("compressing a chunk")]
+    Compress(#[source] std::io::Error),
+    #[error("chunk {0} does not decompress")]
+    Decompress(Hash),
+    #[error("chunk {0} does not decrypt (tampered or wrong key)")]
+    Decrypt(Hash),
+    #[error("chunk {id} is corrupt: its plain bytes hash to {actual}")]
+    HashMismatch { id: Hash, actual: Hash },
+}
+
+/// A chunk ready for a store.
+pub struct Sealed {
+    /// What the metadata records.
+    pub chunk: ChunkRef,
+    /// The object to store under `chunk.id`.
+    pub bytes: Vec<u8>,
+}
+
+/// Plain bytes that were checked against their hash. Cheap to clone.
+#[derive(Clone, Debug)]
+pub struct Verified(Arc<[u8]>);
+
+impl std::ops::Deref for Verified {
+    type Target = [u8];
+    fn deref(&self) -> &[u8] {
+        &self.0
+    }
+}
+
+/// BLAKE3 of some bytes.
+pub fn hash(bytes: &[u8]) -> Hash {
+    Hash(*blake3::hash(bytes).as_bytes())
+}
+
+fn cipher(plain: &Hash) -> ChaCha20Poly1305 {
+    let key = blake3::derive_key(KEY_CONTEXT, &plain.0);
+    ChaCha20Poly1305::new(Key::from_slice(&key))
+}
+
+/// Compresses (and encrypts when asked) one chunk of plain bytes.
+pub fn seal(plain: &[u8], encrypt: bool, zstd_level: i32) -> Result<Sealed, ChunkError> {
+    let plain_hash = hash(plain);
+    let compressed = zstd::bulk::compress(plain, zstd_level).map_err(ChunkError::Compress)?;
+    let len = plain.len() as u32;
+    if !encrypt {
+        return Ok(Sealed { chunk: ChunkRef { id: plain_hash, plain: None, len }, bytes: compressed });
+    }
+    let bytes = cipher(&plain_hash)
+        .encrypt(Nonce::from_slice(&[0; 12]), compressed.as_slice())
+        .map_err(|_| ChunkError::Decrypt(plain_hash))?;
+    Ok(Sealed { chunk: ChunkRef { id: hash(&bytes), plain: Some(plain_hash), len }, bytes })
+}
+
+/// Decrypts and decompresses a stored object and checks it is exactly the chunk named.
+pub fn open(chunk: &ChunkRef, stored: &[u8]) -> Result<Verified, ChunkError> {
+    let decrypted;
+    let compressed = match &chunk.plain {
+        None => stored,
+        Some(plain) => {
+            decrypted = cipher(plain)
+                .decrypt(Nonce::from_slice(&[0; 12]), stored)
+                .map_err(|_| ChunkError::Decrypt(chunk.id))?;
+            decrypted.as_slice()
+        }
+    };
+    // The capacity bounds what a hostile object can make us allocate.
+    let plain = zstd::bulk::decompress(compressed, chunk.len as usize).map_err(|_| ChunkError::Decompress(chunk.id))?;
+    let actual = hash(&plain);
+    if actual != chunk.plain_hash() || plain.len() != chunk.len as usize {
+        return Err(ChunkError::HashMismatch { id: chunk.id, actual });
+    }
+    Ok(Verified(plain.into()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn round_trip_plain_and_encrypted() {
+        let data = b"hello flint hello flint hello flint".repeat(100);
+        for encrypt in [false, true] {
+            let s = seal(&data, encrypt, 3).unwrap();
+            assert_eq!(&*open(&s.chunk, &s.bytes).unwrap(), data.as_slice());
+            assert_eq!(s.chunk.plain_hash(), hash(&data));
+            // Convergent: the same plaintext always gives the same object.
+            assert_eq!(seal(&data, encrypt, 3).unwrap().bytes, s.bytes);
+        }
+    }
+
+    #[test]
+    fn encrypted_object_hides_plaintext() {
+        let data = b"secret secret secret secret".repeat(10);
+        let s = seal(&data, true, 3).unwrap();
+        let raw = seal(&data, false, 3).unwrap();
+        assert_ne!(s.bytes, raw.bytes);
+        assert_ne!(s.chunk.id, raw.chunk.id);
+        assert_eq!(s.chunk.id, hash(&s.bytes));
+    }
+
+    #[test]
+    fn any_flipped_bit_is_refused() {
+        let data: Vec<u8> = (0..5000u32).map(|i| (i * 7 % 251) as u8).collect();
+        for encrypt in [false, true] {
+            let s = seal(&data, encrypt, 3).unwrap();
+            for i in 0..s.bytes.len() {
+                let mut bad = s.bytes.clone();
+                bad[i] ^= 0x10;
+                assert!(open(&s.chunk, &bad).is_err(), "flip at {i} accepted (encrypt={encrypt})");
+            }
+            assert!(open(&s.chunk, &s.bytes[..s.bytes.len() - 1]).is_err());
+        }
+    }
+}

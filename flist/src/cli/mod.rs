@@ -1,0 +1,129 @@
+//! Argument parsing and dispatch; each command lives in its own module and returns an exit code.
+
+mod data;
+mod pack;
+mod show;
+
+use std::path::Path;
+use std::process::ExitCode;
+
+use anyhow::Context;
+use clap::{Parser, Subcommand};
+use flist::store::{RetryPolicy, Router};
+use flist::Flist;
+
+/// flist: images as a small metadata file plus content-addressed chunks.
+///
+/// An flist holds the whole tree of an image (names, attributes, xattrs, hardlinks, devices,
+/// sparse files) and a BLAKE3 fingerprint of every chunk of content; the content itself lives in
+/// stores (dir://, http(s)://, s3://) and is fetched only when needed, always verified.
+///
+/// Typical use:
+///   flist pack rootfs/ -o os.fl --store dir:///srv/store --tag name=os --tag version=1
+///   flist inspect os.fl
+///   flist ls os.fl /etc
+///   flist cat os.fl /etc/os-release --store http://server/store
+///   flist unpack os.fl /tmp/os
+///   flist verify os.fl
+#[derive(Parser)]
+#[command(name = "flist", version, verbatim_doc_comment)]
+pub(crate) struct Cli {
+    /// More logging (-v info, -vv debug). RUST_LOG overrides.
+    #[arg(short, long, action = clap::ArgAction::Count, global = true)]
+    verbose: u8,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    Pack(pack::PackArgs),
+    Inspect(show::InspectArgs),
+    Ls(show::LsArgs),
+    Tree(show::TreeArgs),
+    Stat(show::StatArgs),
+    Cat(show::CatArgs),
+    Unpack(data::UnpackArgs),
+    Verify(data::VerifyArgs),
+    Diff(data::DiffArgs),
+}
+
+/// Stores to read from: the ones given, else the ones the flist records.
+#[derive(clap::Args, Clone)]
+pub(crate) struct StoreArgs {
+    /// Read chunks from this store instead of those recorded in the flist; repeat for replicas.
+    /// `URL` or `START-END=URL` (hex first-byte range, e.g. `00-7f=http://a`). S3 credentials come
+    /// from the URL (`s3://KEY:SECRET@host/bucket`) or AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY.
+    #[arg(long = "store", value_name = "URL")]
+    stores: Vec<String>,
+    /// Attempts per store for transient errors before moving to the next replica.
+    #[arg(long, default_value_t = 3)]
+    retries: u32,
+}
+
+impl StoreArgs {
+    fn policy(&self) -> RetryPolicy {
+        RetryPolicy { attempts: self.retries.max(1), ..RetryPolicy::default() }
+    }
+
+    pub(crate) fn router(&self, flist: &Flist) -> anyhow::Result<Router> {
+        let router = if self.stores.is_empty() {
+            Router::from_routes(&flist.routes, self.policy())?
+        } else {
+            Router::from_specs(&self.stores, self.policy())?
+        };
+        anyhow::ensure!(!router.is_empty(), "no store to read from: the flist records none, pass --store");
+        Ok(router)
+    }
+}
+
+pub(crate) fn load(path: &Path) -> anyhow::Result<Flist> {
+    let bytes = std::fs::read(path).with_context(|| format!("reading {}", path.display()))?;
+    Flist::decode(&bytes).with_context(|| format!("decoding {}", path.display()))
+}
+
+/// A byte-counting progress bar on stderr, drawn only on a terminal.
+pub(crate) fn progress_bar(total: u64, what: &str) -> indicatif::ProgressBar {
+    let bar = indicatif::ProgressBar::new(total);
+    let style =
+        indicatif::ProgressStyle::with_template("{msg:8} [{bar:30}] {bytes}/{total_bytes} {bytes_per_sec} eta {eta}")
+            .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar())
+            .progress_chars("=> ");
+    bar.set_style(style);
+    bar.set_message(what.to_string());
+    bar
+}
+
+pub(crate) fn print_json(value: &impl serde::Serialize) -> anyhow::Result<()> {
+    println!("{}", serde_json::to_string_pretty(value)?);
+    Ok(())
+}
+
+fn run(cli: Cli) -> anyhow::Result<ExitCode> {
+    match cli.command {
+        Command::Pack(a) => pack::run(a),
+        Command::Inspect(a) => show::inspect(a),
+        Command::Ls(a) => show::ls(a),
+        Command::Tree(a) => show::tree(a),
+        Command::Stat(a) => show::stat(a),
+        Command::Cat(a) => show::cat(a),
+        Command::Unpack(a) => data::unpack(a),
+        Command::Verify(a) => data::verify(a),
+        Command::Diff(a) => data::diff(a),
+    }
+}
+
+pub(crate) fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let default = ["warn", "info", "debug"].get(cli.verbose as usize).copied().unwrap_or("trace");
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default));
+    tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).init();
+    match run(cli) {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("flist: {e:#}");
+            ExitCode::from(1)
+        }
+    }
+}

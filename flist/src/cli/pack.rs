@@ -1,0 +1,158 @@
+//! `flist pack`.
+
+use std::collections::BTreeMap;
+use std::io::Write;
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use anyhow::Context;
+use flist::format::Route;
+use flist::pack::{pack, Chunking, PackOptions, DEFAULT_AVG_CHUNK};
+use flist::source;
+use flist::store::{parse_route, RetryPolicy, Router};
+
+/// Pack a directory or tar archive into an flist, uploading its chunks to stores.
+///
+/// Chunks already present in a store are not uploaded again; the summary says how many were new.
+/// The stores are recorded in the flist (credentials never are) so readers know where to fetch
+/// from; use --record to record other URLs (e.g. write to dir:///srv/store, record
+/// http://server/store).
+#[derive(clap::Args)]
+pub(crate) struct PackArgs {
+    /// A directory, or an uncompressed tar archive.
+    src: PathBuf,
+    /// Where to write the flist.
+    #[arg(short, long)]
+    output: PathBuf,
+    /// Store to upload chunks to; repeat for replicas or prefix routing (`00-7f=URL`).
+    #[arg(long = "store", value_name = "URL", required = true)]
+    stores: Vec<String>,
+    /// Store URL to record in the flist instead of the --store ones; repeatable.
+    #[arg(long = "record", value_name = "URL")]
+    record: Vec<String>,
+    /// Tag as KEY=VALUE (name, version, author, description, or anything); repeatable.
+    #[arg(long = "tag", value_name = "KEY=VALUE")]
+    tags: Vec<String>,
+    /// Encrypt chunks with keys derived from their content (kept only in the flist).
+    #[arg(long)]
+    encrypt: bool,
+    /// Mean content-defined chunk size (e.g. 512K, 1M); min is a quarter, max four times.
+    #[arg(long, default_value_t = DEFAULT_AVG_CHUNK.to_string(), value_parser = parse_size)]
+    chunk_size: String,
+    /// zstd level for chunks (1-19).
+    #[arg(long, default_value_t = 3)]
+    zstd_level: i32,
+    /// Worker threads for compressing and uploading (default: one per core).
+    #[arg(long)]
+    threads: Option<usize>,
+    /// Print the summary as JSON.
+    #[arg(long)]
+    json: bool,
+}
+
+fn parse_size(s: &str) -> Result<String, String> {
+    size_bytes(s).map(|n| n.to_string())
+}
+
+/// `4096`, `512K`, `1M`, `1G` → bytes.
+pub(crate) fn size_bytes(s: &str) -> Result<u64, String> {
+    let s = s.trim();
+    let (num, mult) = match s.chars().last().map(|c| c.to_ascii_uppercase()) {
+        Some('K') => (&s[..s.len() - 1], 1u64 << 10),
+        Some('M') => (&s[..s.len() - 1], 1 << 20),
+        Some('G') => (&s[..s.len() - 1], 1 << 30),
+        _ => (s, 1),
+    };
+    num.parse::<u64>().map(|n| n * mult).map_err(|_| format!("{s:?} is not a size (like 4096, 512K, 1M)"))
+}
+
+#[derive(serde::Serialize)]
+struct Summary {
+    flist: String,
+    digest: String,
+    metadata_bytes: usize,
+    entries: usize,
+    inodes: usize,
+    chunks: usize,
+    new_chunks: u64,
+    data_bytes: u64,
+    stored_bytes: u64,
+    new_stored_bytes: u64,
+    seconds: f64,
+}
+
+pub(crate) fn run(a: PackArgs) -> anyhow::Result<ExitCode> {
+    let started = std::time::Instant::now();
+    let router = Router::from_specs(&a.stores, RetryPolicy::default())?;
+    let mut tags = BTreeMap::new();
+    for t in &a.tags {
+        let (k, v) = t.split_once('=').with_context(|| format!("tag {t:?} is not KEY=VALUE"))?;
+        tags.insert(k.to_string(), v.to_string());
+    }
+    let routes = if a.record.is_empty() {
+        None
+    } else {
+        let mut routes = Vec::new();
+        for spec in &a.record {
+            let (start, end, url) = parse_route(spec)?;
+            routes.push(Route { start, end, url: flist::store::display_url(&url) });
+        }
+        Some(routes)
+    };
+    let avg: u32 = a.chunk_size.parse().context("chunk size")?;
+    let chunking = Chunking::around(avg);
+    let defaults = PackOptions::default();
+    let opts = PackOptions {
+        chunking,
+        large_file: u64::from(chunking.min),
+        zstd_level: a.zstd_level,
+        encrypt: a.encrypt,
+        tags,
+        routes,
+        threads: a.threads.unwrap_or(defaults.threads),
+    };
+
+    let tree = if a.src.is_dir() { source::dir::scan(&a.src)? } else { source::tar::scan(&a.src)? };
+    let total: u64 = tree.nodes.iter().map(|n| n.data_len()).sum();
+    let bar = super::progress_bar(total, "packing");
+    let report = pack(&tree, &router, &opts, &|n| bar.inc(n)).context("packing")?;
+    bar.finish_and_clear();
+
+    let tmp = a.output.with_extension("fl.tmp");
+    let mut file = std::fs::File::create(&tmp).with_context(|| format!("creating {}", tmp.display()))?;
+    file.write_all(&report.bytes)?;
+    file.sync_all()?;
+    std::fs::rename(&tmp, &a.output).with_context(|| format!("writing {}", a.output.display()))?;
+
+    let f = &report.flist;
+    let summary = Summary {
+        flist: a.output.display().to_string(),
+        digest: f.digest().to_hex(),
+        metadata_bytes: report.bytes.len(),
+        entries: f.entries.len(),
+        inodes: f.inodes.len(),
+        chunks: f.chunks.len(),
+        new_chunks: report.new_chunks,
+        data_bytes: f.stream_len(),
+        stored_bytes: report.stored_bytes,
+        new_stored_bytes: report.new_bytes,
+        seconds: started.elapsed().as_secs_f64(),
+    };
+    if a.json {
+        super::print_json(&summary)?;
+    } else {
+        println!("{}  {}", summary.digest, summary.flist);
+        println!(
+            "{} entries, {} bytes of data in {} chunks ({} new, {} already stored); metadata {} bytes ({:.1} per entry); {:.1}s",
+            summary.entries,
+            summary.data_bytes,
+            summary.chunks,
+            summary.new_chunks,
+            summary.chunks as u64 - summary.new_chunks.min(summary.chunks as u64),
+            summary.metadata_bytes,
+            summary.metadata_bytes as f64 / summary.entries.max(1) as f64,
+            summary.seconds
+        );
+    }
+    Ok(ExitCode::SUCCESS)
+}

@@ -1,0 +1,56 @@
+//! `dir://PATH`: a local directory, the store a packer writes first and a netboot server serves.
+
+use std::fs;
+use std::io::Write;
+use std::path::PathBuf;
+
+use super::{object_path, Store, StoreError};
+use crate::format::Hash;
+
+pub(crate) struct DirStore {
+    root: PathBuf,
+    url: String,
+}
+
+impl DirStore {
+    pub(crate) fn new(path: &str) -> Self {
+        DirStore { root: PathBuf::from(path), url: format!("dir://{path}") }
+    }
+
+    fn failed(&self, e: std::io::Error) -> StoreError {
+        StoreError::Failed { store: self.url.clone(), why: e.to_string() }
+    }
+}
+
+impl Store for DirStore {
+    fn get(&self, id: &Hash) -> Result<Vec<u8>, StoreError> {
+        match fs::read(self.root.join(object_path(id))) {
+            Ok(b) => Ok(b),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                Err(StoreError::NotFound { store: self.url.clone(), id: *id })
+            }
+            Err(e) => Err(self.failed(e)),
+        }
+    }
+
+    fn has(&self, id: &Hash) -> Result<bool, StoreError> {
+        Ok(self.root.join(object_path(id)).exists())
+    }
+
+    /// Written to a temporary file, synced, then renamed: a crash never leaves half an object
+    /// under a valid name.
+    fn put(&self, id: &Hash, bytes: &[u8]) -> Result<(), StoreError> {
+        let path = self.root.join(object_path(id));
+        let dir = path.parent().unwrap_or(&self.root);
+        fs::create_dir_all(dir).map_err(|e| self.failed(e))?;
+        let mut tmp = tempfile::NamedTempFile::new_in(dir).map_err(|e| self.failed(e))?;
+        tmp.write_all(bytes).map_err(|e| self.failed(e))?;
+        tmp.as_file().sync_data().map_err(|e| self.failed(e))?;
+        tmp.persist(&path).map_err(|e| self.failed(e.error))?;
+        Ok(())
+    }
+
+    fn url(&self) -> &str {
+        &self.url
+    }
+}

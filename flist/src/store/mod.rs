@@ -1,0 +1,132 @@
+//! Content-addressed object stores and the router that spreads chunks over them.
+//!
+//! A store keeps sealed chunks (see [`crate::chunk`]) under their id, at `ab/abcdef…` (the
+//! first id byte as a fan-out directory) in every backend, so a `dir://` store can be served by
+//! any HTTP server or synced to a bucket as it is. Stores speak bytes only; verification is the
+//! router's job, because only it knows which replica to try next.
+//!
+//! URLs: `dir:///path` (or a bare path), `http://…`/`https://…` (read-only),
+//! `s3://[KEY:SECRET@]HOST[:PORT]/BUCKET[/PREFIX][?region=R]` (TLS) and `s3+http://…` (plain).
+//! Credentials never leave the process: [`display_url`] strips them before anything is recorded.
+
+mod dir;
+mod http;
+mod router;
+mod s3;
+
+pub use s3::create_bucket;
+
+use std::sync::Arc;
+
+pub use router::{FetchError, PutOutcome, RetryPolicy, Router};
+
+use crate::format::Hash;
+
+/// What a store says went wrong.
+#[derive(Debug, thiserror::Error)]
+#[allow(missing_docs)]
+pub enum StoreError {
+    #[error("{store} has no chunk {id}")]
+    NotFound { store: String, id: Hash },
+    /// Worth retrying: timeouts, refused connections, 5xx.
+    #[error("{store} is unavailable: {why}")]
+    Unavailable { store: String, why: String },
+    /// Not worth retrying: 4xx other than 404, local I/O errors.
+    #[error("{store} failed: {why}")]
+    Failed { store: String, why: String },
+    #[error("{0} is read-only")]
+    ReadOnly(String),
+    #[error("store URL {url:?}: {why}")]
+    BadUrl { url: String, why: String },
+}
+
+impl StoreError {
+    /// Whether trying the same store again may help.
+    pub fn is_transient(&self) -> bool {
+        matches!(self, StoreError::Unavailable { .. })
+    }
+}
+
+/// A place that keeps sealed chunks by id.
+pub trait Store: Send + Sync {
+    /// The stored object for `id`.
+    fn get(&self, id: &Hash) -> Result<Vec<u8>, StoreError>;
+    /// Whether `id` is present.
+    fn has(&self, id: &Hash) -> Result<bool, StoreError>;
+    /// Stores `bytes` under `id`; idempotent.
+    fn put(&self, id: &Hash, bytes: &[u8]) -> Result<(), StoreError>;
+    /// The URL, without credentials.
+    fn url(&self) -> &str;
+}
+
+/// Where an object lives relative to a store's root.
+pub fn object_path(id: &Hash) -> String {
+    let hex = id.to_hex();
+    format!("{}/{}", hex.get(..2).unwrap_or_default(), hex)
+}
+
+/// Opens the store a URL names.
+pub fn open(url: &str) -> Result<Arc<dyn Store>, StoreError> {
+    let bad = |why: &str| StoreError::BadUrl { url: display_url(url), why: why.into() };
+    if let Some(path) = url.strip_prefix("dir://") {
+        return Ok(Arc::new(dir::DirStore::new(path)));
+    }
+    if !url.contains("://") {
+        return Ok(Arc::new(dir::DirStore::new(url)));
+    }
+    let parsed = url::Url::parse(url).map_err(|e| bad(&e.to_string()))?;
+    match parsed.scheme() {
+        "http" | "https" => Ok(Arc::new(http::HttpStore::new(&parsed))),
+        "s3" | "s3+http" => Ok(Arc::new(s3::S3Store::new(&parsed).map_err(|why| bad(&why))?)),
+        other => Err(bad(&format!("unknown scheme {other}:// (use dir://, http(s)://, s3://, s3+http://)"))),
+    }
+}
+
+/// A URL with any user name and password removed, safe to print and to record in an flist.
+pub fn display_url(url: &str) -> String {
+    match url::Url::parse(url) {
+        Ok(mut u) if u.scheme() != "dir" && (!u.username().is_empty() || u.password().is_some()) => {
+            let _ = u.set_username("");
+            let _ = u.set_password(None);
+            u.to_string()
+        }
+        _ => url.to_string(),
+    }
+}
+
+/// Parses a `--store` argument: `URL`, or `START-END=URL` with hex id-byte bounds
+/// (`00-7f=http://a`) for prefix routing. Stores with overlapping ranges are replicas.
+pub fn parse_route(spec: &str) -> Result<(u8, u8, String), StoreError> {
+    let bad = |why: &str| StoreError::BadUrl { url: display_url(spec), why: why.into() };
+    let Some((range, url)) = spec.split_once('=').filter(|(r, _)| r.len() == 5 && r.as_bytes().get(2) == Some(&b'-'))
+    else {
+        return Ok((0x00, 0xff, spec.to_string()));
+    };
+    let byte = |s: &str| u8::from_str_radix(s, 16).map_err(|_| bad("range bounds are two hex digits"));
+    let (start, end) = (byte(range.get(..2).unwrap_or(""))?, byte(range.get(3..).unwrap_or(""))?);
+    if start > end {
+        return Err(bad("range start after end"));
+    }
+    Ok((start, end, url.to_string()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn credentials_are_stripped() {
+        assert_eq!(display_url("s3://key:secret@127.0.0.1:9000/bucket"), "s3://127.0.0.1:9000/bucket");
+        assert_eq!(display_url("http://example.org/store"), "http://example.org/store");
+        assert_eq!(display_url("dir:///srv/store"), "dir:///srv/store");
+    }
+
+    #[test]
+    fn routes_parse() {
+        assert_eq!(parse_route("http://a").unwrap(), (0, 255, "http://a".into()));
+        assert_eq!(parse_route("00-7f=http://a").unwrap(), (0, 0x7f, "http://a".into()));
+        assert!(parse_route("80-10=http://a").is_err());
+        // An '=' inside a URL's query is not a range.
+        assert_eq!(parse_route("s3://h/b?region=x").unwrap().2, "s3://h/b?region=x");
+    }
+}

@@ -1,0 +1,112 @@
+//! `s3://` and `s3+http://`: any S3-compatible server (AWS, garage, MinIO, s3s-fs), path-style.
+//! Requests are presigned with rusty-s3 (a sans-IO signer, so no async runtime or SDK is pulled
+//! into PID 1) and sent with the same blocking HTTP agent as the HTTP store.
+
+use std::time::Duration;
+
+use rusty_s3::{Bucket, Credentials, S3Action, UrlStyle};
+
+use super::http::{agent, body, status, transport};
+use super::{object_path, Store, StoreError};
+use crate::format::Hash;
+
+const SIGNATURE_LIFETIME: Duration = Duration::from_secs(600);
+
+pub(crate) struct S3Store {
+    bucket: Bucket,
+    prefix: String,
+    credentials: Option<Credentials>,
+    url: String,
+    agent: ureq::Agent,
+}
+
+impl S3Store {
+    /// Credentials come from the URL's user info, else `AWS_ACCESS_KEY_ID`/`AWS_SECRET_ACCESS_KEY`,
+    /// else requests go unsigned (a public bucket).
+    pub(crate) fn new(url: &url::Url) -> Result<Self, String> {
+        let scheme = if url.scheme() == "s3+http" { "http" } else { "https" };
+        let host = url.host_str().ok_or("no host")?;
+        let endpoint = match url.port() {
+            Some(port) => format!("{scheme}://{host}:{port}"),
+            None => format!("{scheme}://{host}"),
+        };
+        let mut path = url.path().trim_matches('/').splitn(2, '/');
+        let bucket_name = path.next().filter(|b| !b.is_empty()).ok_or("no bucket in the path")?.to_string();
+        let prefix = path.next().map(|p| format!("{}/", p.trim_end_matches('/'))).unwrap_or_default();
+        let region = url.query_pairs().find(|(k, _)| k == "region").map(|(_, v)| v.into_owned());
+        let endpoint = url::Url::parse(&endpoint).map_err(|e| e.to_string())?;
+        let bucket = Bucket::new(endpoint, UrlStyle::Path, bucket_name, region.unwrap_or_else(|| "us-east-1".into()))
+            .map_err(|e| e.to_string())?;
+        let credentials = match (url.username(), url.password()) {
+            ("", None) => Credentials::from_env(),
+            (key, secret) => Some(Credentials::new(percent_decode(key), percent_decode(secret.unwrap_or_default()))),
+        };
+        Ok(S3Store { bucket, prefix, credentials, url: super::display_url(url.as_str()), agent: agent() })
+    }
+
+    fn key(&self, id: &Hash) -> String {
+        format!("{}{}", self.prefix, object_path(id))
+    }
+
+    /// Creates the bucket; for tests and first-time setup. An existing bucket is not an error.
+    pub(crate) fn create_bucket(&self) -> Result<(), StoreError> {
+        let creds = self.credentials.as_ref().ok_or_else(|| StoreError::Failed {
+            store: self.url.clone(),
+            why: "creating a bucket needs credentials".into(),
+        })?;
+        let url = self.bucket.create_bucket(creds).sign(SIGNATURE_LIFETIME);
+        let resp = self.agent.put(url.as_str()).send_empty().map_err(|e| transport(&self.url, e))?;
+        match resp.status().as_u16() {
+            200 | 409 => Ok(()),
+            code => Err(StoreError::Failed { store: self.url.clone(), why: format!("create bucket: HTTP {code}") }),
+        }
+    }
+}
+
+fn percent_decode(s: &str) -> String {
+    url::form_urlencoded::parse(format!("x={s}").as_bytes()).next().map(|(_, v)| v.into_owned()).unwrap_or_default()
+}
+
+impl Store for S3Store {
+    fn get(&self, id: &Hash) -> Result<Vec<u8>, StoreError> {
+        let key = self.key(id);
+        let url = self.bucket.get_object(self.credentials.as_ref(), &key).sign(SIGNATURE_LIFETIME);
+        let resp = self.agent.get(url.as_str()).call().map_err(|e| transport(&self.url, e))?;
+        match resp.status().as_u16() {
+            200 => body(&self.url, resp),
+            code => Err(status(&self.url, id, code)),
+        }
+    }
+
+    fn has(&self, id: &Hash) -> Result<bool, StoreError> {
+        let key = self.key(id);
+        let url = self.bucket.head_object(self.credentials.as_ref(), &key).sign(SIGNATURE_LIFETIME);
+        let resp = self.agent.head(url.as_str()).call().map_err(|e| transport(&self.url, e))?;
+        match resp.status().as_u16() {
+            200 => Ok(true),
+            404 => Ok(false),
+            code => Err(status(&self.url, id, code)),
+        }
+    }
+
+    fn put(&self, id: &Hash, bytes: &[u8]) -> Result<(), StoreError> {
+        let key = self.key(id);
+        let url = self.bucket.put_object(self.credentials.as_ref(), &key).sign(SIGNATURE_LIFETIME);
+        let resp = self.agent.put(url.as_str()).send(bytes).map_err(|e| transport(&self.url, e))?;
+        match resp.status().as_u16() {
+            200 | 201 | 204 => Ok(()),
+            code => Err(status(&self.url, id, code)),
+        }
+    }
+
+    fn url(&self) -> &str {
+        &self.url
+    }
+}
+
+/// Creates the bucket an `s3://` URL names (tests and first-time setup).
+pub fn create_bucket(url: &str) -> Result<(), StoreError> {
+    let parsed =
+        url::Url::parse(url).map_err(|e| StoreError::BadUrl { url: super::display_url(url), why: e.to_string() })?;
+    S3Store::new(&parsed).map_err(|why| StoreError::BadUrl { url: super::display_url(url), why })?.create_bucket()
+}
