@@ -15,7 +15,8 @@ pub struct Change {
     /// `added`, `removed` or `modified`.
     pub what: &'static str,
     /// For `modified`: which attributes differ (`type`, `mode`, `owner`, `mtime`, `xattrs`,
-    /// `target`, `rdev`, `size`, `content`).
+    /// `target`, `rdev`, `size`, `content`), with `content?` where contents were not compared
+    /// and may be equal (same size, different chunks).
     pub fields: Vec<&'static str>,
 }
 
@@ -123,12 +124,13 @@ fn compare(a: &Flist, b: &Flist, x: &Inode, y: &Inode, sources: Sources) -> std:
                 fields.push("size");
                 fields.push("content");
             } else if extent_key(a, x) != extent_key(b, y) {
-                let differs = match sources {
-                    Some((sa, sb)) => read_all(a, sa, x)? != read_all(b, sb, y)?,
-                    None => true,
-                };
-                if differs {
-                    fields.push("content");
+                match sources {
+                    Some((sa, sb)) => {
+                        if read_all(a, sa, x)? != read_all(b, sb, y)? {
+                            fields.push("content");
+                        }
+                    }
+                    None => fields.push("content?"),
                 }
             }
         }

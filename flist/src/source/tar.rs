@@ -39,7 +39,11 @@ fn pax_time(v: &[u8]) -> Option<Timestamp> {
     let (secs, frac) = s.split_once('.').unwrap_or((s, ""));
     let secs: i64 = secs.parse().ok()?;
     let digits: String = frac.chars().take(9).collect();
-    let nanos = if digits.is_empty() { 0 } else { format!("{digits:0<9}").parse().ok()? };
+    let nanos: u32 = if digits.is_empty() { 0 } else { format!("{digits:0<9}").parse().ok()? };
+    // The fraction has the sign of the whole: -1.25 is 1.25 s before the epoch.
+    if s.starts_with('-') && nanos > 0 {
+        return Some(Timestamp { secs: secs - 1, nanos: 1_000_000_000 - nanos });
+    }
     Some(Timestamp { secs, nanos })
 }
 
@@ -131,6 +135,8 @@ mod tests {
         assert_eq!(pax_time(b"1700000000.5"), Some(Timestamp { secs: 1_700_000_000, nanos: 500_000_000 }));
         assert_eq!(pax_time(b"12"), Some(Timestamp { secs: 12, nanos: 0 }));
         assert_eq!(pax_time(b"1.123456789123"), Some(Timestamp { secs: 1, nanos: 123_456_789 }));
+        assert_eq!(pax_time(b"-86400.999999999"), Some(Timestamp { secs: -86401, nanos: 1 }));
+        assert_eq!(pax_time(b"-5"), Some(Timestamp { secs: -5, nanos: 0 }));
         assert_eq!(pax_time(b"x"), None);
     }
 }
