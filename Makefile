@@ -1,0 +1,67 @@
+# flint — see README.md. Every target installs what it needs (idempotently) before using it.
+SHELL := /bin/bash
+.DEFAULT_GOAL := help
+export PATH := $(HOME)/.cargo/bin:$(PATH)
+
+MUSL_TARGET := x86_64-unknown-linux-musl
+STATIC_BIN  := target/$(MUSL_TARGET)/release/flist
+QUIET       := $(if $(filter true,$(CI)),-q,)
+APT_PACKAGES := musl-tools debootstrap squashfs-tools squashfuse casync zstd attr python3 util-linux tar
+FUZZ_SECONDS ?= 600
+
+.PHONY: help deps build static test test-unit test-rootfs static-check fuzz bench qemu qemu-pxe usb initramfs test-boot test-vm clean
+
+help:
+	@echo "make qemu     build everything and boot a node under qemu (see README)"
+	@echo "make test     install test dependencies, build, run the test suite"
+	@echo "make bench    run the benchmarks in bench/ side by side with their peers"
+	@echo "make fuzz     run every fuzz target for FUZZ_SECONDS (default 600) each"
+
+# Debian packages and Rust pieces, installed only when missing.
+deps:
+	@command -v cargo >/dev/null || { echo "cargo is missing: install Rust with rustup (https://rustup.rs) first"; exit 1; }
+	@missing=$$(for p in $(APT_PACKAGES); do dpkg -s $$p >/dev/null 2>&1 || echo $$p; done); \
+	if [ -n "$$missing" ]; then \
+	  echo "installing: $$missing"; \
+	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $$missing >/dev/null; \
+	fi
+	@rustup target list --installed | grep -qx $(MUSL_TARGET) || rustup target add $(MUSL_TARGET) >/dev/null
+	@command -v s3s-fs >/dev/null || { echo "installing s3s-fs (S3 server for tests)"; \
+	  cargo install --locked $(QUIET) s3s-fs --version 0.14.1 --features binary; }
+
+build:
+	cargo build $(QUIET) --release --workspace
+
+# The static binaries PID 1 and the initramfs need: musl, no dynamic loader.
+static: deps
+	CC_x86_64_unknown_linux_musl=musl-gcc cargo build $(QUIET) --release --target $(MUSL_TARGET) -p flist
+
+static-check: static
+	@out=$$(ldd $(STATIC_BIN) 2>&1 || true); echo "ldd $(STATIC_BIN): $$out"; \
+	  grep -qE "not a dynamic executable|statically linked" <<<"$$out"
+
+test: deps test-unit test-rootfs static-check
+
+test-unit:
+	cargo test $(QUIET) --workspace
+
+# Round trip of a real debootstrap'd Debian (built once, cached in ~/.cache/flint).
+test-rootfs: deps
+	FLINT_ROOTFS_TAR=$$(tests/lib/rootfs.sh bookworm-minbase) \
+	  cargo test $(QUIET) -p flist --test rootfs -- --ignored --nocapture
+
+fuzz: deps
+	@command -v cargo-fuzz >/dev/null || cargo install --locked $(QUIET) cargo-fuzz
+	cd flist/fuzz && for t in decode chunk_open; do \
+	  RUSTC_BOOTSTRAP=1 cargo fuzz run $$t -- -max_total_time=$(FUZZ_SECONDS) -rss_limit_mb=4096 || exit 1; done
+
+bench: deps build
+	bench/run.sh
+
+qemu: deps build
+	@echo "make qemu: booting a node is not implemented yet (issue 5); everything else is built."
+qemu-pxe usb initramfs test-boot test-vm:
+	@echo "make $@: not yet (boot issues 4, 5 and 7)."
+
+clean:
+	cargo clean
