@@ -169,7 +169,8 @@ impl Flattener {
     }
 }
 
-fn flatten(tree: &Tree) -> Result<(Vec<Entry>, Vec<Inode>, Vec<NodeId>), PackError> {
+/// Returns the flattener with `entries`, `inodes` and `inode_nodes` filled.
+fn flatten(tree: &Tree) -> Result<Flattener, PackError> {
     let mut f = Flattener::default();
     f.visit(tree, 0, Vec::new());
     while let Some((node_id, inode)) = f.queue.pop_front() {
@@ -188,7 +189,7 @@ fn flatten(tree: &Tree) -> Result<(Vec<Entry>, Vec<Inode>, Vec<NodeId>), PackErr
     if f.inodes.len() >= u32::MAX as usize || f.entries.len() >= u32::MAX as usize {
         return Err(PackError::TooLarge(f.inodes.len()));
     }
-    Ok((f.entries, f.inodes, f.inode_nodes))
+    Ok(f)
 }
 
 /// Groups files with data into segments (see the module docs).
@@ -264,7 +265,7 @@ impl Read for NamedReader {
 
 /// Packs a tree: uploads its chunks through `router` and returns the metadata.
 pub fn pack(tree: &Tree, router: &Router, opts: &PackOptions, progress: Progress) -> Result<PackReport, PackError> {
-    let (entries, inodes, inode_nodes) = flatten(tree)?;
+    let Flattener { entries, inodes, inode_nodes, .. } = flatten(tree)?;
     let files: Vec<NodeId> = inode_nodes
         .iter()
         .zip(&inodes)
@@ -273,7 +274,9 @@ pub fn pack(tree: &Tree, router: &Router, opts: &PackOptions, progress: Progress
         .collect();
     let segs = segments(tree, &files, opts.large_file);
 
-    let results: Mutex<Vec<Option<(ChunkRef, bool, u64)>>> = Mutex::new(Vec::new());
+    // Per chunk index: its reference, whether a store lacked it, its stored size.
+    type Sealed = Option<(ChunkRef, bool, u64)>;
+    let results: Mutex<Vec<Sealed>> = Mutex::new(Vec::new());
     let failure: Mutex<Option<PackError>> = Mutex::new(None);
     let failed = AtomicBool::new(false);
     let fail = |e: PackError| {

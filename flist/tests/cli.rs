@@ -138,7 +138,7 @@ fn tampered_chunk_is_never_served_and_the_replica_is_used() {
     // verify --all-replicas names the bad store.
     let out = flist(&[&"verify", &"--all-replicas", &t.join("f.fl")]);
     assert_eq!(out.status.code(), Some(2));
-    assert!(String::from_utf8_lossy(&out.stdout).contains(&format!("BAD")));
+    assert!(String::from_utf8_lossy(&out.stdout).contains("BAD"));
     // With the only good replica gone, reading fails; nothing corrupt reaches stdout.
     fs::remove_dir_all(t.join("b")).unwrap();
     let out = flist(&[&"cat", &t.join("f.fl"), &"/file"]);

@@ -57,12 +57,10 @@ fn parse_size(s: &str) -> Result<String, String> {
 /// `4096`, `512K`, `1M`, `1G` → bytes.
 pub(crate) fn size_bytes(s: &str) -> Result<u64, String> {
     let s = s.trim();
-    let (num, mult) = match s.chars().last().map(|c| c.to_ascii_uppercase()) {
-        Some('K') => (&s[..s.len() - 1], 1u64 << 10),
-        Some('M') => (&s[..s.len() - 1], 1 << 20),
-        Some('G') => (&s[..s.len() - 1], 1 << 30),
-        _ => (s, 1),
-    };
+    let (num, mult) = [("K", 1u64 << 10), ("M", 1 << 20), ("G", 1 << 30)]
+        .into_iter()
+        .find_map(|(suffix, mult)| s.strip_suffix(suffix).or(s.strip_suffix(&suffix.to_lowercase())).map(|n| (n, mult)))
+        .unwrap_or((s, 1));
     num.parse::<u64>().map(|n| n * mult).map_err(|_| format!("{s:?} is not a size (like 4096, 512K, 1M)"))
 }
 

@@ -123,12 +123,19 @@ pub fn awkward_tree(root: &Path) {
     xattr::set(root.join("dir/small.txt"), "user.binary", &[0u8, 1, 2, 255]).unwrap();
     xattr::set(root.join("dir"), "user.on-a-dir", b"yes").unwrap();
     // Sparse files: holes at start, middle and end, and one that is all hole.
-    let sparse = fs::OpenOptions::new().create(true).write(true).open(root.join("sparse")).unwrap();
+    let sparse = fs::OpenOptions::new().create(true).truncate(false).write(true).open(root.join("sparse")).unwrap();
     sparse.set_len(64 << 20).unwrap();
     std::os::unix::fs::FileExt::write_all_at(&sparse, b"in the middle", 20 << 20).unwrap();
     std::os::unix::fs::FileExt::write_all_at(&sparse, &[7u8; 100_000], 40 << 20).unwrap();
     drop(sparse);
-    fs::OpenOptions::new().create(true).write(true).open(root.join("all-hole")).unwrap().set_len(1 << 30).unwrap();
+    fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(root.join("all-hole"))
+        .unwrap()
+        .set_len(1 << 30)
+        .unwrap();
     // Names that are not UTF-8, or merely odd.
     fs::write(root.join(OsStr::from_bytes(b"caf\xe9-latin1")), b"latin-1 name").unwrap();
     fs::write(root.join("with space and\nnewline"), b"odd").unwrap();

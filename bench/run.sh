@@ -1,0 +1,8 @@
+#!/usr/bin/env bash
+# Runs every benchmark in bench/ and prints its table. `make bench` calls this after building.
+set -euo pipefail
+cd "$(dirname "$0")"
+for b in pack.sh; do
+  echo "== $b"
+  ./"$b"
+done
