@@ -52,8 +52,8 @@ test-rootfs: deps
 
 fuzz: deps
 	@command -v cargo-fuzz >/dev/null || cargo install --locked $(QUIET) cargo-fuzz
-	cd flist/fuzz && for t in decode chunk_open; do \
-	  RUSTC_BOOTSTRAP=1 cargo fuzz run $$t -- -max_total_time=$(FUZZ_SECONDS) -rss_limit_mb=4096 || exit 1; done
+	cd flist/fuzz && for t in decode chunk_open; do mkdir -p corpus/$$t seeds/$$t; \
+	  RUSTC_BOOTSTRAP=1 cargo fuzz run $$t corpus/$$t seeds/$$t -- -max_total_time=$(FUZZ_SECONDS) -rss_limit_mb=4096 || exit 1; done
 
 bench: deps build
 	bench/run.sh
