@@ -126,6 +126,11 @@ pub struct Region {
     pub len: u64,
 }
 
+/// Bytes of a file that are data: all of it when dense, else the sum of its regions.
+pub fn data_len(size: u64, regions: Option<&[Region]>) -> u64 {
+    regions.map_or(size, |r| r.iter().map(|r| r.len).sum())
+}
+
 /// File types, taken from the `S_IFMT` bits of the mode.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize)]
 #[serde(rename_all = "lowercase")]
@@ -221,8 +226,7 @@ impl Inode {
     /// Bytes of the data stream this inode owns (its size less its holes).
     pub fn data_len(&self) -> u64 {
         match &self.data {
-            InodeData::File { size, regions: None, .. } => *size,
-            InodeData::File { regions: Some(regions), .. } => regions.iter().map(|r| r.len).sum(),
+            InodeData::File { size, regions, .. } => data_len(*size, regions.as_deref()),
             _ => 0,
         }
     }

@@ -81,8 +81,7 @@ impl Node {
     /// Bytes this node contributes to the data stream.
     pub fn data_len(&self) -> u64 {
         match &self.content {
-            Content::File { size, regions: None, .. } => *size,
-            Content::File { regions: Some(r), .. } => r.iter().map(|r| r.len).sum(),
+            Content::File { size, regions, .. } => crate::format::data_len(*size, regions.as_deref()),
             _ => 0,
         }
     }
