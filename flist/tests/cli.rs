@@ -96,8 +96,18 @@ fn tar_archive_packs_like_the_directory() {
         .unwrap();
     assert!(status.success());
     let store = t.store("store");
-    pack_json(&src, &t.join("dir.fl"), &["--store", &store]);
+    let dir_pack = pack_json(&src, &t.join("dir.fl"), &["--store", &store]);
     pack_json(&tar, &t.join("tar.fl"), &["--store", &store]);
+    // Compressed archives give the very same flist as the plain one.
+    for (tool, ext) in [("gzip", "gz"), ("zstd", "zst")] {
+        let packed = t.join(&format!("src.tar.{ext}"));
+        let out = std::process::Command::new(tool).arg("-kc").arg(&tar).output().unwrap();
+        fs::write(&packed, out.stdout).unwrap();
+        let s = pack_json(&packed, &t.join(&format!("{ext}.fl")), &["--store", &store]);
+        assert_eq!(fs::read(t.join(&format!("{ext}.fl"))).unwrap(), fs::read(t.join("tar.fl")).unwrap(), "{tool}");
+        assert_eq!(s["new_chunks"], 0);
+    }
+    assert!(dir_pack["chunks"].as_u64().unwrap() > 0);
     // Identical trees: `diff` exits 0 and prints nothing (contents compared byte by byte where
     // the sparse file was packed sparse from the directory and dense from the archive).
     let out = flist(&[&"diff", &"--content", &t.join("dir.fl"), &t.join("tar.fl")]);

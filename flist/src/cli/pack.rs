@@ -19,7 +19,7 @@ use flist::store::{parse_route, RetryPolicy, Router};
 /// http://server/store).
 #[derive(clap::Args)]
 pub(crate) struct PackArgs {
-    /// A directory, or an uncompressed tar archive.
+    /// A directory, or a tar archive (plain, .gz or .zst).
     src: PathBuf,
     /// Where to write the flist.
     #[arg(short, long)]
@@ -110,7 +110,7 @@ pub(crate) fn run(a: PackArgs) -> anyhow::Result<ExitCode> {
         threads: a.threads.unwrap_or(defaults.threads),
     };
 
-    let tree = if a.src.is_dir() { source::dir::scan(&a.src)? } else { source::tar::scan(&a.src)? };
+    let tree = if a.src.is_dir() { source::dir::scan(&a.src)? } else { source::tar::scan_any(&a.src)? };
     let total: u64 = tree.nodes.iter().map(|n| n.data_len()).sum();
     let bar = super::progress_bar(total, "packing");
     let report = pack(&tree, &router, &opts, &|n| bar.inc(n)).context("packing")?;

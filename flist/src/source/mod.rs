@@ -94,12 +94,19 @@ pub struct Tree {
     pub nodes: Vec<Node>,
     /// Archives that [`Data::Archive`] refers to.
     pub archives: Vec<PathBuf>,
+    /// Temporary files behind some of `archives` (decompressed archives), removed when the last
+    /// copy of the tree is dropped.
+    pub spools: Vec<std::sync::Arc<tempfile::TempPath>>,
 }
 
 impl Tree {
     /// A tree holding only a root directory with `meta`.
     pub fn new(meta: Meta) -> Self {
-        Tree { nodes: vec![Node { meta, content: Content::Dir(BTreeMap::new()) }], archives: Vec::new() }
+        Tree {
+            nodes: vec![Node { meta, content: Content::Dir(BTreeMap::new()) }],
+            archives: Vec::new(),
+            spools: Vec::new(),
+        }
     }
 
     /// The node at `id`, if any.

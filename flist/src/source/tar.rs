@@ -47,6 +47,32 @@ fn pax_time(v: &[u8]) -> Option<Timestamp> {
     Some(Timestamp { secs, nanos })
 }
 
+/// Scans a tar archive, plain or compressed with gzip or zstd (detected by magic bytes). A
+/// compressed archive is first decompressed to a temporary file in `$TMPDIR`, because the tree
+/// points at byte offsets that packing reads back.
+pub fn scan_any(archive_path: &Path) -> Result<Tree, TarError> {
+    let name = archive_path.display().to_string();
+    let read_err = |source: io::Error| TarError::Read { path: name.clone(), source };
+    let mut magic = [0u8; 4];
+    let mut file = File::open(archive_path).map_err(read_err)?;
+    let n = io::Read::read(&mut file, &mut magic).map_err(read_err)?;
+    let decoder: Box<dyn io::Read> = match magic.get(..n) {
+        Some([0x1f, 0x8b, ..]) => {
+            Box::new(flate2::read::MultiGzDecoder::new(File::open(archive_path).map_err(read_err)?))
+        }
+        Some([0x28, 0xb5, 0x2f, 0xfd]) => {
+            Box::new(zstd::Decoder::new(File::open(archive_path).map_err(read_err)?).map_err(read_err)?)
+        }
+        _ => return scan(archive_path),
+    };
+    let mut spool = tempfile::NamedTempFile::new().map_err(read_err)?;
+    io::copy(&mut io::BufReader::new(decoder), &mut spool).map_err(read_err)?;
+    let spool = spool.into_temp_path();
+    let mut tree = scan(&spool)?;
+    tree.spools.push(std::sync::Arc::new(spool));
+    Ok(tree)
+}
+
 /// Scans an uncompressed tar archive into a tree. Later entries replace earlier ones at the same
 /// path, as extraction would.
 pub fn scan(archive_path: &Path) -> Result<Tree, TarError> {
