@@ -88,6 +88,11 @@ pub fn open(chunk: &ChunkRef, stored: &[u8]) -> Result<Verified, ChunkError> {
     };
     // The capacity bounds what a hostile object can make us allocate.
     let plain = zstd::bulk::decompress(compressed, chunk.len as usize).map_err(|_| ChunkError::Decompress(chunk.id))?;
+    verify_plain(chunk, plain)
+}
+
+/// Checks bytes that claim to be a chunk's plain content (a cache file, say).
+pub fn verify_plain(chunk: &ChunkRef, plain: Vec<u8>) -> Result<Verified, ChunkError> {
     let actual = hash(&plain);
     if actual != chunk.plain_hash() || plain.len() != chunk.len as usize {
         return Err(ChunkError::HashMismatch { id: chunk.id, actual });

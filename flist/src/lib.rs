@@ -15,9 +15,12 @@
 //!   build on it.
 #![deny(missing_docs)]
 
+pub mod cache;
 pub mod chunk;
 pub mod diff;
+pub mod fetch;
 pub mod format;
+pub mod fuse;
 pub mod pack;
 pub mod read;
 pub mod source;

@@ -1,6 +1,7 @@
 //! Argument parsing and dispatch; each command lives in its own module and returns an exit code.
 
 mod data;
+mod mount;
 mod pack;
 mod show;
 
@@ -25,6 +26,7 @@ use flist::Flist;
 ///   flist cat os.fl /etc/os-release --store http://server/store
 ///   flist unpack os.fl /tmp/os
 ///   flist verify os.fl
+///   flist mount os.fl /mnt/os --cache /var/cache/flist
 #[derive(Parser)]
 #[command(name = "flist", version, verbatim_doc_comment)]
 pub(crate) struct Cli {
@@ -46,6 +48,9 @@ enum Command {
     Unpack(data::UnpackArgs),
     Verify(data::VerifyArgs),
     Diff(data::DiffArgs),
+    Mount(mount::MountArgs),
+    Umount(mount::UmountArgs),
+    Cache(mount::CacheArgs),
 }
 
 /// Stores to read from: the ones given, else the ones the flist records.
@@ -110,6 +115,9 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Unpack(a) => data::unpack(a),
         Command::Verify(a) => data::verify(a),
         Command::Diff(a) => data::diff(a),
+        Command::Mount(a) => mount::mount(a),
+        Command::Umount(a) => mount::umount(a),
+        Command::Cache(a) => mount::cache(a),
     }
 }
 

@@ -65,6 +65,30 @@ fn set_mtime(path: &Path, secs: i64, nanos: i64) {
     utimensat(None, path, &t, &t, UtimensatFlags::NoFollowSymlink).unwrap();
 }
 
+/// An `flist mount -d` that is unmounted when dropped.
+pub struct Mounted {
+    pub path: PathBuf,
+}
+
+impl Mounted {
+    /// Mounts `flist` at `path` with extra arguments (`--cache`, `--store`, ...).
+    pub fn new(flist: &Path, path: &Path, extra: &[&str]) -> Mounted {
+        fs::create_dir_all(path).unwrap();
+        let mut args: Vec<&dyn AsRef<OsStr>> = vec![&"mount", &"-d", &flist, &path];
+        for a in extra {
+            args.push(a);
+        }
+        flist_ok(&args);
+        Mounted { path: path.to_path_buf() }
+    }
+}
+
+impl Drop for Mounted {
+    fn drop(&mut self) {
+        let _ = flist(&[&"umount", &"--lazy", &self.path]);
+    }
+}
+
 /// A valid VFS_CAP_REVISION_2 `security.capability` value granting cap_net_raw (bit 13).
 pub const CAP_NET_RAW: [u8; 20] = [1, 0, 0, 2, 0, 0x20, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0];
 

@@ -42,17 +42,26 @@ fn wait_ready(port: u16, child: &mut Child, what: &str) {
     }
 }
 
-/// Serves `dir` over HTTP on 127.0.0.1 at `port`.
-pub fn http_server_on(dir: &Path, port: u16) -> Server {
+/// Serves `dir` over HTTP on 127.0.0.1 at `port`, writing its access log to `log` if given.
+pub fn http_server_logged(dir: &Path, port: u16, log: Option<&Path>) -> Server {
+    let stderr = match log {
+        Some(path) => Stdio::from(std::fs::File::create(path).unwrap()),
+        None => Stdio::null(),
+    };
     let mut child = Command::new("python3")
-        .args(["-m", "http.server", "--bind", "127.0.0.1", &port.to_string(), "--directory"])
+        .args(["-u", "-m", "http.server", "--bind", "127.0.0.1", &port.to_string(), "--directory"])
         .arg(dir)
         .stdout(Stdio::null())
-        .stderr(Stdio::null())
+        .stderr(stderr)
         .spawn()
         .expect("python3 must be installed");
     wait_ready(port, &mut child, "python3 -m http.server");
     Server { child, port }
+}
+
+/// Serves `dir` over HTTP on 127.0.0.1 at `port`.
+pub fn http_server_on(dir: &Path, port: u16) -> Server {
+    http_server_logged(dir, port, None)
 }
 
 pub fn http_server(dir: &Path) -> Server {

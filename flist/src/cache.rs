@@ -1,0 +1,306 @@
+//! The verified disk cache: plain chunk bytes on local disk, shared by every flist on the node.
+//!
+//! Entries are named by the BLAKE3 of their plain bytes, so identical content dedups across all
+//! flists (encrypted or not). Every read from disk is hashed again before use: a flipped bit is
+//! detected, the entry dropped and the chunk refetched, never served (rfs trusted any non-empty
+//! cache file forever). Writes go to a temporary file, are synced, then renamed, so a crash
+//! leaves either the whole entry or none. A byte quota is kept by evicting the least recently
+//! used entries; a full disk evicts more and, failing that, serves without caching.
+
+use std::collections::{BTreeMap, HashMap};
+use std::fs;
+use std::io::{self, Write};
+use std::path::{Path, PathBuf};
+use std::sync::Mutex;
+
+use crate::chunk::{verify_plain, Verified};
+use crate::format::{ChunkRef, Hash};
+
+/// Why the cache could not be opened.
+#[derive(Debug, thiserror::Error)]
+#[error("opening the cache at {}", path.display())]
+pub struct CacheError {
+    /// The cache directory.
+    pub path: PathBuf,
+    /// Why.
+    #[source]
+    pub source: io::Error,
+}
+
+/// Counters and sizes, for `flist cache stats`.
+#[derive(Debug, Default, Clone, serde::Serialize)]
+pub struct CacheStats {
+    /// Entries on disk.
+    pub entries: u64,
+    /// Bytes on disk.
+    pub bytes: u64,
+    /// The quota.
+    pub quota: u64,
+    /// Reads served from disk, verified.
+    pub hits: u64,
+    /// Reads that found nothing.
+    pub misses: u64,
+    /// Entries found corrupt and dropped.
+    pub corrupt: u64,
+    /// Entries evicted to stay under the quota.
+    pub evicted: u64,
+    /// Writes that failed (then served uncached).
+    pub write_errors: u64,
+}
+
+#[derive(Default)]
+struct Index {
+    /// Size and last-use tick of each entry.
+    entries: HashMap<Hash, (u64, u64)>,
+    /// Entries by last use, oldest first.
+    by_use: BTreeMap<u64, Hash>,
+    tick: u64,
+    stats: CacheStats,
+}
+
+impl Index {
+    fn touch(&mut self, id: Hash, size: u64) {
+        self.tick += 1;
+        if let Some((old_size, old_tick)) = self.entries.insert(id, (size, self.tick)) {
+            self.by_use.remove(&old_tick);
+            self.stats.bytes -= old_size;
+        } else {
+            self.stats.entries += 1;
+        }
+        self.stats.bytes += size;
+        self.by_use.insert(self.tick, id);
+    }
+
+    fn forget(&mut self, id: &Hash) {
+        if let Some((size, tick)) = self.entries.remove(id) {
+            self.by_use.remove(&tick);
+            self.stats.bytes -= size;
+            self.stats.entries -= 1;
+        }
+    }
+
+    fn oldest(&self) -> Option<Hash> {
+        self.by_use.values().next().copied()
+    }
+}
+
+/// A chunk cache in a directory.
+pub struct Cache {
+    root: PathBuf,
+    quota: u64,
+    index: Mutex<Index>,
+}
+
+fn hex_name(id: &Hash) -> (String, String) {
+    let hex = id.to_hex();
+    (hex.get(..2).unwrap_or_default().to_string(), hex)
+}
+
+impl Cache {
+    /// Opens (creating) a cache in `root` holding at most `quota` bytes. Existing entries are
+    /// indexed oldest-modified first; anything that is not an entry is left alone.
+    pub fn open(root: &Path, quota: u64) -> Result<Cache, CacheError> {
+        let err = |source| CacheError { path: root.to_path_buf(), source };
+        fs::create_dir_all(root.join("tmp")).map_err(err)?;
+        // Leftovers of writes interrupted by a crash.
+        for e in fs::read_dir(root.join("tmp")).map_err(err)?.flatten() {
+            let _ = fs::remove_file(e.path());
+        }
+        let mut found = Vec::new();
+        for fan in fs::read_dir(root).map_err(err)?.flatten() {
+            if fan.file_name().len() != 2 {
+                continue;
+            }
+            for e in fs::read_dir(fan.path()).map_err(err)?.flatten() {
+                let Some(id) = e.file_name().to_str().and_then(Hash::from_hex) else { continue };
+                if let Ok(md) = e.metadata() {
+                    found.push((md.modified().ok(), id, md.len()));
+                }
+            }
+        }
+        found.sort();
+        let cache = Cache { root: root.to_path_buf(), quota, index: Mutex::new(Index::default()) };
+        {
+            let mut index = cache.lock();
+            index.stats.quota = quota;
+            for (_, id, size) in found {
+                index.touch(id, size);
+            }
+        }
+        cache.evict_to(quota);
+        Ok(cache)
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, Index> {
+        self.index.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn path(&self, id: &Hash) -> PathBuf {
+        let (fan, name) = hex_name(id);
+        self.root.join(fan).join(name)
+    }
+
+    /// The cached plain bytes of `chunk`, verified; `None` when absent or found corrupt (then
+    /// dropped, so the caller refetches).
+    pub fn get(&self, chunk: &ChunkRef) -> Option<Verified> {
+        let key = chunk.plain_hash();
+        let path = self.path(&key);
+        let bytes = match fs::read(&path) {
+            Ok(b) => b,
+            Err(_) => {
+                let mut index = self.lock();
+                index.stats.misses += 1;
+                index.forget(&key);
+                return None;
+            }
+        };
+        let size = bytes.len() as u64;
+        match verify_plain(chunk, bytes) {
+            Ok(v) => {
+                let mut index = self.lock();
+                index.stats.hits += 1;
+                index.touch(key, size);
+                Some(v)
+            }
+            Err(e) => {
+                tracing::warn!("cache entry {} is corrupt ({e}); dropped, refetching", path.display());
+                let _ = fs::remove_file(&path);
+                let mut index = self.lock();
+                index.stats.corrupt += 1;
+                index.forget(&key);
+                None
+            }
+        }
+    }
+
+    /// Stores verified plain bytes. Failure is logged and counted, never fatal: the caller
+    /// already has the bytes.
+    pub fn put(&self, chunk: &ChunkRef, plain: &Verified) {
+        let key = chunk.plain_hash();
+        let size = plain.len() as u64;
+        if size > self.quota {
+            return;
+        }
+        self.evict_to(self.quota.saturating_sub(size));
+        let mut result = self.write(&key, plain);
+        if matches!(&result, Err(e) if e.raw_os_error() == Some(libc::ENOSPC)) {
+            // The disk is fuller than the quota thinks: make room by halving, then try once more.
+            let bytes = self.lock().stats.bytes;
+            self.evict_to(bytes / 2);
+            result = self.write(&key, plain);
+        }
+        match result {
+            Ok(()) => self.lock().touch(key, size),
+            Err(e) => {
+                tracing::warn!("caching chunk {key} failed ({e}); serving it uncached");
+                self.lock().stats.write_errors += 1;
+            }
+        }
+    }
+
+    fn write(&self, key: &Hash, plain: &[u8]) -> io::Result<()> {
+        let path = self.path(key);
+        if let Some(dir) = path.parent() {
+            fs::create_dir_all(dir)?;
+        }
+        let mut tmp = tempfile::NamedTempFile::new_in(self.root.join("tmp"))?;
+        tmp.write_all(plain)?;
+        tmp.as_file().sync_data()?;
+        tmp.persist(&path).map_err(|e| e.error)?;
+        Ok(())
+    }
+
+    /// Evicts least recently used entries until at most `target` bytes remain.
+    pub fn evict_to(&self, target: u64) {
+        loop {
+            let victim = {
+                let mut index = self.lock();
+                if index.stats.bytes <= target {
+                    return;
+                }
+                let Some(id) = index.oldest() else { return };
+                index.forget(&id);
+                index.stats.evicted += 1;
+                id
+            };
+            let _ = fs::remove_file(self.path(&victim));
+        }
+    }
+
+    /// Re-hashes every entry against its name and drops the corrupt ones; returns how many.
+    pub fn verify_all(&self) -> u64 {
+        let ids: Vec<(Hash, u64)> = self.lock().entries.iter().map(|(id, (size, _))| (*id, *size)).collect();
+        let mut bad = 0;
+        for (id, _) in ids {
+            let path = self.path(&id);
+            let ok = fs::read(&path).map(|b| crate::chunk::hash(&b) == id).unwrap_or(false);
+            if !ok {
+                tracing::warn!("cache entry {} is corrupt; dropped", path.display());
+                let _ = fs::remove_file(&path);
+                let mut index = self.lock();
+                index.forget(&id);
+                index.stats.corrupt += 1;
+                bad += 1;
+            }
+        }
+        bad
+    }
+
+    /// Current counters.
+    pub fn stats(&self) -> CacheStats {
+        self.lock().stats.clone()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::chunk::seal;
+
+    fn chunk_of(data: &[u8]) -> (ChunkRef, Verified) {
+        let s = seal(data, false, 1).unwrap();
+        let v = crate::chunk::open(&s.chunk, &s.bytes).unwrap();
+        (s.chunk, v)
+    }
+
+    #[test]
+    fn hit_after_put_and_corruption_is_dropped() {
+        let dir = tempfile::tempdir().unwrap();
+        let cache = Cache::open(dir.path(), 1 << 20).unwrap();
+        let (c, v) = chunk_of(b"some chunk bytes");
+        assert!(cache.get(&c).is_none());
+        cache.put(&c, &v);
+        assert_eq!(&*cache.get(&c).unwrap(), b"some chunk bytes");
+        // Flip a byte on disk: detected, dropped, reported as a miss.
+        let path = cache.path(&c.plain_hash());
+        let mut b = fs::read(&path).unwrap();
+        b[0] ^= 1;
+        fs::write(&path, b).unwrap();
+        assert!(cache.get(&c).is_none());
+        assert!(!path.exists());
+        let s = cache.stats();
+        assert_eq!((s.hits, s.corrupt, s.entries), (1, 1, 0));
+    }
+
+    #[test]
+    fn quota_evicts_least_recently_used() {
+        let dir = tempfile::tempdir().unwrap();
+        let cache = Cache::open(dir.path(), 3000).unwrap();
+        let chunks: Vec<_> = (0..4u8).map(|i| chunk_of(&[i; 1000])).collect();
+        for (c, v) in &chunks[..3] {
+            cache.put(c, v);
+        }
+        // Use chunk 0 so that chunk 1 is the oldest, then add chunk 3.
+        assert!(cache.get(&chunks[0].0).is_some());
+        cache.put(&chunks[3].0, &chunks[3].1);
+        assert!(cache.stats().bytes <= 3000);
+        assert!(cache.get(&chunks[1].0).is_none());
+        assert!(cache.get(&chunks[0].0).is_some());
+        assert!(cache.get(&chunks[3].0).is_some());
+        // Reopening finds the same entries.
+        drop(cache);
+        let again = Cache::open(dir.path(), 3000).unwrap();
+        assert_eq!(again.stats().entries, 3);
+        assert_eq!(again.verify_all(), 0);
+    }
+}

@@ -1,0 +1,221 @@
+//! The chunk source a mount reads through: a small in-memory LRU, then the verified disk cache,
+//! then the stores. Concurrent requests for one chunk share one download (single-flight), and
+//! [`CachedSource::prefetch`] fetches ahead on background threads for sequential readers.
+
+use std::collections::{HashMap, VecDeque};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Condvar, Mutex};
+
+use crate::cache::Cache;
+use crate::chunk::Verified;
+use crate::format::{ChunkRef, Flist, Hash};
+use crate::read::ChunkSource;
+use crate::store::{FetchError, Router};
+
+/// One download in progress; followers wait on the condvar for the leader's result.
+#[derive(Default)]
+struct Flight {
+    result: Mutex<Option<Result<Verified, String>>>,
+    done: Condvar,
+}
+
+/// Recently used chunks, bounded by bytes.
+struct Memory {
+    chunks: HashMap<Hash, Verified>,
+    order: VecDeque<Hash>,
+    bytes: usize,
+    limit: usize,
+}
+
+impl Memory {
+    fn get(&mut self, id: &Hash) -> Option<Verified> {
+        self.chunks.get(id).cloned()
+    }
+
+    fn put(&mut self, id: Hash, v: Verified) {
+        if self.chunks.contains_key(&id) || v.len() > self.limit {
+            return;
+        }
+        while self.bytes + v.len() > self.limit {
+            let Some(old) = self.order.pop_front() else { break };
+            if let Some(gone) = self.chunks.remove(&old) {
+                self.bytes -= gone.len();
+            }
+        }
+        self.bytes += v.len();
+        self.order.push_back(id);
+        self.chunks.insert(id, v);
+    }
+}
+
+/// Counters for tests and `stats`.
+#[derive(Debug, Default, serde::Serialize)]
+pub struct FetchStats {
+    /// Chunks downloaded from stores.
+    pub fetched: u64,
+    /// Bytes of plain data downloaded.
+    pub fetched_bytes: u64,
+    /// Requests answered from memory.
+    pub memory_hits: u64,
+    /// Requests answered from the disk cache.
+    pub disk_hits: u64,
+    /// Requests that joined a download already in flight.
+    pub joined: u64,
+}
+
+/// Memory, disk cache and stores behind one [`ChunkSource`].
+pub struct CachedSource {
+    router: Router,
+    cache: Option<Arc<Cache>>,
+    memory: Mutex<Memory>,
+    flights: Mutex<HashMap<Hash, Arc<Flight>>>,
+    prefetch_tx: crossbeam_channel::Sender<(Arc<Flist>, u32)>,
+    prefetch_rx: crossbeam_channel::Receiver<(Arc<Flist>, u32)>,
+    fetched: AtomicU64,
+    fetched_bytes: AtomicU64,
+    memory_hits: AtomicU64,
+    disk_hits: AtomicU64,
+    joined: AtomicU64,
+}
+
+impl CachedSource {
+    /// A source over `router`, caching on disk in `cache` when given and keeping up to
+    /// `memory_bytes` of recent chunks in memory.
+    pub fn new(router: Router, cache: Option<Arc<Cache>>, memory_bytes: usize) -> Arc<Self> {
+        let (prefetch_tx, prefetch_rx) = crossbeam_channel::bounded(64);
+        Arc::new(CachedSource {
+            router,
+            cache,
+            memory: Mutex::new(Memory {
+                chunks: HashMap::new(),
+                order: VecDeque::new(),
+                bytes: 0,
+                limit: memory_bytes,
+            }),
+            flights: Mutex::new(HashMap::new()),
+            prefetch_tx,
+            prefetch_rx,
+            fetched: AtomicU64::new(0),
+            fetched_bytes: AtomicU64::new(0),
+            memory_hits: AtomicU64::new(0),
+            disk_hits: AtomicU64::new(0),
+            joined: AtomicU64::new(0),
+        })
+    }
+
+    /// Starts `threads` background fetchers serving [`CachedSource::prefetch`].
+    pub fn start_prefetchers(self: &Arc<Self>, threads: usize) {
+        for i in 0..threads {
+            let me = Arc::downgrade(self);
+            let rx = self.prefetch_rx.clone();
+            let spawned = std::thread::Builder::new().name(format!("prefetch-{i}")).spawn(move || {
+                for (flist, index) in rx {
+                    // The source is gone once its mount is: stop.
+                    let Some(me) = me.upgrade() else { return };
+                    if let Err(e) = me.chunk(&flist, index) {
+                        tracing::debug!("prefetch of chunk {index} failed: {e}");
+                    }
+                }
+            });
+            if let Err(e) = spawned {
+                tracing::warn!("no prefetch thread: {e}");
+            }
+        }
+    }
+
+    /// Asks the background fetchers for a chunk; dropped silently when they are busy.
+    pub fn prefetch(&self, flist: &Arc<Flist>, index: u32) {
+        let Some(c) = flist.chunks.get(index as usize) else { return };
+        if self.lock_memory().get(&c.plain_hash()).is_some() {
+            return;
+        }
+        let _ = self.prefetch_tx.try_send((flist.clone(), index));
+    }
+
+    fn lock_memory(&self) -> std::sync::MutexGuard<'_, Memory> {
+        self.memory.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Counters so far.
+    pub fn stats(&self) -> FetchStats {
+        FetchStats {
+            fetched: self.fetched.load(Ordering::Relaxed),
+            fetched_bytes: self.fetched_bytes.load(Ordering::Relaxed),
+            memory_hits: self.memory_hits.load(Ordering::Relaxed),
+            disk_hits: self.disk_hits.load(Ordering::Relaxed),
+            joined: self.joined.load(Ordering::Relaxed),
+        }
+    }
+
+    /// The disk cache, if any.
+    pub fn cache(&self) -> Option<&Arc<Cache>> {
+        self.cache.as_ref()
+    }
+
+    fn get_chunk(&self, c: &ChunkRef) -> Result<Verified, FetchError> {
+        let key = c.plain_hash();
+        if let Some(v) = self.lock_memory().get(&key) {
+            self.memory_hits.fetch_add(1, Ordering::Relaxed);
+            return Ok(v);
+        }
+        if let Some(v) = self.cache.as_ref().and_then(|cache| cache.get(c)) {
+            self.disk_hits.fetch_add(1, Ordering::Relaxed);
+            self.lock_memory().put(key, v.clone());
+            return Ok(v);
+        }
+        let (flight, leader) = {
+            let mut flights = self.flights.lock().unwrap_or_else(|p| p.into_inner());
+            match flights.get(&key) {
+                Some(f) => (f.clone(), false),
+                None => {
+                    // A download may have finished between the memory check and this lock.
+                    if let Some(v) = self.lock_memory().get(&key) {
+                        self.memory_hits.fetch_add(1, Ordering::Relaxed);
+                        return Ok(v);
+                    }
+                    let f = Arc::new(Flight::default());
+                    flights.insert(key, f.clone());
+                    (f, true)
+                }
+            }
+        };
+        if !leader {
+            self.joined.fetch_add(1, Ordering::Relaxed);
+            let mut result = flight.result.lock().unwrap_or_else(|p| p.into_inner());
+            while result.is_none() {
+                result = flight.done.wait(result).unwrap_or_else(|p| p.into_inner());
+            }
+            return match result.as_ref() {
+                Some(Ok(v)) => Ok(v.clone()),
+                Some(Err(why)) => Err(FetchError { id: c.id, failures: vec![why.clone()] }),
+                None => Err(FetchError { id: c.id, failures: vec!["download vanished".into()] }),
+            };
+        }
+        let result = self.router.fetch(c);
+        if let Ok(v) = &result {
+            self.fetched.fetch_add(1, Ordering::Relaxed);
+            self.fetched_bytes.fetch_add(v.len() as u64, Ordering::Relaxed);
+            if let Some(cache) = &self.cache {
+                cache.put(c, v);
+            }
+            self.lock_memory().put(key, v.clone());
+        }
+        *flight.result.lock().unwrap_or_else(|p| p.into_inner()) = Some(match &result {
+            Ok(v) => Ok(v.clone()),
+            Err(e) => Err(e.to_string()),
+        });
+        flight.done.notify_all();
+        self.flights.lock().unwrap_or_else(|p| p.into_inner()).remove(&key);
+        result
+    }
+}
+
+impl ChunkSource for CachedSource {
+    fn chunk(&self, flist: &Flist, index: u32) -> Result<Verified, FetchError> {
+        let c = flist.chunks.get(index as usize).ok_or_else(|| FetchError {
+            id: Hash([0; 32]),
+            failures: vec![format!("chunk index {index} out of range")],
+        })?;
+        self.get_chunk(c)
+    }
+}

@@ -1,0 +1,409 @@
+//! The read-only FUSE filesystem over an flist: the same code serves `flist mount` and PID 1.
+//!
+//! FUSE inode numbers are flist inode indices + 1 (so the root is 1), hardlinks share one. The
+//! tree never changes under a mount, so entries and attributes get long kernel TTLs, file pages
+//! are kept across opens (`FOPEN_KEEP_CACHE`) and directory listings are cached too. Content
+//! comes from a [`CachedSource`]: verified before use, fetched once however many readers, with
+//! chunks ahead of a sequential reader prefetched. Every failure is logged with the path and
+//! mapped to an errno in [`errno`]; nothing here can panic or hang forever (store fetches are
+//! bounded by the router's retry policy and HTTP timeouts).
+
+use std::collections::HashMap;
+use std::ffi::OsStr;
+use std::os::unix::ffi::OsStrExt;
+use std::path::Path;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use fuser::{
+    Errno, FileAttr, FileHandle, FileType, Filesystem, FopenFlags, Generation, INodeNo, InitFlags, KernelConfig,
+    LockOwner, OpenFlags, ReplyAttr, ReplyData, ReplyDirectory, ReplyDirectoryPlus, ReplyEntry, ReplyOpen, ReplyStatfs,
+    ReplyXattr, Request,
+};
+
+use crate::fetch::CachedSource;
+use crate::format::{Extent, Flist, Inode, InodeData, Kind, Timestamp};
+use crate::read::ChunkSource;
+
+/// What can go wrong serving a request, mapped to an errno in exactly one place.
+#[derive(Debug)]
+enum FsError {
+    NoEntry,
+    NotDir,
+    IsDir,
+    NotSymlink,
+    NoAttr,
+    Range,
+    Fetch(String),
+}
+
+fn errno(e: &FsError) -> Errno {
+    match e {
+        FsError::NoEntry => Errno::ENOENT,
+        FsError::NotDir => Errno::ENOTDIR,
+        FsError::IsDir => Errno::EISDIR,
+        FsError::NotSymlink => Errno::EINVAL,
+        FsError::NoAttr => Errno::NO_XATTR,
+        FsError::Range => Errno::ERANGE,
+        FsError::Fetch(_) => Errno::EIO,
+    }
+}
+
+/// Mount tuning.
+#[derive(Clone, Debug)]
+pub struct FsOptions {
+    /// Kernel entry and attribute cache lifetime.
+    pub ttl: Duration,
+    /// Chunks to prefetch ahead of a sequential reader.
+    pub readahead_chunks: u32,
+}
+
+impl Default for FsOptions {
+    fn default() -> Self {
+        FsOptions { ttl: Duration::from_secs(24 * 3600), readahead_chunks: 4 }
+    }
+}
+
+/// An flist served over FUSE.
+pub struct FlistFs {
+    flist: Arc<Flist>,
+    source: Arc<CachedSource>,
+    /// For each inode, the first entry naming it.
+    entry_of: Vec<u32>,
+    opts: FsOptions,
+    /// Per inode, where the last read ended: a read starting there is sequential.
+    next_offset: Mutex<HashMap<u32, u64>>,
+}
+
+fn system_time(t: Timestamp) -> SystemTime {
+    let nanos = Duration::from_nanos(u64::from(t.nanos));
+    if t.secs >= 0 {
+        UNIX_EPOCH + Duration::from_secs(t.secs as u64) + nanos
+    } else {
+        (UNIX_EPOCH - Duration::from_secs(t.secs.unsigned_abs())) + nanos
+    }
+}
+
+/// The kernel's 32-bit device encoding (`new_encode_dev`), as FUSE carries it.
+fn fuse_rdev(rdev: u64) -> u32 {
+    let (major, minor) = (libc::major(rdev), libc::minor(rdev));
+    (minor & 0xff) | ((major & 0xfff) << 8) | ((minor & !0xff) << 12)
+}
+
+fn file_type(kind: Kind) -> FileType {
+    match kind {
+        Kind::Dir => FileType::Directory,
+        Kind::File => FileType::RegularFile,
+        Kind::Symlink => FileType::Symlink,
+        Kind::CharDev => FileType::CharDevice,
+        Kind::BlockDev => FileType::BlockDevice,
+        Kind::Fifo => FileType::NamedPipe,
+        Kind::Socket => FileType::Socket,
+    }
+}
+
+impl FlistFs {
+    /// A filesystem serving `flist` with content from `source`.
+    pub fn new(flist: Arc<Flist>, source: Arc<CachedSource>, opts: FsOptions) -> Self {
+        let mut entry_of = vec![u32::MAX; flist.inodes.len()];
+        for (i, e) in flist.entries.iter().enumerate() {
+            if let Some(slot) = entry_of.get_mut(e.inode as usize).filter(|s| **s == u32::MAX) {
+                *slot = i as u32;
+            }
+        }
+        FlistFs { flist, source, entry_of, opts, next_offset: Mutex::new(HashMap::new()) }
+    }
+
+    fn inode(&self, ino: INodeNo) -> Result<(u32, &Inode), FsError> {
+        let index = ino.0.checked_sub(1).and_then(|i| u32::try_from(i).ok()).ok_or(FsError::NoEntry)?;
+        self.flist.inodes.get(index as usize).map(|i| (index, i)).ok_or(FsError::NoEntry)
+    }
+
+    fn dir_entry(&self, ino: INodeNo) -> Result<u32, FsError> {
+        let (index, inode) = self.inode(ino)?;
+        if inode.kind() != Kind::Dir {
+            return Err(FsError::NotDir);
+        }
+        self.entry_of.get(index as usize).copied().ok_or(FsError::NoEntry)
+    }
+
+    fn attr(&self, index: u32, inode: &Inode) -> FileAttr {
+        let mtime = system_time(inode.mtime);
+        let rdev = match inode.data {
+            InodeData::Device(d) => fuse_rdev(d),
+            _ => 0,
+        };
+        FileAttr {
+            ino: INodeNo(u64::from(index) + 1),
+            size: inode.size(),
+            blocks: inode.data_len().div_ceil(512),
+            atime: mtime,
+            mtime,
+            ctime: system_time(inode.ctime),
+            crtime: mtime,
+            kind: file_type(inode.kind()),
+            perm: (inode.mode & 0o7777) as u16,
+            nlink: inode.nlink,
+            uid: inode.uid,
+            gid: inode.gid,
+            rdev,
+            blksize: 4096,
+            flags: 0,
+        }
+    }
+
+    fn path(&self, index: u32) -> String {
+        let entry = self.entry_of.get(index as usize).copied().unwrap_or(0);
+        String::from_utf8_lossy(&self.flist.path_of(entry)).into_owned()
+    }
+
+    fn lookup_child(&self, parent: INodeNo, name: &OsStr) -> Result<FileAttr, FsError> {
+        let dir = self.dir_entry(parent)?;
+        let child = self.flist.lookup(dir, name.as_bytes()).ok_or(FsError::NoEntry)?;
+        let inode_index = self.flist.entry(child).map(|e| e.inode).ok_or(FsError::NoEntry)?;
+        let inode = self.flist.inodes.get(inode_index as usize).ok_or(FsError::NoEntry)?;
+        Ok(self.attr(inode_index, inode))
+    }
+
+    fn read_range(&self, ino: INodeNo, offset: u64, size: u32) -> Result<Vec<u8>, FsError> {
+        let (index, inode) = self.inode(ino)?;
+        match inode.kind() {
+            Kind::File => {}
+            Kind::Dir => return Err(FsError::IsDir),
+            _ => return Err(FsError::NoEntry),
+        }
+        let extents = self.flist.extents(inode, offset, u64::from(size));
+        let mut out = Vec::with_capacity(size as usize);
+        let mut last_chunk = None;
+        for extent in extents {
+            match extent {
+                Extent::Data { chunk, offset, len } => {
+                    let bytes = self.source.chunk(&self.flist, chunk).map_err(|e| FsError::Fetch(e.to_string()))?;
+                    let piece = bytes
+                        .get(offset as usize..offset as usize + len as usize)
+                        .ok_or_else(|| FsError::Fetch("extent outside its chunk".into()))?;
+                    out.extend_from_slice(piece);
+                    last_chunk = Some(chunk);
+                }
+                Extent::Hole { len } => out.resize(out.len() + len as usize, 0),
+            }
+        }
+        let end = offset + out.len() as u64;
+        let sequential = {
+            let mut next = self.next_offset.lock().unwrap_or_else(|p| p.into_inner());
+            let was = next.insert(index, end);
+            offset == 0 || was == Some(offset)
+        };
+        if let (true, Some(last)) = (sequential, last_chunk) {
+            for ahead in 1..=self.opts.readahead_chunks {
+                self.source.prefetch(&self.flist, last + ahead);
+            }
+        }
+        Ok(out)
+    }
+
+    fn xattr(&self, ino: INodeNo, name: Option<&OsStr>) -> Result<Vec<u8>, FsError> {
+        let (_, inode) = self.inode(ino)?;
+        match name {
+            Some(name) => inode
+                .xattrs
+                .iter()
+                .find(|(k, _)| k.as_slice() == name.as_bytes())
+                .map(|(_, v)| v.clone())
+                .ok_or(FsError::NoAttr),
+            None => Ok(inode.xattrs.iter().flat_map(|(k, _)| k.iter().copied().chain([0])).collect()),
+        }
+    }
+
+    /// Directory listing from `offset`: `.`, `..`, then the children; each with the offset of
+    /// the next one.
+    fn listing(&self, ino: INodeNo, offset: u64) -> Result<Vec<(u64, u32, Vec<u8>)>, FsError> {
+        let dir = self.dir_entry(ino)?;
+        let this = self.flist.entry(dir).map(|e| e.inode).ok_or(FsError::NoEntry)?;
+        let parent = self.flist.entry(dir).and_then(|e| self.flist.entry(e.parent)).map_or(this, |p| p.inode);
+        let mut all = vec![(this, b".".to_vec()), (parent, b"..".to_vec())];
+        for c in self.flist.children(dir) {
+            if let Some(e) = self.flist.entry(c) {
+                all.push((e.inode, e.name.clone()));
+            }
+        }
+        Ok(all
+            .into_iter()
+            .enumerate()
+            .skip(offset as usize)
+            .map(|(i, (inode, name))| (i as u64 + 1, inode, name))
+            .collect())
+    }
+
+    fn log_error(&self, op: &str, ino: INodeNo, e: &FsError) {
+        if let FsError::Fetch(why) = e {
+            let index = ino.0.saturating_sub(1) as u32;
+            tracing::error!("{op} {}: {why}", self.path(index));
+        }
+    }
+}
+
+impl Filesystem for FlistFs {
+    fn init(&mut self, _req: &Request, config: &mut KernelConfig) -> std::io::Result<()> {
+        for flag in [
+            InitFlags::FUSE_DO_READDIRPLUS,
+            InitFlags::FUSE_READDIRPLUS_AUTO,
+            InitFlags::FUSE_PARALLEL_DIROPS,
+            InitFlags::FUSE_CACHE_SYMLINKS,
+            InitFlags::FUSE_ASYNC_READ,
+        ] {
+            let _ = config.add_capabilities(flag);
+        }
+        // Larger kernel read-ahead: fewer, bigger requests for sequential readers.
+        if let Err(max) = config.set_max_readahead(1 << 20) {
+            let _ = config.set_max_readahead(max);
+        }
+        Ok(())
+    }
+
+    fn lookup(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEntry) {
+        match self.lookup_child(parent, name) {
+            Ok(attr) => reply.entry(&self.opts.ttl, &attr, Generation(0)),
+            Err(e) => reply.error(errno(&e)),
+        }
+    }
+
+    fn getattr(&self, _req: &Request, ino: INodeNo, _fh: Option<FileHandle>, reply: ReplyAttr) {
+        match self.inode(ino) {
+            Ok((index, inode)) => reply.attr(&self.opts.ttl, &self.attr(index, inode)),
+            Err(e) => reply.error(errno(&e)),
+        }
+    }
+
+    fn readlink(&self, _req: &Request, ino: INodeNo, reply: ReplyData) {
+        match self.inode(ino).and_then(|(_, i)| match &i.data {
+            InodeData::Symlink(t) => Ok(t),
+            _ => Err(FsError::NotSymlink),
+        }) {
+            Ok(target) => reply.data(target),
+            Err(e) => reply.error(errno(&e)),
+        }
+    }
+
+    fn open(&self, _req: &Request, ino: INodeNo, _flags: OpenFlags, reply: ReplyOpen) {
+        match self.inode(ino) {
+            Ok(_) => reply.opened(FileHandle(0), FopenFlags::FOPEN_KEEP_CACHE),
+            Err(e) => reply.error(errno(&e)),
+        }
+    }
+
+    fn read(
+        &self,
+        _req: &Request,
+        ino: INodeNo,
+        _fh: FileHandle,
+        offset: u64,
+        size: u32,
+        _flags: OpenFlags,
+        _lock_owner: Option<LockOwner>,
+        reply: ReplyData,
+    ) {
+        match self.read_range(ino, offset, size) {
+            Ok(bytes) => reply.data(&bytes),
+            Err(e) => {
+                self.log_error("read", ino, &e);
+                reply.error(errno(&e));
+            }
+        }
+    }
+
+    fn flush(&self, _req: &Request, _ino: INodeNo, _fh: FileHandle, _lock_owner: LockOwner, reply: fuser::ReplyEmpty) {
+        reply.ok();
+    }
+
+    fn opendir(&self, _req: &Request, ino: INodeNo, _flags: OpenFlags, reply: ReplyOpen) {
+        match self.dir_entry(ino) {
+            Ok(_) => reply.opened(FileHandle(0), FopenFlags::FOPEN_KEEP_CACHE | FopenFlags::FOPEN_CACHE_DIR),
+            Err(e) => reply.error(errno(&e)),
+        }
+    }
+
+    fn readdir(&self, _req: &Request, ino: INodeNo, _fh: FileHandle, offset: u64, mut reply: ReplyDirectory) {
+        match self.listing(ino, offset) {
+            Ok(rows) => {
+                for (next, inode, name) in rows {
+                    let kind =
+                        self.flist.inodes.get(inode as usize).map_or(FileType::RegularFile, |i| file_type(i.kind()));
+                    if reply.add(INodeNo(u64::from(inode) + 1), next, kind, OsStr::from_bytes(&name)) {
+                        break;
+                    }
+                }
+                reply.ok();
+            }
+            Err(e) => reply.error(errno(&e)),
+        }
+    }
+
+    fn readdirplus(&self, _req: &Request, ino: INodeNo, _fh: FileHandle, offset: u64, mut reply: ReplyDirectoryPlus) {
+        match self.listing(ino, offset) {
+            Ok(rows) => {
+                for (next, inode, name) in rows {
+                    let Some(i) = self.flist.inodes.get(inode as usize) else { continue };
+                    let attr = self.attr(inode, i);
+                    if reply.add(attr.ino, next, OsStr::from_bytes(&name), &self.opts.ttl, &attr, Generation(0)) {
+                        break;
+                    }
+                }
+                reply.ok();
+            }
+            Err(e) => reply.error(errno(&e)),
+        }
+    }
+
+    fn statfs(&self, _req: &Request, _ino: INodeNo, reply: ReplyStatfs) {
+        let blocks = self.flist.inodes.iter().map(|i| i.data_len()).sum::<u64>().div_ceil(4096);
+        reply.statfs(blocks, 0, 0, self.flist.inodes.len() as u64, 0, 4096, 255, 4096);
+    }
+
+    fn getxattr(&self, _req: &Request, ino: INodeNo, name: &OsStr, size: u32, reply: ReplyXattr) {
+        reply_xattr(self.xattr(ino, Some(name)), size, reply);
+    }
+
+    fn listxattr(&self, _req: &Request, ino: INodeNo, size: u32, reply: ReplyXattr) {
+        reply_xattr(self.xattr(ino, None), size, reply);
+    }
+}
+
+/// The xattr size protocol: size 0 asks for the length; too small a buffer is ERANGE.
+fn reply_xattr(value: Result<Vec<u8>, FsError>, size: u32, reply: ReplyXattr) {
+    match value {
+        Ok(v) if size == 0 => reply.size(v.len() as u32),
+        Ok(v) if v.len() > size as usize => reply.error(errno(&FsError::Range)),
+        Ok(v) => reply.data(&v),
+        Err(e) => reply.error(errno(&e)),
+    }
+}
+
+/// How to mount.
+#[derive(Clone, Debug)]
+pub struct MountOptions {
+    /// FUSE request threads.
+    pub threads: usize,
+    /// Let every user in (`allow_other`); PID 1 and root mounts want this.
+    pub allow_other: bool,
+}
+
+impl Default for MountOptions {
+    fn default() -> Self {
+        MountOptions { threads: 4, allow_other: true }
+    }
+}
+
+/// Mounts `fs` at `mountpoint`, serving requests on background threads until the returned
+/// session is dropped (which unmounts).
+pub fn mount(fs: FlistFs, mountpoint: &Path, opts: &MountOptions) -> std::io::Result<fuser::BackgroundSession> {
+    use fuser::MountOption as O;
+    let name = format!("flist:{}", fs.flist.digest().to_hex().get(..16).unwrap_or_default());
+    let mut config = fuser::Config::default();
+    config.mount_options =
+        vec![O::FSName(name), O::Subtype("flist".into()), O::RO, O::Dev, O::Suid, O::Exec, O::DefaultPermissions];
+    config.acl = if opts.allow_other { fuser::SessionACL::All } else { fuser::SessionACL::Owner };
+    config.n_threads = Some(opts.threads.max(1));
+    config.clone_fd = true;
+    fuser::spawn_mount(fs, mountpoint, &config)
+}
