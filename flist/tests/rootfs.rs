@@ -43,6 +43,21 @@ fn debootstrap_tree_round_trips() {
     assert_same_tree(&src, &t.join("out"));
     flist_ok(&[&"verify", &t.join("dir.fl")]);
 
+    // Mounted through FUSE, the tree is the same and a real Debian userland runs from it.
+    {
+        let cache = t.join("cache");
+        let m = util::Mounted::new(&t.join("dir.fl"), &t.join("mnt"), &["--cache", cache.to_str().unwrap()]);
+        assert_same_tree(&src, &m.path);
+        let out = Command::new("chroot")
+            .arg(&m.path)
+            .args(["/bin/sh", "-c", "ls / && cat /etc/os-release"])
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+        let text = String::from_utf8_lossy(&out.stdout);
+        assert!(text.contains("usr") && text.contains("bookworm"), "{text}");
+    }
+
     // The tarball itself packs to the same tree.
     pack(std::path::Path::new(&tarball), "tar.fl");
     let out = flist(&[&"diff", &"--content", &t.join("dir.fl"), &t.join("tar.fl")]);
