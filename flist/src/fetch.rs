@@ -212,10 +212,6 @@ impl CachedSource {
 
 impl ChunkSource for CachedSource {
     fn chunk(&self, flist: &Flist, index: u32) -> Result<Verified, FetchError> {
-        let c = flist.chunks.get(index as usize).ok_or_else(|| FetchError {
-            id: Hash([0; 32]),
-            failures: vec![format!("chunk index {index} out of range")],
-        })?;
-        self.get_chunk(c)
+        self.get_chunk(crate::read::chunk_ref(flist, index)?)
     }
 }

@@ -23,7 +23,7 @@ use fuser::{
 
 use crate::fetch::CachedSource;
 use crate::format::{Extent, Flist, Inode, InodeData, Kind, Timestamp};
-use crate::read::ChunkSource;
+use crate::read::copy_extents;
 
 /// What can go wrong serving a request, mapped to an errno in exactly one place.
 #[derive(Debug)]
@@ -174,20 +174,12 @@ impl FlistFs {
         }
         let extents = self.flist.extents(inode, offset, u64::from(size));
         let mut out = Vec::with_capacity(size as usize);
-        let mut last_chunk = None;
-        for extent in extents {
-            match extent {
-                Extent::Data { chunk, offset, len } => {
-                    let bytes = self.source.chunk(&self.flist, chunk).map_err(|e| FsError::Fetch(e.to_string()))?;
-                    let piece = bytes
-                        .get(offset as usize..offset as usize + len as usize)
-                        .ok_or_else(|| FsError::Fetch("extent outside its chunk".into()))?;
-                    out.extend_from_slice(piece);
-                    last_chunk = Some(chunk);
-                }
-                Extent::Hole { len } => out.resize(out.len() + len as usize, 0),
-            }
-        }
+        copy_extents(&self.flist, self.source.as_ref(), &extents, &mut out)
+            .map_err(|e| FsError::Fetch(e.to_string()))?;
+        let last_chunk = extents.iter().rev().find_map(|e| match e {
+            Extent::Data { chunk, .. } => Some(*chunk),
+            Extent::Hole { .. } => None,
+        });
         let end = offset + out.len() as u64;
         let sequential = {
             let mut next = self.next_offset.lock().unwrap_or_else(|p| p.into_inner());

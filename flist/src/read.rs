@@ -7,8 +7,16 @@ use std::io::{self, Write};
 use std::sync::Mutex;
 
 use crate::chunk::Verified;
-use crate::format::{Extent, Flist, Inode};
+use crate::format::{ChunkRef, Extent, Flist, Inode};
 use crate::store::{FetchError, Router};
+
+/// The chunk at `index` of `flist`, or an error naming the bad index.
+pub fn chunk_ref(flist: &Flist, index: u32) -> Result<&ChunkRef, FetchError> {
+    flist.chunks.get(index as usize).ok_or_else(|| FetchError {
+        id: crate::format::Hash([0; 32]),
+        failures: vec![format!("chunk index {index} out of range")],
+    })
+}
 
 /// Gives verified chunk bytes by index in an flist's chunk table.
 pub trait ChunkSource: Sync {
@@ -37,11 +45,7 @@ impl ChunkSource for RouterSource<'_> {
         if let Some(v) = self.recent.lock().unwrap_or_else(|p| p.into_inner()).get(&index) {
             return Ok(v.clone());
         }
-        let chunk = flist.chunks.get(index as usize).ok_or_else(|| FetchError {
-            id: crate::format::Hash([0; 32]),
-            failures: vec![format!("chunk index {index} out of range")],
-        })?;
-        let v = self.router.fetch(chunk)?;
+        let v = self.router.fetch(chunk_ref(flist, index)?)?;
         let mut recent = self.recent.lock().unwrap_or_else(|p| p.into_inner());
         if recent.len() >= RECENT_CHUNKS {
             recent.clear();
@@ -60,9 +64,19 @@ pub fn copy_range(
     len: u64,
     out: &mut dyn Write,
 ) -> io::Result<u64> {
+    copy_extents(flist, source, &flist.extents(inode, offset, len), out)
+}
+
+/// Writes the bytes that `extents` (from [`Flist::extents`]) describe into `out`.
+pub fn copy_extents(
+    flist: &Flist,
+    source: &dyn ChunkSource,
+    extents: &[Extent],
+    out: &mut dyn Write,
+) -> io::Result<u64> {
     let zeros = [0u8; 64 * 1024];
     let mut written = 0;
-    for extent in flist.extents(inode, offset, len) {
+    for &extent in extents {
         match extent {
             Extent::Data { chunk, offset, len } => {
                 let bytes = source.chunk(flist, chunk).map_err(io::Error::other)?;
