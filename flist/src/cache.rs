@@ -6,6 +6,10 @@
 //! cache file forever). Writes go to a temporary file, are synced, then renamed, so a crash
 //! leaves either the whole entry or none. A byte quota is kept by evicting the least recently
 //! used entries; a full disk evicts more and, failing that, serves without caching.
+//!
+//! Next to chunks, the cache can hold whole files assembled from verified chunks (`files/`), for
+//! the kernel to read directly through FUSE passthrough; [`crate::assembled`] verifies them
+//! against the chunk hashes once per mount. They count in the same quota and LRU.
 
 use std::collections::{BTreeMap, HashMap};
 use std::fs;
@@ -48,18 +52,25 @@ pub struct CacheStats {
     pub write_errors: u64,
 }
 
+/// A cache entry: a chunk named by its plain hash, or an assembled file named by its content key.
+#[derive(Clone, Copy, PartialEq, Eq, Hash, Debug)]
+enum Key {
+    Chunk(Hash),
+    File(Hash),
+}
+
 #[derive(Default)]
 struct Index {
     /// Size and last-use tick of each entry.
-    entries: HashMap<Hash, (u64, u64)>,
+    entries: HashMap<Key, (u64, u64)>,
     /// Entries by last use, oldest first.
-    by_use: BTreeMap<u64, Hash>,
+    by_use: BTreeMap<u64, Key>,
     tick: u64,
     stats: CacheStats,
 }
 
 impl Index {
-    fn touch(&mut self, id: Hash, size: u64) {
+    fn touch(&mut self, id: Key, size: u64) {
         self.tick += 1;
         if let Some((old_size, old_tick)) = self.entries.insert(id, (size, self.tick)) {
             self.by_use.remove(&old_tick);
@@ -71,7 +82,7 @@ impl Index {
         self.by_use.insert(self.tick, id);
     }
 
-    fn forget(&mut self, id: &Hash) {
+    fn forget(&mut self, id: &Key) {
         if let Some((size, tick)) = self.entries.remove(id) {
             self.by_use.remove(&tick);
             self.stats.bytes -= size;
@@ -79,7 +90,7 @@ impl Index {
         }
     }
 
-    fn oldest(&self) -> Option<Hash> {
+    fn oldest(&self) -> Option<Key> {
         self.by_use.values().next().copied()
     }
 }
@@ -91,9 +102,35 @@ pub struct Cache {
     index: Mutex<Index>,
 }
 
+/// Where assembled files live, under the cache root.
+const FILES: &str = "files";
+
 fn hex_name(id: &Hash) -> (String, String) {
     let hex = id.to_hex();
     (hex.get(..2).unwrap_or_default().to_string(), hex)
+}
+
+type Found = Vec<(Option<std::time::SystemTime>, Key, u64)>;
+
+/// Collects the entries of a fanned-out directory (`ab/abcd…`); a missing directory is empty.
+fn scan(dir: &Path, key: fn(Hash) -> Key, found: &mut Found) -> io::Result<()> {
+    let fans = match fs::read_dir(dir) {
+        Ok(f) => f,
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(()),
+        Err(e) => return Err(e),
+    };
+    for fan in fans.flatten() {
+        if fan.file_name().len() != 2 {
+            continue;
+        }
+        for e in fs::read_dir(fan.path())?.flatten() {
+            let Some(id) = e.file_name().to_str().and_then(Hash::from_hex) else { continue };
+            if let Ok(md) = e.metadata() {
+                found.push((md.modified().ok(), key(id), md.len()));
+            }
+        }
+    }
+    Ok(())
 }
 
 impl Cache {
@@ -107,18 +144,9 @@ impl Cache {
             let _ = fs::remove_file(e.path());
         }
         let mut found = Vec::new();
-        for fan in fs::read_dir(root).map_err(err)?.flatten() {
-            if fan.file_name().len() != 2 {
-                continue;
-            }
-            for e in fs::read_dir(fan.path()).map_err(err)?.flatten() {
-                let Some(id) = e.file_name().to_str().and_then(Hash::from_hex) else { continue };
-                if let Ok(md) = e.metadata() {
-                    found.push((md.modified().ok(), id, md.len()));
-                }
-            }
-        }
-        found.sort();
+        scan(root, Key::Chunk, &mut found).map_err(err)?;
+        scan(&root.join(FILES), Key::File, &mut found).map_err(err)?;
+        found.sort_by_key(|(modified, _, _)| *modified);
         let cache = Cache { root: root.to_path_buf(), quota, index: Mutex::new(Index::default()) };
         {
             let mut index = cache.lock();
@@ -135,15 +163,24 @@ impl Cache {
         self.index.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    fn path(&self, id: &Hash) -> PathBuf {
+    fn path(&self, key: &Key) -> PathBuf {
+        let (dir, id) = match key {
+            Key::Chunk(id) => (self.root.clone(), id),
+            Key::File(id) => (self.root.join(FILES), id),
+        };
         let (fan, name) = hex_name(id);
-        self.root.join(fan).join(name)
+        dir.join(fan).join(name)
+    }
+
+    /// Whether the plain bytes with this hash are cached (not verified: [`Cache::get`] does that).
+    pub fn has(&self, plain: &Hash) -> bool {
+        self.lock().entries.contains_key(&Key::Chunk(*plain))
     }
 
     /// The cached plain bytes of `chunk`, verified; `None` when absent or found corrupt (then
     /// dropped, so the caller refetches).
     pub fn get(&self, chunk: &ChunkRef) -> Option<Verified> {
-        let key = chunk.plain_hash();
+        let key = Key::Chunk(chunk.plain_hash());
         let path = self.path(&key);
         let bytes = match fs::read(&path) {
             Ok(b) => b,
@@ -177,34 +214,70 @@ impl Cache {
     /// already has the bytes.
     pub fn put(&self, chunk: &ChunkRef, plain: &Verified) {
         let key = chunk.plain_hash();
-        let size = plain.len() as u64;
+        if let Err(e) = self.store(Key::Chunk(key), plain.len() as u64, &mut |f| f.write_all(plain)) {
+            tracing::warn!("caching chunk {key} failed ({e}); serving it uncached");
+        }
+    }
+
+    /// The assembled file named `key`, opened for reading, if present. The caller verifies it.
+    pub fn open_file(&self, key: &Hash) -> Option<fs::File> {
+        let key = Key::File(*key);
+        let file = fs::File::open(self.path(&key)).ok()?;
+        let size = file.metadata().ok()?.len();
+        self.lock().touch(key, size);
+        Some(file)
+    }
+
+    /// Writes an assembled file of `size` bytes with `fill`, atomically, and opens it for
+    /// reading.
+    pub fn put_file(
+        &self,
+        key: &Hash,
+        size: u64,
+        fill: &mut dyn FnMut(&mut fs::File) -> io::Result<()>,
+    ) -> io::Result<fs::File> {
+        let key = Key::File(*key);
+        self.store(key, size, fill)?;
+        fs::File::open(self.path(&key))
+    }
+
+    /// Drops an assembled file found corrupt.
+    pub fn drop_file(&self, key: &Hash) {
+        let key = Key::File(*key);
+        tracing::warn!("assembled file {} is corrupt; dropped", self.path(&key).display());
+        let _ = fs::remove_file(self.path(&key));
+        let mut index = self.lock();
+        index.forget(&key);
+        index.stats.corrupt += 1;
+    }
+
+    /// Writes an entry within the quota; on a full disk, evicts and tries once more.
+    fn store(&self, key: Key, size: u64, fill: &mut dyn FnMut(&mut fs::File) -> io::Result<()>) -> io::Result<()> {
         if size > self.quota {
-            return;
+            return Err(io::Error::new(io::ErrorKind::StorageFull, "larger than the cache quota"));
         }
         self.evict_to(self.quota.saturating_sub(size));
-        let mut result = self.write(&key, plain);
+        let mut result = self.write(&key, fill);
         if matches!(&result, Err(e) if e.raw_os_error() == Some(libc::ENOSPC)) {
             // The disk is fuller than the quota thinks: make room by halving, then try once more.
             let bytes = self.lock().stats.bytes;
             self.evict_to(bytes / 2);
-            result = self.write(&key, plain);
+            result = self.write(&key, fill);
         }
-        match result {
+        match &result {
             Ok(()) => self.lock().touch(key, size),
-            Err(e) => {
-                tracing::warn!("caching chunk {key} failed ({e}); serving it uncached");
-                self.lock().stats.write_errors += 1;
-            }
+            Err(_) => self.lock().stats.write_errors += 1,
         }
+        result
     }
 
-    fn write(&self, key: &Hash, plain: &[u8]) -> io::Result<()> {
+    fn write(&self, key: &Key, fill: &mut dyn FnMut(&mut fs::File) -> io::Result<()>) -> io::Result<()> {
         let path = self.path(key);
         if let Some(dir) = path.parent() {
             fs::create_dir_all(dir)?;
         }
         let mut tmp = tempfile::NamedTempFile::new_in(self.root.join("tmp"))?;
-        tmp.write_all(plain)?;
+        fill(tmp.as_file_mut())?;
         tmp.as_file().sync_data()?;
         tmp.persist(&path).map_err(|e| e.error)?;
         Ok(())
@@ -227,13 +300,15 @@ impl Cache {
         }
     }
 
-    /// Re-hashes every entry against its name and drops the corrupt ones; returns how many.
+    /// Re-hashes every chunk against its name and drops the corrupt ones; returns how many.
+    /// Assembled files are verified when a mount first uses them.
     pub fn verify_all(&self) -> u64 {
-        let ids: Vec<(Hash, u64)> = self.lock().entries.iter().map(|(id, (size, _))| (*id, *size)).collect();
+        let ids: Vec<Key> = self.lock().entries.keys().copied().collect();
         let mut bad = 0;
-        for (id, _) in ids {
+        for id in ids {
+            let Key::Chunk(hash) = id else { continue };
             let path = self.path(&id);
-            let ok = fs::read(&path).map(|b| crate::chunk::hash(&b) == id).unwrap_or(false);
+            let ok = fs::read(&path).map(|b| crate::chunk::hash(&b) == hash).unwrap_or(false);
             if !ok {
                 tracing::warn!("cache entry {} is corrupt; dropped", path.display());
                 let _ = fs::remove_file(&path);
@@ -272,7 +347,7 @@ mod tests {
         cache.put(&c, &v);
         assert_eq!(&*cache.get(&c).unwrap(), b"some chunk bytes");
         // Flip a byte on disk: detected, dropped, reported as a miss.
-        let path = cache.path(&c.plain_hash());
+        let path = cache.path(&Key::Chunk(c.plain_hash()));
         let mut b = fs::read(&path).unwrap();
         b[0] ^= 1;
         fs::write(&path, b).unwrap();

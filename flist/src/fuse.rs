@@ -7,11 +7,17 @@
 //! chunks ahead of a sequential reader prefetched. Every failure is logged with the path and
 //! mapped to an errno in [`errno`]; nothing here can panic or hang forever (store fetches are
 //! bounded by the router's retry policy and HTTP timeouts).
+//!
+//! Where the kernel offers FUSE passthrough, a large file whose chunks are all in the disk cache
+//! is assembled there ([`crate::assembled`]) in the background; later opens hand the kernel that
+//! file, and reads no longer come through this server at all.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::ffi::OsStr;
+use std::fs::File;
 use std::os::unix::ffi::OsStrExt;
 use std::path::Path;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
@@ -56,12 +62,51 @@ pub struct FsOptions {
     pub ttl: Duration,
     /// Chunks to prefetch ahead of a sequential reader.
     pub readahead_chunks: u32,
+    /// Use FUSE passthrough for large fully cached files, when the kernel can.
+    pub passthrough: bool,
 }
 
 impl Default for FsOptions {
     fn default() -> Self {
-        FsOptions { ttl: Duration::from_secs(24 * 3600), readahead_chunks: 4 }
+        FsOptions { ttl: Duration::from_secs(24 * 3600), readahead_chunks: 4, passthrough: true }
     }
+}
+
+/// What a mount has served, for tests and benchmarks.
+#[derive(Debug, Default)]
+pub struct FsCounters {
+    /// Read requests answered by this server.
+    pub reads: AtomicU64,
+    /// Opens handed to the kernel as passthrough.
+    pub passthrough_opens: AtomicU64,
+}
+
+const CACHED_FH: FileHandle = FileHandle(0);
+const PASSTHROUGH_FH: FileHandle = FileHandle(1);
+
+/// The open handles of one inode. The kernel refuses to mix cached and passthrough opens of an
+/// inode, and wants one backing id for all its passthrough opens.
+#[derive(Default)]
+struct Opens {
+    cached: u32,
+    passthrough: u32,
+    backing: Option<fuser::BackingId>,
+}
+
+/// Assembled files, shared with the background assembler.
+#[derive(Default)]
+struct Assembled {
+    /// Inodes whose assembled file is verified for this mount.
+    ready: Mutex<HashMap<u32, Arc<File>>>,
+    /// Inodes queued or being assembled.
+    pending: Mutex<HashSet<u32>>,
+}
+
+struct Passthrough {
+    assembled: Arc<Assembled>,
+    queue: crossbeam_channel::Sender<u32>,
+    /// Cleared when the kernel refuses a backing file: then every open is a cached one.
+    working: AtomicBool,
 }
 
 /// An flist served over FUSE.
@@ -73,6 +118,14 @@ pub struct FlistFs {
     opts: FsOptions,
     /// Per inode, where the last read ended: a read starting there is sequential.
     next_offset: Mutex<HashMap<u32, u64>>,
+    /// Set up in `init` when the kernel accepts passthrough and there is a disk cache.
+    passthrough: Option<Passthrough>,
+    opens: Mutex<HashMap<u32, Opens>>,
+    counters: Arc<FsCounters>,
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
 }
 
 fn system_time(t: Timestamp) -> SystemTime {
@@ -111,7 +164,85 @@ impl FlistFs {
                 *slot = i as u32;
             }
         }
-        FlistFs { flist, source, entry_of, opts, next_offset: Mutex::new(HashMap::new()) }
+        FlistFs {
+            flist,
+            source,
+            entry_of,
+            opts,
+            next_offset: Mutex::new(HashMap::new()),
+            passthrough: None,
+            opens: Mutex::new(HashMap::new()),
+            counters: Arc::default(),
+        }
+    }
+
+    /// Counters that stay readable after the filesystem is handed to [`mount`].
+    pub fn counters(&self) -> Arc<FsCounters> {
+        self.counters.clone()
+    }
+
+    /// Starts the background assembler; returns the handle `open` uses.
+    fn start_passthrough(&self) -> std::io::Result<Passthrough> {
+        let assembled = Arc::new(Assembled::default());
+        let (queue, rx) = crossbeam_channel::bounded::<u32>(256);
+        let (flist, source, shared) = (self.flist.clone(), self.source.clone(), assembled.clone());
+        // Ends when the filesystem (holding the sender) is dropped.
+        std::thread::Builder::new().name("assembler".into()).spawn(move || {
+            for index in rx {
+                let plan = flist.inodes.get(index as usize).and_then(|i| crate::assembled::plan(&flist, i));
+                if let Some(plan) = plan {
+                    match crate::assembled::prepare(&flist, &plan, &source) {
+                        Ok(Some(file)) => {
+                            lock(&shared.ready).insert(index, Arc::new(file));
+                        }
+                        Ok(None) => {}
+                        Err(e) => tracing::warn!("assembling inode {index} for passthrough: {e}"),
+                    }
+                }
+                lock(&shared.pending).remove(&index);
+            }
+        })?;
+        Ok(Passthrough { assembled, queue, working: AtomicBool::new(true) })
+    }
+
+    /// Opens a regular file: passthrough when its assembled file is ready and no cached open
+    /// of it is live, else a cached open (queueing assembly for next time).
+    fn open_file(&self, index: u32, reply: ReplyOpen) {
+        let Some(pt) = self.passthrough.as_ref().filter(|p| p.working.load(Ordering::Relaxed)) else {
+            return reply.opened(CACHED_FH, FopenFlags::FOPEN_KEEP_CACHE);
+        };
+        let mut opens = lock(&self.opens);
+        let state = opens.entry(index).or_default();
+        if state.backing.is_none() && state.cached == 0 {
+            if let Some(file) = lock(&pt.assembled.ready).get(&index).cloned() {
+                match reply.open_backing(&*file) {
+                    Ok(id) => state.backing = Some(id),
+                    Err(e) => {
+                        tracing::warn!("the kernel refused a passthrough file ({e}); serving every read");
+                        pt.working.store(false, Ordering::Relaxed);
+                    }
+                }
+            }
+        }
+        if let Some(backing) = &state.backing {
+            state.passthrough += 1;
+            self.counters.passthrough_opens.fetch_add(1, Ordering::Relaxed);
+            return reply.opened_passthrough(PASSTHROUGH_FH, FopenFlags::empty(), backing);
+        }
+        state.cached += 1;
+        drop(opens);
+        self.queue_assembly(index);
+        reply.opened(CACHED_FH, FopenFlags::FOPEN_KEEP_CACHE)
+    }
+
+    /// Asks the assembler to make `index` ready for passthrough; it does so only once every
+    /// chunk is in the disk cache, so this is asked again when a cached open is released.
+    fn queue_assembly(&self, index: u32) {
+        let Some(pt) = &self.passthrough else { return };
+        let queued = !lock(&pt.assembled.ready).contains_key(&index) && lock(&pt.assembled.pending).insert(index);
+        if queued && pt.queue.try_send(index).is_err() {
+            lock(&pt.assembled.pending).remove(&index);
+        }
     }
 
     fn inode(&self, ino: INodeNo) -> Result<(u32, &Inode), FsError> {
@@ -182,7 +313,7 @@ impl FlistFs {
         });
         let end = offset + out.len() as u64;
         let sequential = {
-            let mut next = self.next_offset.lock().unwrap_or_else(|p| p.into_inner());
+            let mut next = lock(&self.next_offset);
             let was = next.insert(index, end);
             offset == 0 || was == Some(offset)
         };
@@ -246,6 +377,17 @@ impl Filesystem for FlistFs {
         ] {
             let _ = config.add_capabilities(flag);
         }
+        // Passthrough needs a stacking depth; 1 still lets overlayfs sit on top (`--rw`).
+        let wants_passthrough = self.opts.passthrough && self.source.cache().is_some();
+        if wants_passthrough
+            && config.add_capabilities(InitFlags::FUSE_PASSTHROUGH).is_ok()
+            && config.set_max_stack_depth(1).is_ok()
+        {
+            match self.start_passthrough() {
+                Ok(p) => self.passthrough = Some(p),
+                Err(e) => tracing::warn!("no passthrough: {e}"),
+            }
+        }
         // Larger kernel read-ahead: fewer, bigger requests for sequential readers.
         if let Err(max) = config.set_max_readahead(1 << 20) {
             let _ = config.set_max_readahead(max);
@@ -279,9 +421,41 @@ impl Filesystem for FlistFs {
 
     fn open(&self, _req: &Request, ino: INodeNo, _flags: OpenFlags, reply: ReplyOpen) {
         match self.inode(ino) {
-            Ok(_) => reply.opened(FileHandle(0), FopenFlags::FOPEN_KEEP_CACHE),
+            Ok((index, inode)) if inode.kind() == Kind::File => self.open_file(index, reply),
+            Ok(_) => reply.opened(CACHED_FH, FopenFlags::FOPEN_KEEP_CACHE),
             Err(e) => reply.error(errno(&e)),
         }
+    }
+
+    fn release(
+        &self,
+        _req: &Request,
+        ino: INodeNo,
+        fh: FileHandle,
+        _flags: OpenFlags,
+        _lock_owner: Option<LockOwner>,
+        _flush: bool,
+        reply: fuser::ReplyEmpty,
+    ) {
+        if let Ok((index, _)) = self.inode(ino) {
+            let mut opens = lock(&self.opens);
+            if let Some(state) = opens.get_mut(&index) {
+                if fh == PASSTHROUGH_FH {
+                    state.passthrough = state.passthrough.saturating_sub(1);
+                    if state.passthrough == 0 {
+                        // Closes the kernel's backing file once its last open is gone.
+                        state.backing = None;
+                    }
+                } else {
+                    state.cached = state.cached.saturating_sub(1);
+                    self.queue_assembly(index);
+                }
+                if state.cached == 0 && state.passthrough == 0 {
+                    opens.remove(&index);
+                }
+            }
+        }
+        reply.ok();
     }
 
     fn read(
@@ -295,6 +469,7 @@ impl Filesystem for FlistFs {
         _lock_owner: Option<LockOwner>,
         reply: ReplyData,
     ) {
+        self.counters.reads.fetch_add(1, Ordering::Relaxed);
         match self.read_range(ino, offset, size) {
             Ok(bytes) => reply.data(&bytes),
             Err(e) => {

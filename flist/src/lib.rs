@@ -15,12 +15,14 @@
 //!   build on it.
 #![deny(missing_docs)]
 
+pub mod assembled;
 pub mod cache;
 pub mod chunk;
 pub mod diff;
 pub mod fetch;
 pub mod format;
 pub mod fuse;
+pub mod overlay;
 pub mod pack;
 pub mod read;
 pub mod source;

@@ -10,6 +10,7 @@ use anyhow::Context;
 use flist::cache::Cache;
 use flist::fetch::CachedSource;
 use flist::fuse::{FlistFs, FsOptions, MountOptions};
+use flist::overlay::Layers;
 use nix::sys::signal::{SigSet, Signal};
 
 use super::pack::size_bytes;
@@ -47,6 +48,10 @@ pub(crate) struct MountArgs {
     /// Detach: return once the mount answers, keep serving in the background.
     #[arg(short, long)]
     daemon: bool,
+    /// Writable view: an overlayfs over the read-only mount, with the changes kept in
+    /// UPPER/upper (the flist itself is mounted on UPPER/lower).
+    #[arg(long, value_name = "UPPER")]
+    rw: Option<PathBuf>,
 }
 
 /// Unmount an flist mount (any FUSE mount).
@@ -159,17 +164,31 @@ fn serve(
     let source = CachedSource::new(router, cache, a.memory as usize);
     source.start_prefetchers(a.prefetch_threads);
     let fs = FlistFs::new(flist, source, FsOptions { readahead_chunks: a.readahead, ..FsOptions::default() });
-    let session = match flist::fuse::mount(fs, &a.mountpoint, &MountOptions { threads: a.threads, allow_other: true }) {
+    let layers = match a.rw.as_deref().map(Layers::create).transpose() {
+        Ok(l) => l,
+        Err(e) => {
+            report(&mut ready, &format!("creating the layers: {e}"));
+            return Err(e).context("creating the writable layers");
+        }
+    };
+    let fuse_target = layers.as_ref().map_or(a.mountpoint.as_path(), |l| l.lower.as_path());
+    let session = match flist::fuse::mount(fs, fuse_target, &MountOptions { threads: a.threads, allow_other: true }) {
         Ok(s) => s,
         Err(e) => {
             report(&mut ready, &format!("{e}"));
-            return Err(e).with_context(|| format!("mounting on {}", a.mountpoint.display()));
+            return Err(e).with_context(|| format!("mounting on {}", fuse_target.display()));
         }
     };
     // Ready only once the mount answers.
-    if let Err(e) = std::fs::metadata(&a.mountpoint) {
+    if let Err(e) = std::fs::metadata(fuse_target) {
         report(&mut ready, &format!("the mount does not answer: {e}"));
         anyhow::bail!("the mount does not answer: {e}");
+    }
+    if let Some(layers) = &layers {
+        if let Err(e) = layers.mount(&a.mountpoint) {
+            report(&mut ready, &format!("mounting the overlay: {e}"));
+            return Err(e).with_context(|| format!("mounting the overlay on {}", a.mountpoint.display()));
+        }
     }
     report(&mut ready, "ok");
     tracing::info!("mounted {} on {}", a.flist.display(), a.mountpoint.display());
@@ -184,6 +203,10 @@ fn serve(
         match rx.recv_timeout(Duration::from_millis(500)) {
             Ok(sig) => {
                 tracing::info!("{sig}: unmounting {}", a.mountpoint.display());
+                if layers.is_some() {
+                    nix::mount::umount2(&a.mountpoint, nix::mount::MntFlags::MNT_DETACH)
+                        .context("unmounting the overlay")?;
+                }
                 session.umount_and_join().context("unmounting")?;
                 return Ok(ExitCode::SUCCESS);
             }

@@ -65,6 +65,18 @@ fn set_mtime(path: &Path, secs: i64, nanos: i64) {
     utimensat(None, path, &t, &t, UtimensatFlags::NoFollowSymlink).unwrap();
 }
 
+/// `len` bytes of incompressible noise from `seed` (a linear congruential generator).
+pub fn noise(len: usize, seed: u32) -> Vec<u8> {
+    let mut out = Vec::with_capacity(len + 4);
+    let mut x = seed;
+    while out.len() < len {
+        x = x.wrapping_mul(1_664_525).wrapping_add(1_013_904_223);
+        out.extend_from_slice(&x.to_le_bytes());
+    }
+    out.truncate(len);
+    out
+}
+
 /// An `flist mount -d` that is unmounted when dropped.
 pub struct Mounted {
     pub path: PathBuf,
