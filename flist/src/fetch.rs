@@ -193,6 +193,7 @@ impl CachedSource {
         }
         let result = self.router.fetch(c);
         if let Ok(v) = &result {
+            tracing::debug!("fetched chunk {} ({} bytes)", c.id, v.len());
             self.fetched.fetch_add(1, Ordering::Relaxed);
             self.fetched_bytes.fetch_add(v.len() as u64, Ordering::Relaxed);
             if let Some(cache) = &self.cache {

@@ -81,6 +81,9 @@ pub struct FsCounters {
     pub passthrough_opens: AtomicU64,
 }
 
+/// Requests at least this large, continuing the previous one, start chunk prefetch.
+const STREAMING_REQUEST: u32 = 64 << 10;
+
 const CACHED_FH: FileHandle = FileHandle(0);
 const PASSTHROUGH_FH: FileHandle = FileHandle(1);
 
@@ -231,12 +234,12 @@ impl FlistFs {
         }
         state.cached += 1;
         drop(opens);
-        self.queue_assembly(index);
         reply.opened(CACHED_FH, FopenFlags::FOPEN_KEEP_CACHE)
     }
 
-    /// Asks the assembler to make `index` ready for passthrough; it does so only once every
-    /// chunk is in the disk cache, so this is asked again when a cached open is released.
+    /// Asks the assembler to make `index` ready for passthrough, when a cached open is released:
+    /// by then a reader has usually fetched every chunk, and assembling does not compete with it.
+    /// Nothing is assembled until every chunk is in the disk cache.
     fn queue_assembly(&self, index: u32) {
         let Some(pt) = &self.passthrough else { return };
         let queued = !lock(&pt.assembled.ready).contains_key(&index) && lock(&pt.assembled.pending).insert(index);
@@ -312,14 +315,25 @@ impl FlistFs {
             Extent::Hole { .. } => None,
         });
         let end = offset + out.len() as u64;
-        let sequential = {
+        // A streaming reader continues where it stopped, and the kernel's read-ahead has grown
+        // its requests; a program loader reads a header, then faults pages here and there.
+        let streaming = {
             let mut next = lock(&self.next_offset);
             let was = next.insert(index, end);
-            offset == 0 || was == Some(offset)
+            was == Some(offset) && size >= STREAMING_REQUEST
         };
-        if let (true, Some(last)) = (sequential, last_chunk) {
+        if let (true, Some(last)) = (streaming, last_chunk) {
+            // Only chunks that still hold this file's data: the next ones belong to other files.
+            let file_end = match inode.data {
+                InodeData::File { stream_offset, .. } => stream_offset + inode.data_len(),
+                _ => 0,
+            };
             for ahead in 1..=self.opts.readahead_chunks {
-                self.source.prefetch(&self.flist, last + ahead);
+                let next = last + ahead;
+                if next as usize >= self.flist.chunks.len() || self.flist.chunk_start(next as usize) >= file_end {
+                    break;
+                }
+                self.source.prefetch(&self.flist, next);
             }
         }
         Ok(out)
@@ -388,8 +402,10 @@ impl Filesystem for FlistFs {
                 Err(e) => tracing::warn!("no passthrough: {e}"),
             }
         }
-        // Larger kernel read-ahead: fewer, bigger requests for sequential readers.
-        if let Err(max) = config.set_max_readahead(1 << 20) {
+        // Modest kernel read-ahead: it also sets the read-around of page faults in mmap'd files
+        // (shared libraries), and each byte read fetches its whole chunk. Sequential readers get
+        // speed from chunk prefetch instead.
+        if let Err(max) = config.set_max_readahead(128 << 10) {
             let _ = config.set_max_readahead(max);
         }
         Ok(())
@@ -470,6 +486,7 @@ impl Filesystem for FlistFs {
         reply: ReplyData,
     ) {
         self.counters.reads.fetch_add(1, Ordering::Relaxed);
+        tracing::trace!("read inode {ino} at {offset}, {size} bytes");
         match self.read_range(ino, offset, size) {
             Ok(bytes) => reply.data(&bytes),
             Err(e) => {

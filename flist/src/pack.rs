@@ -49,6 +49,9 @@ pub struct PackOptions {
     pub chunking: Chunking,
     /// Files at least this long get chunks of their own.
     pub large_file: u64,
+    /// Chunk sizes for runs of smaller files packed together: smaller than `chunking`, so that
+    /// reading one small file fetches few of its neighbours.
+    pub small_chunking: Chunking,
     /// zstd level per chunk.
     pub zstd_level: i32,
     /// Convergent encryption of every chunk.
@@ -67,6 +70,7 @@ impl Default for PackOptions {
         PackOptions {
             chunking,
             large_file: u64::from(chunking.min),
+            small_chunking: Chunking::around(DEFAULT_SMALL_FILES_CHUNK),
             zstd_level: 3,
             encrypt: false,
             tags: BTreeMap::new(),
@@ -76,8 +80,13 @@ impl Default for PackOptions {
     }
 }
 
-/// Default mean chunk size; see `bench/` for how it was chosen.
-pub const DEFAULT_AVG_CHUNK: u32 = 512 * 1024;
+/// Default mean chunk size; see `bench/` for how it was chosen (dedup across images, and bytes a
+/// program's start fetches from a mount).
+pub const DEFAULT_AVG_CHUNK: u32 = 256 * 1024;
+
+/// Default mean chunk size for packed small files; see `bench/mount.py` (bytes a program's
+/// start fetches).
+pub const DEFAULT_SMALL_FILES_CHUNK: u32 = 128 * 1024;
 
 /// Why packing failed.
 #[derive(Debug, thiserror::Error)]
@@ -192,9 +201,15 @@ fn flatten(tree: &Tree) -> Result<Flattener, PackError> {
     Ok(f)
 }
 
+/// A run of files chunked together; `small` when they are small files packed together.
+struct Segment {
+    files: Vec<NodeId>,
+    small: bool,
+}
+
 /// Groups files with data into segments (see the module docs).
-fn segments(tree: &Tree, files: &[NodeId], large_file: u64) -> Vec<Vec<NodeId>> {
-    let mut out: Vec<Vec<NodeId>> = Vec::new();
+fn segments(tree: &Tree, files: &[NodeId], large_file: u64) -> Vec<Segment> {
+    let mut out = Vec::new();
     let mut small: Vec<NodeId> = Vec::new();
     for &id in files {
         let len = tree.node(id).map_or(0, |n| n.data_len());
@@ -203,15 +218,15 @@ fn segments(tree: &Tree, files: &[NodeId], large_file: u64) -> Vec<Vec<NodeId>> 
         }
         if len >= large_file {
             if !small.is_empty() {
-                out.push(std::mem::take(&mut small));
+                out.push(Segment { files: std::mem::take(&mut small), small: true });
             }
-            out.push(vec![id]);
+            out.push(Segment { files: vec![id], small: false });
         } else {
             small.push(id);
         }
     }
     if !small.is_empty() {
-        out.push(small);
+        out.push(Segment { files: small, small: true });
     }
     out
 }
@@ -320,8 +335,8 @@ pub fn pack(tree: &Tree, router: &Router, opts: &PackOptions, progress: Progress
         drop(rx);
         let mut index = 0usize;
         'segments: for seg in &segs {
-            let reader = SegmentReader { tree, files: seg.iter(), current: None, progress };
-            let c = opts.chunking;
+            let reader = SegmentReader { tree, files: seg.files.iter(), current: None, progress };
+            let c = if seg.small { opts.small_chunking } else { opts.chunking };
             for piece in fastcdc::v2020::StreamCDC::new(reader, c.min, c.avg, c.max) {
                 if failed.load(Ordering::Relaxed) {
                     break 'segments;

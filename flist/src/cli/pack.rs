@@ -7,7 +7,7 @@ use std::process::ExitCode;
 
 use anyhow::Context;
 use flist::format::Route;
-use flist::pack::{pack, Chunking, PackOptions, DEFAULT_AVG_CHUNK};
+use flist::pack::{pack, Chunking, PackOptions, DEFAULT_AVG_CHUNK, DEFAULT_SMALL_FILES_CHUNK};
 use flist::source;
 use flist::store::{parse_route, RetryPolicy, Router};
 
@@ -39,6 +39,10 @@ pub(crate) struct PackArgs {
     /// Mean content-defined chunk size (e.g. 512K, 1M); min is a quarter, max four times.
     #[arg(long, default_value_t = DEFAULT_AVG_CHUNK.to_string(), value_parser = parse_size)]
     chunk_size: String,
+    /// Mean chunk size for runs of small files packed together (smaller: a read fetches fewer
+    /// neighbours; larger: fewer requests).
+    #[arg(long, default_value_t = DEFAULT_SMALL_FILES_CHUNK.to_string(), value_parser = parse_size)]
+    small_files_chunk_size: String,
     /// zstd level for chunks (1-19).
     #[arg(long, default_value_t = 3)]
     zstd_level: i32,
@@ -103,6 +107,7 @@ pub(crate) fn run(a: PackArgs) -> anyhow::Result<ExitCode> {
     let opts = PackOptions {
         chunking,
         large_file: u64::from(chunking.min),
+        small_chunking: Chunking::around(a.small_files_chunk_size.parse().context("small files chunk size")?),
         zstd_level: a.zstd_level,
         encrypt: a.encrypt,
         tags,
