@@ -46,7 +46,7 @@ echo "Pack throughput, bookworm minbase ($data_mb MB of file data, tmpfs, best o
 python3 - "$data_mb" "$t_flist" "$t_squash" "$t_squash_def" "$t_casync" <<'PY'
 import sys
 mb, fl, sq, sqd, ca = map(float, sys.argv[1:])
-rows = [("flist pack (zstd 3, CDC 512K)", fl), ("mksquashfs -comp zstd level 3", sq),
+rows = [("flist pack (zstd 3, CDC 256K)", fl), ("mksquashfs -comp zstd level 3", sq),
         ("mksquashfs (defaults: gzip)", sqd), ("casync make (defaults)", ca)]
 print(f"  {'tool':34} {'seconds':>8} {'MB/s':>8} {'flist speed vs it':>18}")
 for name, s in rows:

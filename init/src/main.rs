@@ -1,0 +1,3 @@
+//! `init`: flint's PID 1 (work in progress).
+
+fn main() {}

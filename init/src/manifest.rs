@@ -1,0 +1,358 @@
+//! The node manifest: what a node runs, signed by its operator.
+//!
+//! Three stages, as the data flows: the bytes fetched from the server with their detached
+//! ed25519 signature are checked against the baked-in public key ([`verify`]); only then are
+//! they parsed ([`RawManifest`], plain serde) and validated into a [`Plan`] with real types
+//! (argv as `OsString`s, `Duration`s, signals, digests). Nothing downstream sees unverified bytes
+//! or unvalidated strings. A manifest older than the last one applied is refused ([`Plan::newer_than`]),
+//! so a replayed old manifest can't roll a node back.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::ffi::OsString;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use ed25519_dalek::{Signature, Signer, SigningKey, Verifier, VerifyingKey};
+use flist::Hash;
+use nix::sys::signal::Signal;
+use serde::{Deserialize, Serialize};
+
+/// Why a manifest was refused.
+#[derive(Debug, thiserror::Error)]
+pub enum ManifestError {
+    /// No signature came with it.
+    #[error("the manifest is not signed")]
+    Unsigned,
+    /// The signature is not 64 bytes (hex or raw).
+    #[error("the signature is malformed")]
+    MalformedSignature,
+    /// The signature does not match the bytes and key: tampered, or signed by someone else.
+    #[error("bad signature: the manifest was altered or signed with another key")]
+    BadSignature,
+    /// The public key is not a valid ed25519 key.
+    #[error("the public key is malformed")]
+    MalformedKey,
+    /// Signed, but not valid JSON of the right shape.
+    #[error("parsing the manifest")]
+    Parse(#[source] serde_json::Error),
+    /// Signed and parsed, but inconsistent.
+    #[error("invalid manifest: {0}")]
+    Invalid(String),
+    /// Older than (or as old as, but different from) the manifest already applied.
+    #[error("manifest version {got} is older than the applied version {applied}: refused (rollback)")]
+    Rollback {
+        /// The refused version.
+        got: u64,
+        /// The version in force.
+        applied: u64,
+    },
+}
+
+/// An ed25519 public key, from 64 hex digits.
+pub fn parse_key(hex_key: &str) -> Result<VerifyingKey, ManifestError> {
+    let bytes: [u8; 32] =
+        hex::decode(hex_key.trim()).ok().and_then(|b| b.try_into().ok()).ok_or(ManifestError::MalformedKey)?;
+    VerifyingKey::from_bytes(&bytes).map_err(|_| ManifestError::MalformedKey)
+}
+
+/// Signs manifest bytes: the detached signature as 128 hex digits (what `netboot sign` writes).
+pub fn sign(bytes: &[u8], key: &SigningKey) -> String {
+    hex::encode(key.sign(bytes).to_bytes())
+}
+
+/// Checks the detached `signature` (hex, or 64 raw bytes) of `bytes`, then parses and validates
+/// them.
+pub fn verify(bytes: &[u8], signature: Option<&[u8]>, key: &VerifyingKey) -> Result<Plan, ManifestError> {
+    let signature = signature.ok_or(ManifestError::Unsigned)?;
+    let raw: [u8; 64] = match std::str::from_utf8(signature) {
+        Ok(text) if text.trim().len() == 128 => hex::decode(text.trim()).ok().and_then(|b| b.try_into().ok()),
+        _ => signature.try_into().ok(),
+    }
+    .ok_or(ManifestError::MalformedSignature)?;
+    key.verify(bytes, &Signature::from_bytes(&raw)).map_err(|_| ManifestError::BadSignature)?;
+    let raw: RawManifest = serde_json::from_slice(bytes).map_err(ManifestError::Parse)?;
+    Plan::from_raw(raw, Hash(*blake3::hash(bytes).as_bytes()))
+}
+
+/// The manifest as written (JSON).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawManifest {
+    /// Increases with every change; a node never goes back to a lower one.
+    pub version: u64,
+    /// Host name to set.
+    #[serde(default)]
+    pub hostname: Option<String>,
+    /// Images to mount.
+    #[serde(default)]
+    pub flists: Vec<RawFlist>,
+    /// Services to run.
+    #[serde(default)]
+    pub services: Vec<RawService>,
+}
+
+/// An flist to mount, pinned by digest.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawFlist {
+    /// Name services refer to (`root`).
+    pub name: String,
+    /// Where to fetch the flist file.
+    pub url: String,
+    /// BLAKE3 of the flist file (64 hex digits): anything else is refused.
+    pub digest: String,
+    /// Chunk stores; the flist's own routes when empty.
+    #[serde(default)]
+    pub stores: Vec<String>,
+    /// Where to mount it.
+    pub mountpoint: String,
+    /// An overlay with a writable upper layer on top.
+    #[serde(default)]
+    pub writable: bool,
+}
+
+/// A service.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawService {
+    /// Unique name.
+    pub name: String,
+    /// Program and arguments.
+    pub exec: Vec<String>,
+    /// Services that must be up (or, for oneshots, done) first.
+    #[serde(default)]
+    pub after: Vec<String>,
+    /// Runs once to completion instead of being kept running.
+    #[serde(default)]
+    pub oneshot: bool,
+    /// Readiness check, run until it exits 0.
+    #[serde(default)]
+    pub test: Option<Vec<String>>,
+    /// Seconds the readiness check may take in all before the service is restarted.
+    #[serde(default)]
+    pub test_timeout: Option<f64>,
+    /// Environment variables (added to a minimal PATH/HOME/TERM).
+    #[serde(default)]
+    pub env: BTreeMap<String, String>,
+    /// Working directory.
+    #[serde(default)]
+    pub dir: Option<String>,
+    /// User to run as (name resolved in the service's root, or numeric).
+    #[serde(default)]
+    pub user: Option<String>,
+    /// Group to run as.
+    #[serde(default)]
+    pub group: Option<String>,
+    /// The flist (by name) to run chrooted in, in a mount namespace of its own.
+    #[serde(default)]
+    pub root: Option<String>,
+    /// Signal asking it to stop (default SIGTERM).
+    #[serde(default)]
+    pub stop_signal: Option<String>,
+    /// Seconds between the stop signal and SIGKILL (default 10).
+    #[serde(default)]
+    pub stop_timeout: Option<f64>,
+    /// `ring` (default: memory only), `file` (also /var/log/NAME.log) or `null`.
+    #[serde(default)]
+    pub log: Option<String>,
+}
+
+/// Where a service's output goes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+pub enum LogTarget {
+    /// Discarded.
+    Null,
+    /// A bounded ring in memory.
+    Ring,
+    /// The ring, and a file under the log directory.
+    File,
+}
+
+/// A validated flist entry.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FlistPlan {
+    /// Name.
+    pub name: String,
+    /// Where to fetch it.
+    pub url: String,
+    /// The digest it must have.
+    pub digest: Hash,
+    /// Stores to read chunks from.
+    pub stores: Vec<String>,
+    /// Mount point.
+    pub mountpoint: PathBuf,
+    /// Writable overlay on top.
+    pub writable: bool,
+}
+
+/// A validated service.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ServicePlan {
+    /// Name.
+    pub name: String,
+    /// argv.
+    pub exec: Vec<OsString>,
+    /// Dependencies, all existing services.
+    pub after: Vec<String>,
+    /// Run once.
+    pub oneshot: bool,
+    /// Readiness check argv.
+    pub test: Option<Vec<OsString>>,
+    /// Total time the check may take.
+    pub test_timeout: Duration,
+    /// Environment.
+    pub env: Vec<(OsString, OsString)>,
+    /// Working directory.
+    pub dir: Option<PathBuf>,
+    /// User.
+    pub user: Option<String>,
+    /// Group.
+    pub group: Option<String>,
+    /// The flist it runs in.
+    pub root: Option<String>,
+    /// Stop signal.
+    pub stop_signal: Signal,
+    /// Grace before SIGKILL.
+    pub stop_timeout: Duration,
+    /// Output.
+    pub log: LogTarget,
+}
+
+/// A verified, validated manifest: what the node should be running.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Plan {
+    /// Version.
+    pub version: u64,
+    /// BLAKE3 of the signed bytes.
+    pub digest: Hash,
+    /// Host name.
+    pub hostname: Option<String>,
+    /// Flists, in manifest order.
+    pub flists: Vec<FlistPlan>,
+    /// Services, in manifest order.
+    pub services: Vec<ServicePlan>,
+}
+
+fn seconds(what: &str, v: Option<f64>, default: f64) -> Result<Duration, ManifestError> {
+    let v = v.unwrap_or(default);
+    Duration::try_from_secs_f64(v).map_err(|_| ManifestError::Invalid(format!("{what}: {v} is not a duration")))
+}
+
+fn valid_name(name: &str) -> bool {
+    !name.is_empty()
+        && name.len() <= 64
+        && name.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_' || b == b'.')
+        && !name.starts_with('.')
+}
+
+impl Plan {
+    fn from_raw(raw: RawManifest, digest: Hash) -> Result<Plan, ManifestError> {
+        let invalid = |msg: String| ManifestError::Invalid(msg);
+        let mut flist_names = BTreeSet::new();
+        let mut flists = Vec::new();
+        for f in raw.flists {
+            if !valid_name(&f.name) || !flist_names.insert(f.name.clone()) {
+                return Err(invalid(format!("flist name {:?} is invalid or repeated", f.name)));
+            }
+            let digest = Hash::from_hex(&f.digest)
+                .ok_or_else(|| invalid(format!("flist {}: digest is not 64 hex digits", f.name)))?;
+            if !f.mountpoint.starts_with('/') {
+                return Err(invalid(format!("flist {}: mountpoint must be absolute", f.name)));
+            }
+            flists.push(FlistPlan {
+                name: f.name,
+                url: f.url,
+                digest,
+                stores: f.stores,
+                mountpoint: PathBuf::from(f.mountpoint),
+                writable: f.writable,
+            });
+        }
+        let names: BTreeSet<&str> = raw.services.iter().map(|s| s.name.as_str()).collect();
+        if names.len() != raw.services.len() {
+            return Err(invalid("service names repeat".into()));
+        }
+        let mut services = Vec::new();
+        for s in &raw.services {
+            let name = &s.name;
+            if !valid_name(name) {
+                return Err(invalid(format!("service name {name:?} is invalid")));
+            }
+            if s.exec.is_empty() || s.exec.iter().any(|a| a.contains('\0')) {
+                return Err(invalid(format!("service {name}: exec must be a non-empty argv without NULs")));
+            }
+            if let Some(dep) = s.after.iter().find(|d| !names.contains(d.as_str())) {
+                return Err(invalid(format!("service {name}: unknown dependency {dep:?}")));
+            }
+            if let Some(root) = s.root.as_ref().filter(|r| !flist_names.contains(*r)) {
+                return Err(invalid(format!("service {name}: unknown root flist {root:?}")));
+            }
+            let stop_signal = match s.stop_signal.as_deref() {
+                None => Signal::SIGTERM,
+                Some(sig) => {
+                    let full = if sig.starts_with("SIG") { sig.to_string() } else { format!("SIG{sig}") };
+                    full.parse().map_err(|_| invalid(format!("service {name}: unknown signal {sig:?}")))?
+                }
+            };
+            let log = match s.log.as_deref() {
+                None | Some("ring") => LogTarget::Ring,
+                Some("file") => LogTarget::File,
+                Some("null") => LogTarget::Null,
+                Some(other) => return Err(invalid(format!("service {name}: log {other:?} is not ring, file or null"))),
+            };
+            services.push(ServicePlan {
+                name: name.clone(),
+                exec: s.exec.iter().map(OsString::from).collect(),
+                after: s.after.clone(),
+                oneshot: s.oneshot,
+                test: s.test.as_ref().map(|t| t.iter().map(OsString::from).collect()),
+                test_timeout: seconds("test_timeout", s.test_timeout, 60.0)?,
+                env: s.env.iter().map(|(k, v)| (k.into(), v.into())).collect(),
+                dir: s.dir.as_ref().map(PathBuf::from),
+                user: s.user.clone(),
+                group: s.group.clone(),
+                root: s.root.clone(),
+                stop_signal,
+                stop_timeout: seconds("stop_timeout", s.stop_timeout, 10.0)?,
+                log,
+            });
+        }
+        if let Some(cycle) = dependency_cycle(&services) {
+            return Err(invalid(format!("services depend on each other in a cycle through {cycle}")));
+        }
+        Ok(Plan { version: raw.version, digest, hostname: raw.hostname, flists, services })
+    }
+
+    /// Whether this plan may replace one at version `applied`: newer, or the same manifest again.
+    pub fn newer_than(&self, applied: Option<(u64, Hash)>) -> Result<(), ManifestError> {
+        match applied {
+            Some((version, digest)) if self.version < version || (self.version == version && self.digest != digest) => {
+                Err(ManifestError::Rollback { got: self.version, applied: version })
+            }
+            _ => Ok(()),
+        }
+    }
+}
+
+/// A service on a dependency cycle, if any.
+fn dependency_cycle(services: &[ServicePlan]) -> Option<String> {
+    let by_name: BTreeMap<&str, &ServicePlan> = services.iter().map(|s| (s.name.as_str(), s)).collect();
+    // Repeatedly drop services whose dependencies are all dropped; whatever stays is on a cycle.
+    let mut left: BTreeSet<&str> = by_name.keys().copied().collect();
+    loop {
+        let free: Vec<&str> = left
+            .iter()
+            .copied()
+            .filter(|n| by_name.get(n).is_some_and(|s| s.after.iter().all(|d| !left.contains(d.as_str()))))
+            .collect();
+        if free.is_empty() {
+            return left.first().map(|s| s.to_string());
+        }
+        for n in free {
+            left.remove(n);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests;

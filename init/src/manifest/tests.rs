@@ -1,0 +1,113 @@
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic, clippy::indexing_slicing)]
+
+use super::*;
+
+fn key(seed: u8) -> SigningKey {
+    SigningKey::from_bytes(&[seed; 32])
+}
+
+fn manifest(version: u64) -> Vec<u8> {
+    serde_json::to_vec_pretty(&serde_json::json!({
+        "version": version,
+        "hostname": "node-1",
+        "flists": [{"name": "system", "url": "http://10.0.2.2/system.fl", "digest": "ab".repeat(32),
+                    "mountpoint": "/mnt/system", "writable": true}],
+        "services": [
+            {"name": "net", "exec": ["/bin/true"], "oneshot": true},
+            {"name": "web", "exec": ["/usr/sbin/nginx", "-g", "daemon off;"], "after": ["net"], "root": "system",
+             "test": ["/bin/sh", "-c", "exec 3<>/dev/tcp/127.0.0.1/80"], "stop_signal": "QUIT", "stop_timeout": 2.5}
+        ]
+    }))
+    .unwrap()
+}
+
+#[test]
+fn a_signed_manifest_becomes_a_plan() {
+    let k = key(1);
+    let bytes = manifest(3);
+    let sig = sign(&bytes, &k);
+    let plan = verify(&bytes, Some(sig.as_bytes()), &k.verifying_key()).unwrap();
+    assert_eq!(plan.version, 3);
+    assert_eq!(plan.flists[0].digest, Hash([0xab; 32]));
+    let web = &plan.services[1];
+    assert_eq!(web.exec[2], OsString::from("daemon off;"));
+    assert_eq!(web.stop_signal, Signal::SIGQUIT);
+    assert_eq!(web.stop_timeout, Duration::from_millis(2500));
+    assert_eq!(web.log, LogTarget::Ring);
+    // Raw 64-byte signatures are accepted too.
+    let raw = hex::decode(&sig).unwrap();
+    assert!(verify(&bytes, Some(&raw), &k.verifying_key()).is_ok());
+}
+
+#[test]
+fn unsigned_tampered_or_foreign_manifests_are_refused() {
+    let k = key(1);
+    let bytes = manifest(3);
+    let sig = sign(&bytes, &k);
+    let vk = k.verifying_key();
+    assert!(matches!(verify(&bytes, None, &vk), Err(ManifestError::Unsigned)));
+    assert!(matches!(verify(&bytes, Some(b"abc"), &vk), Err(ManifestError::MalformedSignature)));
+    // Every single flipped bit of the manifest is caught.
+    for i in (0..bytes.len()).step_by(7) {
+        let mut t = bytes.clone();
+        t[i] ^= 1 << (i % 8);
+        assert!(matches!(verify(&t, Some(sig.as_bytes()), &vk), Err(ManifestError::BadSignature)), "byte {i}");
+    }
+    // Signed by another key.
+    let other = sign(&bytes, &key(2));
+    assert!(matches!(verify(&bytes, Some(other.as_bytes()), &vk), Err(ManifestError::BadSignature)));
+    assert!(matches!(parse_key("12"), Err(ManifestError::MalformedKey)));
+    assert_eq!(parse_key(&hex::encode(vk.to_bytes())).unwrap(), vk);
+}
+
+#[test]
+fn rollback_is_refused_and_the_same_manifest_is_accepted_again() {
+    let k = key(1);
+    let plan = |v: u64| {
+        let b = manifest(v);
+        verify(&b, Some(sign(&b, &k).as_bytes()), &k.verifying_key()).unwrap()
+    };
+    let (p3, p4) = (plan(3), plan(4));
+    assert!(p4.newer_than(Some((p3.version, p3.digest))).is_ok());
+    assert!(p3.newer_than(Some((p3.version, p3.digest))).is_ok());
+    assert!(matches!(p3.newer_than(Some((4, p4.digest))), Err(ManifestError::Rollback { got: 3, applied: 4 })));
+    assert!(p3.newer_than(None).is_ok());
+    // Same version, different content: refused too.
+    let mut other = manifest(4);
+    other.extend_from_slice(b"\n");
+    let p4b = verify(&other, Some(sign(&other, &k).as_bytes()), &k.verifying_key()).unwrap();
+    assert!(p4b.newer_than(Some((4, p4.digest))).is_err());
+}
+
+#[test]
+fn inconsistent_manifests_are_refused_with_a_reason() {
+    let k = key(1);
+    let check = |v: serde_json::Value, want: &str| {
+        let b = serde_json::to_vec(&v).unwrap();
+        let err = verify(&b, Some(sign(&b, &k).as_bytes()), &k.verifying_key()).unwrap_err();
+        let msg = format!("{err}");
+        assert!(msg.contains(want), "{msg:?} lacks {want:?}");
+    };
+    let svc = |extra: serde_json::Value| {
+        let mut s = serde_json::json!({"name": "a", "exec": ["/bin/true"]});
+        s.as_object_mut().unwrap().extend(extra.as_object().unwrap().clone());
+        serde_json::json!({"version": 1, "services": [s]})
+    };
+    check(svc(serde_json::json!({"after": ["nope"]})), "unknown dependency");
+    check(svc(serde_json::json!({"exec": []})), "exec");
+    check(svc(serde_json::json!({"stop_signal": "SIGFOO"})), "unknown signal");
+    check(svc(serde_json::json!({"root": "missing"})), "unknown root");
+    check(svc(serde_json::json!({"log": "syslog"})), "log");
+    check(svc(serde_json::json!({"name": "../x"})), "invalid");
+    check(svc(serde_json::json!({"stop_timeout": -1.0})), "duration");
+    check(
+        serde_json::json!({"version": 1, "services": [
+            {"name": "a", "exec": ["x"], "after": ["b"]}, {"name": "b", "exec": ["x"], "after": ["a"]}]}),
+        "cycle",
+    );
+    check(
+        serde_json::json!({"version": 1, "flists": [{"name": "s", "url": "u", "digest": "zz", "mountpoint": "/m"}]}),
+        "digest",
+    );
+    check(serde_json::json!({"version": 1, "surprise": true}), "parsing");
+}

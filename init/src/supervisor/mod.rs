@@ -1,0 +1,2 @@
+//! Supervision.
+pub mod state;
