@@ -4,7 +4,7 @@ SHELL := /bin/bash
 export PATH := $(HOME)/.cargo/bin:$(PATH)
 
 MUSL_TARGET := x86_64-unknown-linux-musl
-STATIC_BIN  := target/$(MUSL_TARGET)/release/flist
+STATIC_BINS := target/$(MUSL_TARGET)/release/flist target/$(MUSL_TARGET)/release/init
 QUIET       := $(if $(filter true,$(CI)),-q,)
 APT_PACKAGES := musl-tools debootstrap squashfs-tools squashfuse casync zstd attr python3 util-linux tar
 FUZZ_SECONDS ?= 600
@@ -34,11 +34,13 @@ build:
 
 # The static binaries PID 1 and the initramfs need: musl, no dynamic loader.
 static: deps
-	CC_x86_64_unknown_linux_musl=musl-gcc cargo build $(QUIET) --release --target $(MUSL_TARGET) -p flist
+	CC_x86_64_unknown_linux_musl=musl-gcc cargo build $(QUIET) --release --target $(MUSL_TARGET) -p flist -p init
 
 static-check: static
-	@out=$$(ldd $(STATIC_BIN) 2>&1 || true); echo "ldd $(STATIC_BIN): $$out"; \
-	  grep -qE "not a dynamic executable|statically linked" <<<"$$out"
+	@for bin in $(STATIC_BINS); do \
+	  out=$$(ldd $$bin 2>&1 || true); echo "ldd $$bin: $$out"; \
+	  grep -qE "not a dynamic executable|statically linked" <<<"$$out" || exit 1; \
+	done
 
 test: deps test-unit test-rootfs static-check
 

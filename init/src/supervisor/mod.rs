@@ -1,2 +1,319 @@
-//! Supervision.
+//! Runs the services of a plan: one loop owns every service's state and waits on child exits,
+//! timers and control requests; each service's life is the pure machine in [`state`], and this
+//! loop only performs its actions (spawn, signal) and feeds back what happened.
+
+pub mod spawn;
 pub mod state;
+
+use std::collections::{BTreeMap, HashMap};
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use crossbeam_channel::{select, Receiver, Sender};
+use nix::sys::signal::Signal;
+use nix::sys::wait::{waitpid, WaitPidFlag, WaitStatus};
+use nix::unistd::Pid;
+use serde_json::{json, Value};
+
+use crate::logring::Ring;
+use crate::manifest::{LogTarget, ServicePlan};
+use state::{step, Action, Backoff, Event, Spec, State};
+
+/// A control request, answered on its channel.
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
+#[serde(tag = "cmd", rename_all = "lowercase")]
+pub enum Request {
+    /// Every service, a line each.
+    List,
+    /// One service in detail.
+    Status {
+        /// Which.
+        name: String,
+    },
+    /// Start a stopped service.
+    Start {
+        /// Which.
+        name: String,
+    },
+    /// Stop a service (it stays down).
+    Stop {
+        /// Which.
+        name: String,
+    },
+    /// Stop and start again.
+    Restart {
+        /// Which.
+        name: String,
+    },
+    /// Send a signal to a service's process group.
+    Kill {
+        /// Which.
+        name: String,
+        /// E.g. `SIGHUP`.
+        signal: String,
+    },
+    /// Log lines numbered `since` and later, of one service or all.
+    Log {
+        /// Which; all when absent.
+        name: Option<String>,
+        /// First line number wanted.
+        #[serde(default)]
+        since: u64,
+    },
+    /// Stop everything in reverse dependency order, then return from [`Supervisor::run`].
+    Shutdown,
+}
+
+/// A request with the channel for its answer.
+pub type Call = (Request, Sender<Value>);
+
+struct Service {
+    plan: ServicePlan,
+    spec: Spec,
+    state: State,
+    ring: Arc<Ring>,
+    root: Option<PathBuf>,
+}
+
+/// Where services' processes come from and go.
+pub struct Options {
+    /// Restart pacing.
+    pub backoff: Backoff,
+    /// Directory for `log: file` services.
+    pub log_dir: PathBuf,
+    /// Mount points of flists, by name, for services with a `root`.
+    pub roots: BTreeMap<String, PathBuf>,
+}
+
+/// The supervisor: owns every service.
+pub struct Supervisor {
+    services: Vec<Service>,
+    opts: Options,
+    /// Live processes: pid → service index.
+    procs: HashMap<i32, usize>,
+    shutting_down: bool,
+}
+
+impl Supervisor {
+    /// A supervisor for `services`, none started yet.
+    pub fn new(services: &[ServicePlan], opts: Options) -> Supervisor {
+        let services = services
+            .iter()
+            .map(|p| Service {
+                spec: Spec {
+                    oneshot: p.oneshot,
+                    has_test: p.test.is_some(),
+                    test_timeout: p.test_timeout,
+                    stop_signal: p.stop_signal,
+                    stop_timeout: p.stop_timeout,
+                },
+                state: State::default(),
+                ring: Arc::new(Ring::default()),
+                root: p.root.as_ref().and_then(|r| opts.roots.get(r).cloned()),
+                plan: p.clone(),
+            })
+            .collect();
+        Supervisor { services, opts, procs: HashMap::new(), shutting_down: false }
+    }
+
+    fn index(&self, name: &str) -> Option<usize> {
+        self.services.iter().position(|s| s.plan.name == name)
+    }
+
+    fn deps_up(&self, i: usize) -> bool {
+        let Some(s) = self.services.get(i) else { return false };
+        s.plan.after.iter().all(|d| self.index(d).and_then(|j| self.services.get(j)).is_some_and(|d| d.state.is_up()))
+    }
+
+    /// Feeds one event to service `i` and performs what it asks, feeding back the outcome.
+    fn apply(&mut self, i: usize, event: Event) {
+        let deps_up = !self.shutting_down && self.deps_up(i);
+        let Some(svc) = self.services.get_mut(i) else { return };
+        let (state, actions) = step(svc.state, event, Instant::now(), deps_up, &svc.spec, &self.opts.backoff);
+        svc.state = state;
+        for action in actions {
+            self.perform(i, action);
+        }
+    }
+
+    fn perform(&mut self, i: usize, action: Action) {
+        let Some(svc) = self.services.get(i) else { return };
+        match action {
+            Action::Spawn | Action::SpawnTest => {
+                let test = action == Action::SpawnTest;
+                let argv = if test { svc.plan.test.as_deref().unwrap_or_default() } else { &svc.plan.exec };
+                let log_file =
+                    (svc.plan.log == LogTarget::File).then(|| self.opts.log_dir.join(format!("{}.log", svc.plan.name)));
+                let ring = if svc.plan.log == LogTarget::Null { Arc::new(Ring::default()) } else { svc.ring.clone() };
+                let launch = spawn::Launch {
+                    argv,
+                    plan: &svc.plan,
+                    root: svc.root.as_deref(),
+                    ring,
+                    log_file,
+                    prefix: if test { "test: " } else { "" },
+                };
+                let name = svc.plan.name.clone();
+                match spawn::start(launch) {
+                    Ok(pid) => {
+                        self.procs.insert(pid, i);
+                        self.apply(i, if test { Event::TestSpawned(pid) } else { Event::Spawned(pid) });
+                    }
+                    Err(e) => {
+                        tracing::error!(
+                            "service {name}: starting {}: {e}",
+                            if test { "its readiness check" } else { "it" }
+                        );
+                        self.apply(i, if test { Event::TestSpawnFailed } else { Event::SpawnFailed });
+                    }
+                }
+            }
+            Action::SignalGroup(pid, signal) => {
+                // The group may be gone already: nothing to report then.
+                let _ = nix::sys::signal::killpg(Pid::from_raw(pid), signal);
+            }
+            Action::Note(what) => {
+                tracing::info!("service {}: {what}", svc.plan.name);
+                svc.ring.push(format!("[init] {what}"));
+            }
+        }
+    }
+
+    /// Re-evaluates every service until nothing moves (a service coming up can start others).
+    fn settle(&mut self) {
+        for _ in 0..=self.services.len() {
+            let before: Vec<State> = self.services.iter().map(|s| s.state).collect();
+            for i in 0..self.services.len() {
+                self.apply(i, Event::Tick);
+            }
+            if self.shutting_down {
+                self.stop_next();
+            }
+            if self.services.iter().map(|s| s.state).eq(before) {
+                break;
+            }
+        }
+    }
+
+    /// During shutdown: stops every service that no running service depends on.
+    fn stop_next(&mut self) {
+        for i in 0..self.services.len() {
+            let Some(name) = self.services.get(i).map(|s| s.plan.name.clone()) else { continue };
+            let needed = self.services.iter().any(|o| !o.state.is_down() && o.plan.after.contains(&name));
+            if !needed {
+                self.apply(i, Event::Stop);
+            }
+        }
+    }
+
+    /// Collects exited children: services, readiness checks, and orphans handed to us.
+    fn reap(&mut self) {
+        loop {
+            let (pid, success) = match waitpid(None, Some(WaitPidFlag::WNOHANG)) {
+                Ok(WaitStatus::Exited(pid, code)) => (pid, code == 0),
+                Ok(WaitStatus::Signaled(pid, _, _)) => (pid, false),
+                Ok(WaitStatus::StillAlive) | Err(_) => return,
+                Ok(_) => continue,
+            };
+            if let Some(i) = self.procs.remove(&pid.as_raw()) {
+                self.apply(i, Event::Exited { pid: pid.as_raw(), success });
+            }
+        }
+    }
+
+    fn answer(&mut self, request: Request) -> Value {
+        let named =
+            |me: &Self, name: &str| me.index(name).ok_or_else(|| json!({"error": format!("no service {name:?}")}));
+        let result = match request {
+            Request::List => Ok(Value::Array(self.services.iter().map(|s| self.describe(s)).collect())),
+            Request::Status { name } => {
+                named(self, &name).map(|i| self.services.get(i).map(|s| self.describe(s)).unwrap_or_default())
+            }
+            Request::Start { name } => named(self, &name).map(|i| self.act(i, Event::Start)),
+            Request::Stop { name } => named(self, &name).map(|i| self.act(i, Event::Stop)),
+            Request::Restart { name } => named(self, &name).map(|i| self.act(i, Event::Restart)),
+            Request::Kill { name, signal } => named(self, &name).and_then(|i| {
+                let full = if signal.starts_with("SIG") { signal.clone() } else { format!("SIG{signal}") };
+                let sig: Signal = full.parse().map_err(|_| json!({"error": format!("unknown signal {signal:?}")}))?;
+                let pid = self.services.get(i).and_then(|s| s.state.pids().first().copied());
+                match pid {
+                    Some(pid) => {
+                        let _ = nix::sys::signal::killpg(Pid::from_raw(pid), sig);
+                        Ok(json!({"ok": true}))
+                    }
+                    None => Err(json!({"error": "not running"})),
+                }
+            }),
+            Request::Log { name, since } => {
+                let mut lines = Vec::new();
+                let mut next = since;
+                for s in self.services.iter().filter(|s| name.as_ref().is_none_or(|n| *n == s.plan.name)) {
+                    let (got, n) = s.ring.since(since);
+                    lines.extend(got.into_iter().map(|(seq, l)| (seq, s.plan.name.clone(), l)));
+                    next = next.max(n);
+                }
+                lines.sort();
+                let lines: Vec<Value> = lines
+                    .into_iter()
+                    .map(|(seq, service, line)| json!({"service": service, "seq": seq, "line": line}))
+                    .collect();
+                Ok(json!({"lines": lines, "next": next}))
+            }
+            Request::Shutdown => {
+                self.shutting_down = true;
+                Ok(json!({"ok": true}))
+            }
+        };
+        result.unwrap_or_else(|e| e)
+    }
+
+    fn act(&mut self, i: usize, event: Event) -> Value {
+        self.apply(i, event);
+        json!({"ok": true})
+    }
+
+    fn describe(&self, s: &Service) -> Value {
+        json!({
+            "name": s.plan.name,
+            "state": s.state.word(),
+            "pid": s.state.pids().first(),
+            "starts": s.state.starts,
+            "failures": s.state.failures,
+            "after": s.plan.after,
+            "oneshot": s.plan.oneshot,
+        })
+    }
+
+    /// Supervises until shut down (a [`Request::Shutdown`] or a signal on `stop`), then stops
+    /// every service in reverse dependency order and returns once all are down.
+    /// `children` receives a message on every SIGCHLD.
+    pub fn run(mut self, children: &Receiver<()>, calls: &Receiver<Call>, stop: &Receiver<()>) {
+        self.settle();
+        loop {
+            let now = Instant::now();
+            let wait = self
+                .services
+                .iter()
+                .filter_map(|s| s.state.deadline())
+                .min()
+                .map_or(Duration::from_secs(60), |d| d.saturating_duration_since(now));
+            select! {
+                recv(children) -> _ => self.reap(),
+                recv(calls) -> call => if let Ok((request, reply)) = call {
+                    let answer = self.answer(request);
+                    let _ = reply.send(answer);
+                },
+                recv(stop) -> _ => self.shutting_down = true,
+                default(wait) => {}
+            }
+            // Exits can arrive while a message is handled; reaping costs one system call.
+            self.reap();
+            self.settle();
+            if self.shutting_down && self.services.iter().all(|s| s.state.is_down()) {
+                tracing::info!("every service is stopped");
+                return;
+            }
+        }
+    }
+}

@@ -1,0 +1,67 @@
+//! The control socket: one JSON request per line, one JSON answer per line. The server hands
+//! each request to the supervisor loop (which alone owns the state) and writes back its answer;
+//! `init ctl` is the client.
+
+use std::io::{self, BufRead, BufReader, Write};
+use std::os::unix::net::{UnixListener, UnixStream};
+use std::path::Path;
+use std::time::Duration;
+
+use crossbeam_channel::Sender;
+use serde_json::Value;
+
+use crate::supervisor::{Call, Request};
+
+/// Longest a request waits for the loop.
+const ANSWER_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// Listens on `path` (replacing a stale socket) and forwards requests to `calls`.
+pub fn serve(path: &Path, calls: Sender<Call>) -> io::Result<()> {
+    let _ = std::fs::remove_file(path);
+    if let Some(dir) = path.parent() {
+        std::fs::create_dir_all(dir)?;
+    }
+    let listener = UnixListener::bind(path)?;
+    std::thread::Builder::new().name("control".into()).spawn(move || {
+        for conn in listener.incoming().flatten() {
+            let calls = calls.clone();
+            let spawned = std::thread::Builder::new().name("control-conn".into()).spawn(move || {
+                if let Err(e) = handle(conn, &calls) {
+                    tracing::debug!("control connection: {e}");
+                }
+            });
+            if let Err(e) = spawned {
+                tracing::warn!("control connection dropped: {e}");
+            }
+        }
+    })?;
+    Ok(())
+}
+
+fn handle(conn: UnixStream, calls: &Sender<Call>) -> io::Result<()> {
+    conn.set_read_timeout(Some(ANSWER_TIMEOUT))?;
+    let mut writer = conn.try_clone()?;
+    for line in BufReader::new(conn).lines() {
+        let line = line?;
+        let answer = match serde_json::from_str::<Request>(&line) {
+            Ok(request) => {
+                let (tx, rx) = crossbeam_channel::bounded(1);
+                calls.send((request, tx)).map_err(|_| io::Error::other("the supervisor is gone"))?;
+                rx.recv_timeout(ANSWER_TIMEOUT).unwrap_or_else(|_| serde_json::json!({"error": "no answer"}))
+            }
+            Err(e) => serde_json::json!({"error": format!("bad request: {e}")}),
+        };
+        writeln!(writer, "{answer}")?;
+    }
+    Ok(())
+}
+
+/// Sends one request and returns the answer.
+pub fn call(path: &Path, request: &Request) -> io::Result<Value> {
+    let mut conn = UnixStream::connect(path)?;
+    conn.set_read_timeout(Some(ANSWER_TIMEOUT))?;
+    writeln!(conn, "{}", serde_json::to_string(request)?)?;
+    let mut line = String::new();
+    BufReader::new(conn).read_line(&mut line)?;
+    Ok(serde_json::from_str(&line)?)
+}

@@ -1,0 +1,183 @@
+//! Starting a service's process: its own session and process group, a minimal environment,
+//! optionally chrooted into a mounted flist in a mount namespace of its own, as its user, with
+//! its output captured line by line into its log ring (and file).
+
+use std::ffi::{CString, OsString};
+use std::io::{self, BufRead, Write};
+use std::os::unix::ffi::OsStrExt;
+use std::os::unix::process::CommandExt;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::sync::Arc;
+
+use crate::logring::Ring;
+use crate::manifest::ServicePlan;
+
+/// Where and as whom to run, resolved before forking.
+pub struct Launch<'a> {
+    /// argv.
+    pub argv: &'a [OsString],
+    /// The service.
+    pub plan: &'a ServicePlan,
+    /// Root directory to chroot into.
+    pub root: Option<&'a Path>,
+    /// Output.
+    pub ring: Arc<Ring>,
+    /// Log file to append to.
+    pub log_file: Option<PathBuf>,
+    /// Prefix for each captured line (`test: ` for readiness checks).
+    pub prefix: &'static str,
+}
+
+fn cstring(p: &Path) -> io::Result<CString> {
+    CString::new(p.as_os_str().as_bytes()).map_err(|_| io::Error::other("path contains NUL"))
+}
+
+/// Finds `name` (or a number) in `root`'s `/etc/passwd`: uid and primary gid.
+fn lookup_user(root: &Path, name: &str) -> io::Result<(u32, u32)> {
+    let passwd = std::fs::read_to_string(root.join("etc/passwd")).unwrap_or_default();
+    for line in passwd.lines() {
+        let f: Vec<&str> = line.split(':').collect();
+        if let (Some(n), Some(uid), Some(gid)) = (f.first(), f.get(2), f.get(3)) {
+            if *n == name || *uid == name {
+                if let (Ok(u), Ok(g)) = (uid.parse(), gid.parse()) {
+                    return Ok((u, g));
+                }
+            }
+        }
+    }
+    name.parse().map(|u| (u, u)).map_err(|_| io::Error::other(format!("no user {name:?}")))
+}
+
+fn lookup_group(root: &Path, name: &str) -> io::Result<u32> {
+    let group = std::fs::read_to_string(root.join("etc/group")).unwrap_or_default();
+    for line in group.lines() {
+        let f: Vec<&str> = line.split(':').collect();
+        if let (Some(n), Some(gid)) = (f.first(), f.get(2)) {
+            if *n == name || *gid == name {
+                if let Ok(g) = gid.parse() {
+                    return Ok(g);
+                }
+            }
+        }
+    }
+    name.parse().map_err(|_| io::Error::other(format!("no group {name:?}")))
+}
+
+/// Starts the process; returns its pid (also its process group).
+pub fn start(l: Launch<'_>) -> io::Result<i32> {
+    let (program, args) = l.argv.split_first().ok_or_else(|| io::Error::other("empty argv"))?;
+    let root = l.root.unwrap_or(Path::new("/"));
+    let ids = match &l.plan.user {
+        Some(u) => Some(lookup_user(root, u)?),
+        None => None,
+    };
+    let gid = match &l.plan.group {
+        Some(g) => Some(lookup_group(root, g)?),
+        None => ids.map(|(_, g)| g),
+    };
+    let uid = ids.map(|(u, _)| u);
+    let chroot = l.root.map(cstring).transpose()?;
+    let binds: Vec<(CString, CString)> = match l.root {
+        Some(r) => ["dev", "proc", "sys"]
+            .iter()
+            .filter(|d| r.join(d).is_dir())
+            .map(|d| Ok((cstring(&Path::new("/").join(d))?, cstring(&r.join(d))?)))
+            .collect::<io::Result<_>>()?,
+        None => Vec::new(),
+    };
+    let dir = cstring(l.plan.dir.as_deref().unwrap_or(Path::new("/")))?;
+
+    let mut cmd = Command::new(program);
+    cmd.args(args)
+        .env_clear()
+        .env("PATH", "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin")
+        .env("HOME", "/root")
+        .env("TERM", "linux")
+        .envs(l.plan.env.iter().map(|(k, v)| (k, v)))
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+    // SAFETY: between fork and exec only async-signal-safe system calls run, on data prepared
+    // above (no allocation, no locks).
+    unsafe {
+        cmd.pre_exec(move || {
+            // The supervisor blocks the signals it waits for; its children must not inherit that.
+            let mut none: libc::sigset_t = std::mem::zeroed();
+            libc::sigemptyset(&mut none);
+            if libc::pthread_sigmask(libc::SIG_SETMASK, &none, std::ptr::null_mut()) != 0 {
+                return Err(io::Error::other("resetting the signal mask"));
+            }
+            if libc::setsid() < 0 {
+                return Err(io::Error::last_os_error());
+            }
+            if let Some(root) = &chroot {
+                // A private mount namespace: the service's /dev, /proc, /sys binds stay its own.
+                if libc::unshare(libc::CLONE_NEWNS) < 0
+                    || libc::mount(
+                        c"none".as_ptr(),
+                        c"/".as_ptr(),
+                        std::ptr::null(),
+                        libc::MS_REC | libc::MS_PRIVATE,
+                        std::ptr::null(),
+                    ) < 0
+                {
+                    return Err(io::Error::last_os_error());
+                }
+                for (src, dst) in &binds {
+                    let flags = libc::MS_BIND | libc::MS_REC;
+                    if libc::mount(src.as_ptr(), dst.as_ptr(), std::ptr::null(), flags, std::ptr::null()) < 0 {
+                        return Err(io::Error::last_os_error());
+                    }
+                }
+                if libc::chroot(root.as_ptr()) < 0 {
+                    return Err(io::Error::last_os_error());
+                }
+            }
+            if libc::chdir(dir.as_ptr()) < 0 {
+                return Err(io::Error::last_os_error());
+            }
+            if let Some(g) = gid {
+                if libc::setgroups(0, std::ptr::null()) < 0 || libc::setgid(g) < 0 {
+                    return Err(io::Error::last_os_error());
+                }
+            }
+            if let Some(u) = uid {
+                if libc::setuid(u) < 0 {
+                    return Err(io::Error::last_os_error());
+                }
+            }
+            Ok(())
+        });
+    }
+    let mut child = cmd.spawn()?;
+    let pid = i32::try_from(child.id()).map_err(|_| io::Error::other("pid out of range"))?;
+    let file = match &l.log_file {
+        Some(path) => {
+            Some(Arc::new(std::sync::Mutex::new(std::fs::OpenOptions::new().create(true).append(true).open(path)?)))
+        }
+        None => None,
+    };
+    let out: [Option<Box<dyn io::Read + Send>>; 2] = [
+        child.stdout.take().map(|s| Box::new(s) as Box<dyn io::Read + Send>),
+        child.stderr.take().map(|s| Box::new(s) as Box<dyn io::Read + Send>),
+    ];
+    for stream in out.into_iter().flatten() {
+        let (ring, file, prefix) = (l.ring.clone(), file.clone(), l.prefix);
+        // The supervisor reaps by pid; the Child handle is dropped without waiting.
+        let spawned = std::thread::Builder::new().name(format!("log-{pid}")).spawn(move || {
+            for line in io::BufReader::new(stream).split(b'\n').map_while(Result::ok) {
+                let line = format!("{prefix}{}", String::from_utf8_lossy(&line));
+                if let Some(f) = &file {
+                    let mut f = f.lock().unwrap_or_else(|p| p.into_inner());
+                    let _ = writeln!(f, "{line}");
+                }
+                ring.push(line);
+            }
+        });
+        if let Err(e) = spawned {
+            tracing::warn!("no log reader for pid {pid}: {e}");
+        }
+    }
+    Ok(pid)
+}

@@ -1,0 +1,209 @@
+//! `init run` on the host: a signed manifest's services with real processes, driven and
+//! inspected through `init ctl` over the control socket.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic, clippy::indexing_slicing)]
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output};
+use std::time::{Duration, Instant};
+
+use ed25519_dalek::SigningKey;
+use serde_json::{json, Value};
+
+const INIT: &str = env!("CARGO_BIN_EXE_init");
+
+struct Node {
+    dir: tempfile::TempDir,
+    child: Option<Child>,
+}
+
+impl Node {
+    fn socket(&self) -> PathBuf {
+        self.dir.path().join("init.sock")
+    }
+    fn out(&self) -> PathBuf {
+        self.dir.path().join("out")
+    }
+    fn ctl(&self, args: &[&str]) -> Output {
+        Command::new(INIT).arg("ctl").arg("--socket").arg(self.socket()).args(args).output().unwrap()
+    }
+    fn ctl_json(&self, args: &[&str]) -> Value {
+        let mut all = vec!["--json"];
+        all.extend_from_slice(args);
+        let out = self.ctl(&all);
+        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+        serde_json::from_slice(&out.stdout).unwrap()
+    }
+    fn state(&self, name: &str) -> Value {
+        self.ctl_json(&["status", name])
+    }
+    fn wait_for(&self, what: &str, mut done: impl FnMut(&Node) -> bool) {
+        let until = Instant::now() + Duration::from_secs(30);
+        while !done(self) {
+            assert!(Instant::now() < until, "timed out waiting for {what}");
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+}
+
+impl Drop for Node {
+    fn drop(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+}
+
+fn key() -> SigningKey {
+    SigningKey::from_bytes(&[7; 32])
+}
+
+/// Writes a signed manifest with `services` into a fresh config directory.
+fn config(services: Value) -> (tempfile::TempDir, PathBuf) {
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("out");
+    std::fs::create_dir_all(&out).unwrap();
+    let text = serde_json::to_string_pretty(&json!({"version": 1, "services": services}))
+        .unwrap()
+        .replace("$OUT", out.to_str().unwrap());
+    let conf = dir.path().join("conf");
+    std::fs::create_dir_all(&conf).unwrap();
+    std::fs::write(conf.join("manifest.json"), &text).unwrap();
+    std::fs::write(conf.join("manifest.json.sig"), flint_init::manifest::sign(text.as_bytes(), &key())).unwrap();
+    std::fs::write(conf.join("key.pub"), hex_key()).unwrap();
+    (dir, conf)
+}
+
+fn hex_key() -> String {
+    key().verifying_key().to_bytes().iter().map(|b| format!("{b:02x}")).collect()
+}
+
+fn start(dir: tempfile::TempDir, conf: &Path) -> Node {
+    let socket = dir.path().join("init.sock");
+    let child = Command::new(INIT)
+        .args(["run", "--backoff-ms", "100", "--backoff-max-ms", "800", "--config"])
+        .arg(conf)
+        .arg("--socket")
+        .arg(&socket)
+        .arg("--log-dir")
+        .arg(dir.path().join("out"))
+        .spawn()
+        .unwrap();
+    let node = Node { dir, child: Some(child) };
+    node.wait_for("the control socket", |n| n.socket().exists());
+    node
+}
+
+fn alive(pid: i32) -> bool {
+    // Zombies count as gone: /proc/PID/stat says Z.
+    std::fs::read_to_string(format!("/proc/{pid}/stat"))
+        .is_ok_and(|s| !s.rsplit(')').next().unwrap_or("").trim_start().starts_with('Z'))
+}
+
+#[test]
+fn services_start_in_order_restart_with_backoff_stop_and_shut_down() {
+    let (dir, conf) = config(json!([
+        {"name": "setup", "oneshot": true, "exec": ["/bin/sh", "-c", "sleep 0.3; echo setup > $OUT/setup"]},
+        {"name": "web", "after": ["setup"], "log": "file",
+         "exec": ["/bin/sh", "-c", "test -f $OUT/setup && echo web up; exec sleep 1000"],
+         "test": ["/bin/sh", "-c", "test -f $OUT/setup"]},
+        {"name": "crashy", "exec": ["/bin/sh", "-c", "echo x >> $OUT/crashy; exit 1"]},
+        {"name": "stubborn", "stop_timeout": 0.5,
+         "exec": ["/bin/sh", "-c", "trap '' TERM; echo $$ > $OUT/stubborn.pid; while :; do sleep 0.1; done"]},
+        {"name": "front", "after": ["web"], "exec": ["/bin/sleep", "1000"]}
+    ]));
+    let node = start(dir, &conf);
+    let out = node.out();
+
+    // Dependencies: web only after setup completed, front only after web is ready.
+    node.wait_for("front", |n| n.state("front")["state"] == "running");
+    assert_eq!(node.state("setup")["state"], "done");
+    assert_eq!(node.state("web")["state"], "running");
+    assert_eq!(std::fs::read_to_string(out.join("web.log")).unwrap(), "web up\n");
+    let log = node.ctl_json(&["log", "web"]);
+    assert!(log["lines"].as_array().unwrap().iter().any(|l| l["line"] == "web up"), "{log}");
+
+    // A crashing service restarts with growing delays (100, 200, 400, 800, 800 ms ...), not in a
+    // tight loop and not once forever.
+    std::thread::sleep(Duration::from_secs(3));
+    let crashes = std::fs::read_to_string(out.join("crashy")).unwrap().lines().count();
+    assert!((3..=10).contains(&crashes), "{crashes} starts in 3 s");
+    assert!(node.state("crashy")["failures"].as_u64().unwrap() >= 3);
+
+    // Stop escalates to SIGKILL for a service that ignores SIGTERM; it stays down.
+    let pid: i32 = std::fs::read_to_string(out.join("stubborn.pid")).unwrap().trim().parse().unwrap();
+    assert!(node.ctl(&["stop", "stubborn"]).status.success());
+    node.wait_for("stubborn to stop", |n| n.state("stubborn")["state"] == "stopped");
+    assert!(!alive(pid), "the stubborn process survived");
+    std::thread::sleep(Duration::from_millis(500));
+    assert_eq!(node.state("stubborn")["state"], "stopped");
+    assert!(node.ctl(&["start", "stubborn"]).status.success());
+    node.wait_for("stubborn to run again", |n| n.state("stubborn")["state"] == "running");
+
+    // Restart gives a new process.
+    let before = node.state("front")["pid"].as_i64().unwrap();
+    assert!(node.ctl(&["restart", "front"]).status.success());
+    node.wait_for("front to restart", |n| n.state("front")["pid"].as_i64().is_some_and(|p| p != before));
+    let unknown = node.ctl(&["stop", "nope"]);
+    assert!(!unknown.status.success());
+    assert!(String::from_utf8_lossy(&unknown.stderr).contains("no service"));
+
+    // SIGTERM: everything stops (front before web before setup), init exits 0, nothing left.
+    let pids: Vec<i32> = node
+        .ctl_json(&["list"])
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(|s| s["pid"].as_i64())
+        .map(|p| p as i32)
+        .collect();
+    let mut node = node;
+    let mut child = node.child.take().unwrap();
+    nix::sys::signal::kill(nix::unistd::Pid::from_raw(child.id() as i32), nix::sys::signal::Signal::SIGTERM).unwrap();
+    let until = Instant::now() + Duration::from_secs(30);
+    let status = loop {
+        if let Some(s) = child.try_wait().unwrap() {
+            break s;
+        }
+        assert!(Instant::now() < until, "init did not exit");
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    assert!(status.success());
+    for pid in pids {
+        assert!(!alive(pid), "pid {pid} outlived init");
+    }
+}
+
+#[test]
+fn unsigned_tampered_and_foreign_manifests_are_refused() {
+    let services = json!([{"name": "a", "exec": ["/bin/true"]}]);
+    let run = |conf: &Path, extra: &[&str]| {
+        Command::new(INIT)
+            .arg("run")
+            .arg("--config")
+            .arg(conf)
+            .args(extra)
+            .arg("--socket")
+            .arg(conf.join("s"))
+            .output()
+            .unwrap()
+    };
+    let (_d, conf) = config(services.clone());
+    let mut text = std::fs::read(conf.join("manifest.json")).unwrap();
+    text[2] ^= 1;
+    std::fs::write(conf.join("manifest.json"), &text).unwrap();
+    let out = run(&conf, &[]);
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("bad signature"), "{}", String::from_utf8_lossy(&out.stderr));
+
+    let (_d, conf) = config(services.clone());
+    std::fs::remove_file(conf.join("manifest.json.sig")).unwrap();
+    let out = run(&conf, &[]);
+    assert!(String::from_utf8_lossy(&out.stderr).contains("not signed"));
+
+    let (_d, conf) = config(services);
+    let other: String =
+        SigningKey::from_bytes(&[8; 32]).verifying_key().to_bytes().iter().map(|b| format!("{b:02x}")).collect();
+    let out = run(&conf, &["--key", &other]);
+    assert!(String::from_utf8_lossy(&out.stderr).contains("bad signature"));
+}
