@@ -200,11 +200,7 @@ impl Cache {
                 Some(v)
             }
             Err(e) => {
-                tracing::warn!("cache entry {} is corrupt ({e}); dropped, refetching", path.display());
-                let _ = fs::remove_file(&path);
-                let mut index = self.lock();
-                index.stats.corrupt += 1;
-                index.forget(&key);
+                self.drop_corrupt(&key, &format!("{e}; refetching"));
                 None
             }
         }
@@ -243,11 +239,16 @@ impl Cache {
 
     /// Drops an assembled file found corrupt.
     pub fn drop_file(&self, key: &Hash) {
-        let key = Key::File(*key);
-        tracing::warn!("assembled file {} is corrupt; dropped", self.path(&key).display());
-        let _ = fs::remove_file(self.path(&key));
+        self.drop_corrupt(&Key::File(*key), "assembled file");
+    }
+
+    /// Removes an entry found corrupt, with a log line saying `why`, and counts it.
+    fn drop_corrupt(&self, key: &Key, why: &str) {
+        let path = self.path(key);
+        tracing::warn!("cache entry {} is corrupt ({why}); dropped", path.display());
+        let _ = fs::remove_file(&path);
         let mut index = self.lock();
-        index.forget(&key);
+        index.forget(key);
         index.stats.corrupt += 1;
     }
 
@@ -310,11 +311,7 @@ impl Cache {
             let path = self.path(&id);
             let ok = fs::read(&path).map(|b| crate::chunk::hash(&b) == hash).unwrap_or(false);
             if !ok {
-                tracing::warn!("cache entry {} is corrupt; dropped", path.display());
-                let _ = fs::remove_file(&path);
-                let mut index = self.lock();
-                index.forget(&id);
-                index.stats.corrupt += 1;
+                self.drop_corrupt(&id, "content does not match its name");
                 bad += 1;
             }
         }

@@ -33,35 +33,30 @@ fn cstring(p: &Path) -> io::Result<CString> {
     CString::new(p.as_os_str().as_bytes()).map_err(|_| io::Error::other("path contains NUL"))
 }
 
-/// Finds `name` (or a number) in `root`'s `/etc/passwd`: uid and primary gid.
-fn lookup_user(root: &Path, name: &str) -> io::Result<(u32, u32)> {
-    let passwd = std::fs::read_to_string(root.join("etc/passwd")).unwrap_or_default();
-    for line in passwd.lines() {
-        let f: Vec<&str> = line.split(':').collect();
-        if let (Some(n), Some(uid), Some(gid)) = (f.first(), f.get(2), f.get(3)) {
-            if *n == name || *uid == name {
-                if let (Ok(u), Ok(g)) = (uid.parse(), gid.parse()) {
-                    return Ok((u, g));
-                }
-            }
-        }
-    }
-    name.parse().map(|u| (u, u)).map_err(|_| io::Error::other(format!("no user {name:?}")))
+/// The fields of the line of a colon-separated database (`/etc/passwd`, `/etc/group`) in `root`
+/// whose name (field 0) or id (field 2) is `name`.
+fn lookup(root: &Path, db: &str, name: &str) -> Option<Vec<String>> {
+    let text = std::fs::read_to_string(root.join(db)).ok()?;
+    text.lines()
+        .map(|l| l.split(':').map(str::to_string).collect::<Vec<_>>())
+        .find(|f| f.first().is_some_and(|n| n == name) || f.get(2).is_some_and(|id| id == name))
 }
 
-fn lookup_group(root: &Path, name: &str) -> io::Result<u32> {
-    let group = std::fs::read_to_string(root.join("etc/group")).unwrap_or_default();
-    for line in group.lines() {
-        let f: Vec<&str> = line.split(':').collect();
-        if let (Some(n), Some(gid)) = (f.first(), f.get(2)) {
-            if *n == name || *gid == name {
-                if let Ok(g) = gid.parse() {
-                    return Ok(g);
-                }
-            }
-        }
+/// The uid and primary gid of user `name` (or a number) in `root`.
+fn lookup_user(root: &Path, name: &str) -> io::Result<(u32, u32)> {
+    let ids = lookup(root, "etc/passwd", name).and_then(|f| Some((f.get(2)?.parse().ok()?, f.get(3)?.parse().ok()?)));
+    match ids {
+        Some(ids) => Ok(ids),
+        None => name.parse().map(|u| (u, u)).map_err(|_| io::Error::other(format!("no user {name:?}"))),
     }
-    name.parse().map_err(|_| io::Error::other(format!("no group {name:?}")))
+}
+
+/// The gid of group `name` (or a number) in `root`.
+fn lookup_group(root: &Path, name: &str) -> io::Result<u32> {
+    match lookup(root, "etc/group", name).and_then(|f| f.get(2)?.parse().ok()) {
+        Some(gid) => Ok(gid),
+        None => name.parse().map_err(|_| io::Error::other(format!("no group {name:?}"))),
+    }
 }
 
 /// Starts the process; returns its pid (also its process group).
