@@ -87,6 +87,8 @@ fn start(dir: tempfile::TempDir, conf: &Path) -> Node {
         .arg(&socket)
         .arg("--log-dir")
         .arg(dir.path().join("out"))
+        // Its own log goes to a file next to the test's data, not into the test run's output.
+        .stderr(std::fs::File::create(dir.path().join("init.log")).unwrap())
         .spawn()
         .unwrap();
     let node = Node { dir, child: Some(child) };
