@@ -24,6 +24,16 @@ impl Layers {
         Ok(layers)
     }
 
+    /// A writable view over `lower` (a read-only mount elsewhere), with `upper/` and `work/`
+    /// kept under `root`. PID 1 keeps one upper layer per flist name while versions change.
+    pub fn over(lower: &Path, root: &Path) -> io::Result<Layers> {
+        let layers = Layers { lower: lower.to_path_buf(), upper: root.join("upper"), work: root.join("work") };
+        for dir in [&layers.upper, &layers.work] {
+            std::fs::create_dir_all(dir)?;
+        }
+        Ok(layers)
+    }
+
     /// Mounts the overlay at `target`; the read-only mount must already be on `lower`.
     pub fn mount(&self, target: &Path) -> io::Result<()> {
         let escape = |p: &Path| p.to_string_lossy().replace('\\', "\\\\").replace(',', "\\,").replace(':', "\\:");

@@ -1,6 +1,6 @@
 //! The control socket: one JSON request per line, one JSON answer per line. The server hands
-//! each request to the supervisor loop (which alone owns the state) and writes back its answer;
-//! `init ctl` is the client.
+//! each request to its owner, the supervisor loop (services) or the node loop (manifest, mounts,
+//! power), and writes back its answer; `init ctl` is the client.
 
 use std::io::{self, BufRead, BufReader, Write};
 use std::os::unix::net::{UnixListener, UnixStream};
@@ -13,10 +13,20 @@ use serde_json::Value;
 use crate::supervisor::{Call, Request};
 
 /// Longest a request waits for the loop.
-const ANSWER_TIMEOUT: Duration = Duration::from_secs(30);
+/// (A reload waits for changed services to stop and new flists to mount.)
+const ANSWER_TIMEOUT: Duration = Duration::from_secs(300);
 
-/// Listens on `path` (replacing a stale socket) and forwards requests to `calls`.
-pub fn serve(path: &Path, calls: Sender<Call>) -> io::Result<()> {
+/// Where requests go.
+#[derive(Clone)]
+pub struct Owners {
+    /// Service requests.
+    pub services: Sender<Call>,
+    /// Node requests ([`Request::for_node`]).
+    pub node: Sender<Call>,
+}
+
+/// Listens on `path` (replacing a stale socket) and forwards requests to their owners.
+pub fn serve(path: &Path, calls: Owners) -> io::Result<()> {
     let _ = std::fs::remove_file(path);
     if let Some(dir) = path.parent() {
         std::fs::create_dir_all(dir)?;
@@ -38,7 +48,7 @@ pub fn serve(path: &Path, calls: Sender<Call>) -> io::Result<()> {
     Ok(())
 }
 
-fn handle(conn: UnixStream, calls: &Sender<Call>) -> io::Result<()> {
+fn handle(conn: UnixStream, owners: &Owners) -> io::Result<()> {
     conn.set_read_timeout(Some(ANSWER_TIMEOUT))?;
     let mut writer = conn.try_clone()?;
     for line in BufReader::new(conn).lines() {
@@ -46,7 +56,8 @@ fn handle(conn: UnixStream, calls: &Sender<Call>) -> io::Result<()> {
         let answer = match serde_json::from_str::<Request>(&line) {
             Ok(request) => {
                 let (tx, rx) = crossbeam_channel::bounded(1);
-                calls.send((request, tx)).map_err(|_| io::Error::other("the supervisor is gone"))?;
+                let owner = if request.for_node() { &owners.node } else { &owners.services };
+                owner.send((request, tx)).map_err(|_| io::Error::other("nobody answers requests any more"))?;
                 rx.recv_timeout(ANSWER_TIMEOUT).unwrap_or_else(|_| serde_json::json!({"error": "no answer"}))
             }
             Err(e) => serde_json::json!({"error": format!("bad request: {e}")}),

@@ -3,10 +3,15 @@
 //! The PID 1 of a flint node, as a library so that its parts run and are tested on a host too:
 //! - [`manifest`]: the signed node manifest, verified, then validated into a plan.
 //! - [`supervisor`]: runs the services: a pure state machine per service, one loop that owns them.
+//! - [`node`]: keeps the node at its newest valid manifest: fetches it ([`fetch`]), mounts its
+//!   flists ([`mounts`]) and hands the supervisor the difference.
 //! - [`control`]: the control socket (JSON lines) and its client; [`logring`]: services' output.
 #![deny(missing_docs)]
 
 pub mod control;
+pub mod fetch;
 pub mod logring;
 pub mod manifest;
+pub mod mounts;
+pub mod node;
 pub mod supervisor;

@@ -9,10 +9,16 @@ use std::time::Duration;
 
 use anyhow::Context;
 use clap::{Parser, Subcommand};
+use std::sync::Arc;
+
 use flint_init::control;
-use flint_init::manifest::{parse_key, verify};
+use flint_init::fetch::{Fetcher, Trust};
+use flint_init::manifest::parse_key;
+use flint_init::mounts::MountConfig;
+use flint_init::node::{Node, NodeConfig, NodeInputs, Power};
 use flint_init::supervisor::state::Backoff;
-use flint_init::supervisor::{Options, Request, Supervisor};
+use flint_init::supervisor::{Inputs, Options, Request, Supervisor};
+use flist::cache::Cache;
 use nix::sys::signal::{SigSet, Signal};
 
 const DEFAULT_SOCKET: &str = "/run/flint/init.sock";
@@ -34,12 +40,36 @@ enum Command {
 
 #[derive(clap::Args)]
 struct RunArgs {
-    /// Directory with manifest.json, manifest.json.sig and (unless --key) key.pub.
-    #[arg(long)]
-    config: PathBuf,
-    /// The manifest signer's ed25519 public key (64 hex digits).
+    /// A directory with manifest.json, manifest.json.sig and (unless --key) key.pub: short for
+    /// --manifest DIR/manifest.json --key DIR/key.pub.
+    #[arg(long, required_unless_present = "manifest")]
+    config: Option<PathBuf>,
+    /// The manifest's URL (http://, https:// or a path); its signature is at the same URL + .sig.
+    #[arg(long, conflicts_with = "config")]
+    manifest: Option<String>,
+    /// The manifest signer's ed25519 public key: 64 hex digits, or a file holding them.
     #[arg(long)]
     key: Option<String>,
+    /// Where to keep the manifest version counter, the last good manifest, flist files and the
+    /// upper layers of writable flists (the cache disk on a node). Nothing is kept without it.
+    #[arg(long)]
+    state: Option<PathBuf>,
+    /// Chunk cache directory shared by every flist; chunks are kept in memory only without it.
+    #[arg(long)]
+    cache: Option<PathBuf>,
+    /// Most bytes the chunk cache keeps.
+    #[arg(long, default_value_t = 10 << 30)]
+    cache_size: u64,
+    /// Runtime directory (staging mounts of flists).
+    #[arg(long, default_value = "/run/flint")]
+    run_dir: PathBuf,
+    /// Seconds between two fetches of the manifest (SIGHUP or `init ctl reload` fetch at once).
+    #[arg(long, default_value_t = 300)]
+    interval_secs: u64,
+    /// PEM file of the CAs trusted for https:// (a bundle, or one pinned CA); the Mozilla roots
+    /// compiled in otherwise.
+    #[arg(long)]
+    ca: Option<PathBuf>,
     /// Control socket.
     #[arg(long, default_value = DEFAULT_SOCKET)]
     socket: PathBuf,
@@ -90,8 +120,18 @@ enum CtlAction {
         #[arg(short, long)]
         follow: bool,
     },
-    /// Stop every service in reverse dependency order; `init run` then exits.
+    /// Stop every service in reverse dependency order; `init run` then exits, PID 1 powers off.
     Shutdown,
+    /// Fetch the manifest now and apply it if it is newer.
+    Reload,
+    /// The manifest in force, and the last attempt to get a newer one.
+    Manifest,
+    /// The flists in service.
+    Mounts,
+    /// Stop every service, unmount, sync and reboot.
+    Reboot,
+    /// Stop every service, unmount, sync and power off.
+    Poweroff,
 }
 
 fn main() -> ExitCode {
@@ -113,30 +153,81 @@ fn main() -> ExitCode {
     }
 }
 
-fn read_optional(path: &Path) -> anyhow::Result<Option<Vec<u8>>> {
-    match std::fs::read(path) {
-        Ok(b) => Ok(Some(b)),
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
-        Err(e) => Err(e).with_context(|| format!("reading {}", path.display())),
-    }
+/// A key given as hex or as a file holding the hex.
+fn load_key(text: &str) -> anyhow::Result<ed25519_dalek::VerifyingKey> {
+    let hex = if Path::new(text).is_file() {
+        std::fs::read_to_string(text).with_context(|| format!("reading {text}"))?
+    } else {
+        text.to_string()
+    };
+    Ok(parse_key(&hex)?)
 }
 
 fn run(a: RunArgs) -> anyhow::Result<ExitCode> {
-    let key_hex = match &a.key {
-        Some(k) => k.clone(),
-        None => std::fs::read_to_string(a.config.join("key.pub")).context("reading key.pub (or pass --key)")?,
+    let (manifest_url, key) = match (&a.config, &a.manifest) {
+        (Some(dir), _) => {
+            let key = a.key.clone().unwrap_or_else(|| dir.join("key.pub").to_string_lossy().into_owned());
+            (dir.join("manifest.json").to_string_lossy().into_owned(), key)
+        }
+        (None, Some(url)) => (url.clone(), a.key.clone().context("--key is needed with --manifest")?),
+        (None, None) => anyhow::bail!("--config or --manifest is needed"),
     };
-    let key = parse_key(&key_hex)?;
-    let manifest_path = a.config.join("manifest.json");
-    let bytes = std::fs::read(&manifest_path).with_context(|| format!("reading {}", manifest_path.display()))?;
-    let signature = read_optional(&a.config.join("manifest.json.sig"))?;
-    let plan = verify(&bytes, signature.as_deref(), &key).context("refusing the manifest")?;
-    tracing::info!("manifest version {} verified: {} services", plan.version, plan.services.len());
+    let key = load_key(&key).context("the manifest key (--key, or key.pub in --config)")?;
+    let trust = a.ca.clone().map_or(Trust::BuiltIn, Trust::Pem);
+    let cache = match &a.cache {
+        Some(dir) => Some(Arc::new(Cache::open(dir, a.cache_size)?)),
+        None => None,
+    };
+    let setup = Setup {
+        node: NodeConfig {
+            manifest_url,
+            key,
+            state_dir: a.state.clone(),
+            interval: Duration::from_secs(a.interval_secs.max(1)),
+            set_hostname: false,
+        },
+        trust,
+        mounts: MountConfig {
+            run_dir: a.run_dir.clone(),
+            state_dir: a.state.clone(),
+            cache,
+            memory: 16 << 20,
+            threads: 2,
+        },
+        supervisor: Options {
+            backoff: Backoff {
+                first: Duration::from_millis(a.backoff_ms),
+                max: Duration::from_millis(a.backoff_max_ms),
+                stable: Duration::from_secs(a.stable_secs),
+                ..Backoff::default()
+            },
+            log_dir: a.log_dir.clone(),
+            roots: Default::default(),
+        },
+        socket: a.socket.clone(),
+        pid1: false,
+    };
+    supervise(setup)?;
+    Ok(ExitCode::SUCCESS)
+}
 
+/// Everything a supervising init needs, as PID 1 or not.
+struct Setup {
+    node: NodeConfig,
+    trust: Trust,
+    mounts: MountConfig,
+    supervisor: Options,
+    socket: PathBuf,
+    pid1: bool,
+}
+
+/// Runs the node and its services until told to stop; returns what to do then, with every
+/// service stopped and every flist unmounted.
+fn supervise(setup: Setup) -> anyhow::Result<Power> {
     // Signals are taken synchronously by one thread: block them before any other thread exists
-    // (children get a clean mask from std::process).
+    // (children get a clean mask from the spawner).
     let mut signals = SigSet::empty();
-    for s in [Signal::SIGCHLD, Signal::SIGTERM, Signal::SIGINT, Signal::SIGHUP] {
+    for s in [Signal::SIGCHLD, Signal::SIGTERM, Signal::SIGINT, Signal::SIGHUP, Signal::SIGUSR2] {
         signals.add(s);
     }
     signals.thread_block().context("blocking signals")?;
@@ -144,33 +235,57 @@ fn run(a: RunArgs) -> anyhow::Result<ExitCode> {
     nix::sys::prctl::set_child_subreaper(true).context("becoming a subreaper")?;
 
     let (children_tx, children) = crossbeam_channel::unbounded();
-    let (stop_tx, stop) = crossbeam_channel::bounded(1);
+    let (hup_tx, hup) = crossbeam_channel::bounded(1);
+    let (power_tx, power) = crossbeam_channel::unbounded();
+    let pid1 = setup.pid1;
     std::thread::Builder::new().name("signals".into()).spawn(move || loop {
-        match signals.wait() {
+        let power = match signals.wait() {
             Ok(Signal::SIGCHLD) => {
                 let _ = children_tx.send(());
+                continue;
             }
-            Ok(Signal::SIGHUP) => tracing::info!("SIGHUP: the manifest is re-read at the next reconcile"),
-            Ok(sig) => {
-                tracing::info!("{sig}: shutting down");
-                let _ = stop_tx.try_send(());
+            Ok(Signal::SIGHUP) => {
+                tracing::info!("SIGHUP: fetching the manifest");
+                let _ = hup_tx.try_send(());
+                continue;
             }
-            Err(e) => tracing::warn!("waiting for signals: {e}"),
-        }
+            // The kernel turns ctrl-alt-del into SIGINT for PID 1.
+            Ok(Signal::SIGTERM | Signal::SIGINT) if pid1 => Power::Reboot,
+            Ok(Signal::SIGUSR2) if pid1 => Power::Poweroff,
+            Ok(Signal::SIGUSR2) => continue,
+            Ok(_) => Power::Exit,
+            Err(e) => {
+                tracing::warn!("waiting for signals: {e}");
+                continue;
+            }
+        };
+        let _ = power_tx.send(power);
     })?;
-    let (calls_tx, calls) = crossbeam_channel::unbounded();
-    control::serve(&a.socket, calls_tx).with_context(|| format!("control socket {}", a.socket.display()))?;
 
-    let roots = plan.flists.iter().map(|f| (f.name.clone(), f.mountpoint.clone())).collect();
-    let backoff = Backoff {
-        first: Duration::from_millis(a.backoff_ms),
-        max: Duration::from_millis(a.backoff_max_ms),
-        stable: Duration::from_secs(a.stable_secs),
-        ..Backoff::default()
-    };
-    Supervisor::new(&plan.services, Options { backoff, log_dir: a.log_dir, roots }).run(&children, &calls, &stop);
-    let _ = std::fs::remove_file(&a.socket);
-    Ok(ExitCode::SUCCESS)
+    let (services_tx, calls) = crossbeam_channel::unbounded();
+    let (node_tx, node_calls) = crossbeam_channel::unbounded();
+    let owners = control::Owners { services: services_tx, node: node_tx };
+    control::serve(&setup.socket, owners).with_context(|| format!("control socket {}", setup.socket.display()))?;
+
+    let (updates_tx, updates) = crossbeam_channel::unbounded();
+    let (stop_tx, stop) = crossbeam_channel::bounded(1);
+    let (finished_tx, finished) = crossbeam_channel::bounded(1);
+    let supervisor = Supervisor::new(&[], setup.supervisor);
+    let inputs = Inputs { children, calls, updates, stop };
+    std::thread::Builder::new().name("supervisor".into()).spawn(move || {
+        supervisor.run(&inputs);
+        let _ = finished_tx.send(());
+    })?;
+
+    let fetcher = Fetcher::new(&setup.trust)?;
+    let node = Node::new(setup.node, fetcher, setup.mounts, updates_tx, stop_tx);
+    let mounts = node.mounts();
+    let inputs = NodeInputs { calls: node_calls, hup, power, finished };
+    let result = node.run(&inputs, !pid1);
+    mounts.lock().unwrap_or_else(|p| p.into_inner()).unmount_all();
+    nix::unistd::sync();
+    let _ = std::fs::remove_file(&setup.socket);
+    result.context("no manifest to run")
 }
 
 fn ctl(a: CtlArgs) -> anyhow::Result<ExitCode> {
@@ -183,6 +298,11 @@ fn ctl(a: CtlArgs) -> anyhow::Result<ExitCode> {
         CtlAction::Kill { name, signal } => Request::Kill { name: name.clone(), signal: signal.clone() },
         CtlAction::Log { name, .. } => Request::Log { name: name.clone(), since: 0 },
         CtlAction::Shutdown => Request::Shutdown,
+        CtlAction::Reload => Request::Reload,
+        CtlAction::Manifest => Request::Manifest,
+        CtlAction::Mounts => Request::Mounts,
+        CtlAction::Reboot => Request::Reboot,
+        CtlAction::Poweroff => Request::Poweroff,
     };
     let call = |r: &Request| control::call(&a.socket, r).with_context(|| format!("talking to {}", a.socket.display()));
     let answer = call(&request)?;

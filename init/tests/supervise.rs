@@ -2,104 +2,29 @@
 //! inspected through `init ctl` over the control socket.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic, clippy::indexing_slicing)]
 
+mod util;
+
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Output};
-use std::time::{Duration, Instant};
+use std::process::Command;
+use std::time::Duration;
 
 use ed25519_dalek::SigningKey;
 use serde_json::{json, Value};
+use util::{alive, hex_key, publish, start, Node, INIT};
 
-const INIT: &str = env!("CARGO_BIN_EXE_init");
-
-struct Node {
-    dir: tempfile::TempDir,
-    child: Option<Child>,
-}
-
-impl Node {
-    fn socket(&self) -> PathBuf {
-        self.dir.path().join("init.sock")
-    }
-    fn out(&self) -> PathBuf {
-        self.dir.path().join("out")
-    }
-    fn ctl(&self, args: &[&str]) -> Output {
-        Command::new(INIT).arg("ctl").arg("--socket").arg(self.socket()).args(args).output().unwrap()
-    }
-    fn ctl_json(&self, args: &[&str]) -> Value {
-        let mut all = vec!["--json"];
-        all.extend_from_slice(args);
-        let out = self.ctl(&all);
-        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
-        serde_json::from_slice(&out.stdout).unwrap()
-    }
-    fn state(&self, name: &str) -> Value {
-        self.ctl_json(&["status", name])
-    }
-    fn wait_for(&self, what: &str, mut done: impl FnMut(&Node) -> bool) {
-        let until = Instant::now() + Duration::from_secs(30);
-        while !done(self) {
-            assert!(Instant::now() < until, "timed out waiting for {what}");
-            std::thread::sleep(Duration::from_millis(50));
-        }
-    }
-}
-
-impl Drop for Node {
-    fn drop(&mut self) {
-        if let Some(mut c) = self.child.take() {
-            let _ = c.kill();
-            let _ = c.wait();
-        }
-    }
-}
-
-fn key() -> SigningKey {
-    SigningKey::from_bytes(&[7; 32])
-}
-
-/// Writes a signed manifest with `services` into a fresh config directory.
+/// A fresh directory with a signed manifest running `services` in `conf/`.
 fn config(services: Value) -> (tempfile::TempDir, PathBuf) {
     let dir = tempfile::tempdir().unwrap();
-    let out = dir.path().join("out");
-    std::fs::create_dir_all(&out).unwrap();
-    let text = serde_json::to_string_pretty(&json!({"version": 1, "services": services}))
-        .unwrap()
-        .replace("$OUT", out.to_str().unwrap());
     let conf = dir.path().join("conf");
-    std::fs::create_dir_all(&conf).unwrap();
-    std::fs::write(conf.join("manifest.json"), &text).unwrap();
-    std::fs::write(conf.join("manifest.json.sig"), flint_init::manifest::sign(text.as_bytes(), &key())).unwrap();
+    publish(&conf, &json!({"version": 1, "services": services}), &dir.path().join("out"));
     std::fs::write(conf.join("key.pub"), hex_key()).unwrap();
     (dir, conf)
 }
 
-fn hex_key() -> String {
-    key().verifying_key().to_bytes().iter().map(|b| format!("{b:02x}")).collect()
-}
-
-fn start(dir: tempfile::TempDir, conf: &Path) -> Node {
-    let socket = dir.path().join("init.sock");
-    let child = Command::new(INIT)
-        .args(["run", "--backoff-ms", "100", "--backoff-max-ms", "800", "--config"])
-        .arg(conf)
-        .arg("--socket")
-        .arg(&socket)
-        .arg("--log-dir")
-        .arg(dir.path().join("out"))
-        // Its own log goes to a file next to the test's data, not into the test run's output.
-        .stderr(std::fs::File::create(dir.path().join("init.log")).unwrap())
-        .spawn()
-        .unwrap();
-    let node = Node { dir, child: Some(child) };
-    node.wait_for("the control socket", |n| n.socket().exists());
+fn start_config(dir: tempfile::TempDir, conf: &Path) -> Node {
+    let node = start(dir, &[&"--config", &conf]);
+    node.wait_for("the manifest", |n| n.version().is_some());
     node
-}
-
-fn alive(pid: i32) -> bool {
-    // Zombies count as gone: /proc/PID/stat says Z.
-    std::fs::read_to_string(format!("/proc/{pid}/stat"))
-        .is_ok_and(|s| !s.rsplit(')').next().unwrap_or("").trim_start().starts_with('Z'))
 }
 
 #[test]
@@ -114,7 +39,7 @@ fn services_start_in_order_restart_with_backoff_stop_and_shut_down() {
          "exec": ["/bin/sh", "-c", "trap '' TERM; echo $$ > $OUT/stubborn.pid; while :; do sleep 0.1; done"]},
         {"name": "front", "after": ["web"], "exec": ["/bin/sleep", "1000"]}
     ]));
-    let node = start(dir, &conf);
+    let node = start_config(dir, &conf);
     let out = node.out();
 
     // Dependencies: web only after setup completed, front only after web is ready.
@@ -160,17 +85,7 @@ fn services_start_in_order_restart_with_backoff_stop_and_shut_down() {
         .map(|p| p as i32)
         .collect();
     let mut node = node;
-    let mut child = node.child.take().unwrap();
-    nix::sys::signal::kill(nix::unistd::Pid::from_raw(child.id() as i32), nix::sys::signal::Signal::SIGTERM).unwrap();
-    let until = Instant::now() + Duration::from_secs(30);
-    let status = loop {
-        if let Some(s) = child.try_wait().unwrap() {
-            break s;
-        }
-        assert!(Instant::now() < until, "init did not exit");
-        std::thread::sleep(Duration::from_millis(50));
-    };
-    assert!(status.success());
+    assert!(node.terminate().success());
     for pid in pids {
         assert!(!alive(pid), "pid {pid} outlived init");
     }

@@ -5,7 +5,7 @@
 pub mod spawn;
 pub mod state;
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -63,6 +63,46 @@ pub enum Request {
     },
     /// Stop everything in reverse dependency order, then return from [`Supervisor::run`].
     Shutdown,
+    /// Fetch the manifest now and apply it if it is newer.
+    Reload,
+    /// The manifest in force and the last attempt to get a newer one.
+    Manifest,
+    /// The flists in service.
+    Mounts,
+    /// Stop everything, unmount, sync, reboot (as PID 1; `init run` exits).
+    Reboot,
+    /// Stop everything, unmount, sync, power off (as PID 1; `init run` exits).
+    Poweroff,
+}
+
+impl Request {
+    /// Whether the node (manifest, mounts, power) answers it rather than the supervisor.
+    pub fn for_node(&self) -> bool {
+        matches!(self, Request::Reload | Request::Manifest | Request::Mounts | Request::Reboot | Request::Poweroff)
+    }
+}
+
+/// A new set of services to run (a newer manifest), applied by diff: services it no longer names
+/// or names differently, and those in `restart`, are stopped; once they are all down `switch` runs
+/// (it swaps the flist mounts), then the new and changed services start. Unchanged services keep
+/// running throughout.
+pub struct Update {
+    /// Every service of the new manifest.
+    pub services: Vec<ServicePlan>,
+    /// Services to restart even though their plan is unchanged (their root flist changes).
+    pub restart: BTreeSet<String>,
+    /// Mount points of the new manifest's flists, by name.
+    pub roots: BTreeMap<String, PathBuf>,
+    /// Runs between the stops and the starts.
+    pub switch: Box<dyn FnOnce() + Send>,
+    /// Told when the new services are in place.
+    pub done: Sender<()>,
+}
+
+/// An update waiting for its leaving services to stop.
+struct Pending {
+    update: Update,
+    leaving: BTreeSet<String>,
 }
 
 /// A request with the channel for its answer.
@@ -74,6 +114,24 @@ struct Service {
     state: State,
     ring: Arc<Ring>,
     root: Option<PathBuf>,
+}
+
+impl Service {
+    fn new(plan: &ServicePlan, roots: &BTreeMap<String, PathBuf>) -> Service {
+        Service {
+            spec: Spec {
+                oneshot: plan.oneshot,
+                has_test: plan.test.is_some(),
+                test_timeout: plan.test_timeout,
+                stop_signal: plan.stop_signal,
+                stop_timeout: plan.stop_timeout,
+            },
+            state: State::default(),
+            ring: Arc::new(Ring::default()),
+            root: plan.root.as_ref().and_then(|r| roots.get(r).cloned()),
+            plan: plan.clone(),
+        }
+    }
 }
 
 /// Where services' processes come from and go.
@@ -93,28 +151,73 @@ pub struct Supervisor {
     /// Live processes: pid → service index.
     procs: HashMap<i32, usize>,
     shutting_down: bool,
+    pending: Option<Pending>,
+}
+
+/// Where the supervisor's events come from.
+pub struct Inputs {
+    /// A message on every SIGCHLD.
+    pub children: Receiver<()>,
+    /// Control requests.
+    pub calls: Receiver<Call>,
+    /// New manifests.
+    pub updates: Receiver<Update>,
+    /// A message asks for shutdown.
+    pub stop: Receiver<()>,
 }
 
 impl Supervisor {
     /// A supervisor for `services`, none started yet.
     pub fn new(services: &[ServicePlan], opts: Options) -> Supervisor {
-        let services = services
+        let services = services.iter().map(|p| Service::new(p, &opts.roots)).collect();
+        Supervisor { services, opts, procs: HashMap::new(), shutting_down: false, pending: None }
+    }
+
+    /// Starts applying `update`: stops what leaves or changes.
+    fn begin_update(&mut self, update: Update) {
+        let leaving: BTreeSet<String> = self
+            .services
             .iter()
-            .map(|p| Service {
-                spec: Spec {
-                    oneshot: p.oneshot,
-                    has_test: p.test.is_some(),
-                    test_timeout: p.test_timeout,
-                    stop_signal: p.stop_signal,
-                    stop_timeout: p.stop_timeout,
-                },
-                state: State::default(),
-                ring: Arc::new(Ring::default()),
-                root: p.root.as_ref().and_then(|r| opts.roots.get(r).cloned()),
-                plan: p.clone(),
+            .filter(|s| {
+                update.services.iter().find(|n| n.name == s.plan.name).is_none_or(|n| *n != s.plan)
+                    || update.restart.contains(&s.plan.name)
+            })
+            .map(|s| s.plan.name.clone())
+            .collect();
+        for name in &leaving {
+            if let Some(i) = self.index(name) {
+                self.apply(i, Event::Stop);
+            }
+        }
+        self.pending = Some(Pending { update, leaving });
+    }
+
+    /// Completes the pending update once every leaving service is down.
+    fn finish_update(&mut self) {
+        let ready = self.pending.as_ref().is_some_and(|p| {
+            p.leaving.iter().all(|n| self.index(n).and_then(|i| self.services.get(i)).is_none_or(|s| s.state.is_down()))
+        });
+        let Some(Pending { update, leaving }) = ready.then(|| self.pending.take()).flatten() else { return };
+        (update.switch)();
+        let mut old: HashMap<String, Service> = self.services.drain(..).map(|s| (s.plan.name.clone(), s)).collect();
+        self.services = update
+            .services
+            .iter()
+            .map(|plan| match old.remove(&plan.name) {
+                Some(kept) if !leaving.contains(&plan.name) => kept,
+                _ => Service::new(plan, &update.roots),
             })
             .collect();
-        Supervisor { services, opts, procs: HashMap::new(), shutting_down: false }
+        self.opts.roots = update.roots;
+        // Indices moved: map the live processes again.
+        self.procs = self
+            .services
+            .iter()
+            .enumerate()
+            .flat_map(|(i, s)| s.state.pids().into_iter().map(move |pid| (pid, i)))
+            .collect();
+        tracing::info!("services updated: {} stopped or restarted, {} in all", leaving.len(), self.services.len());
+        let _ = update.done.send(());
     }
 
     fn index(&self, name: &str) -> Option<usize> {
@@ -264,6 +367,9 @@ impl Supervisor {
                 self.shutting_down = true;
                 Ok(json!({"ok": true}))
             }
+            Request::Reload | Request::Manifest | Request::Mounts | Request::Reboot | Request::Poweroff => {
+                Err(json!({"error": "the node answers this, not the supervisor"}))
+            }
         };
         result.unwrap_or_else(|e| e)
     }
@@ -285,10 +391,10 @@ impl Supervisor {
         })
     }
 
-    /// Supervises until shut down (a [`Request::Shutdown`] or a signal on `stop`), then stops
+    /// Supervises until shut down (a [`Request::Shutdown`] or a message on `stop`), then stops
     /// every service in reverse dependency order and returns once all are down.
-    /// `children` receives a message on every SIGCHLD.
-    pub fn run(mut self, children: &Receiver<()>, calls: &Receiver<Call>, stop: &Receiver<()>) {
+    pub fn run(mut self, inputs: &Inputs) {
+        let Inputs { children, calls, updates, stop } = inputs;
         self.settle();
         loop {
             let now = Instant::now();
@@ -304,12 +410,21 @@ impl Supervisor {
                     let answer = self.answer(request);
                     let _ = reply.send(answer);
                 },
+                recv(updates) -> update => if let Ok(update) = update {
+                    if !self.shutting_down {
+                        self.begin_update(update);
+                    }
+                },
                 recv(stop) -> _ => self.shutting_down = true,
                 default(wait) => {}
             }
             // Exits can arrive while a message is handled; reaping costs one system call.
             self.reap();
             self.settle();
+            if !self.shutting_down {
+                self.finish_update();
+                self.settle();
+            }
             if self.shutting_down && self.services.iter().all(|s| s.state.is_down()) {
                 tracing::info!("every service is stopped");
                 return;

@@ -1,0 +1,309 @@
+//! The manifest's flists, mounted by FUSE servers running as threads of this process (the same
+//! code as `flist mount`).
+//!
+//! A flist is mounted in two steps, so that an upgrade never leaves a half-mounted node:
+//! [`prepare`] fetches the flist file (or finds it among the files kept from earlier boots),
+//! checks it against the digest the signed manifest pins, and mounts it on a staging directory
+//! named after its digest; this is the slow part, done while the old version keeps running.
+//! [`Mounts::switch`] then, with the services that use the changed flists stopped, moves the
+//! mountpoints over (a bind mount, or an overlay with a persistent upper layer for writable ones)
+//! and retires what the new manifest no longer names.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use flist::cache::Cache;
+use flist::fetch::CachedSource;
+use flist::fuse::{FlistFs, FsOptions, MountOptions};
+use flist::overlay::Layers;
+use flist::store::{RetryPolicy, Router};
+use flist::Flist;
+use nix::mount::{MntFlags, MsFlags};
+use serde_json::{json, Value};
+
+use crate::fetch::Fetcher;
+use crate::manifest::FlistPlan;
+
+static GENERATION: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+
+/// Largest flist file accepted (an OS image's metadata is a few hundred KB).
+const MAX_FLIST_LEN: u64 = 256 << 20;
+
+/// Why a flist could not be mounted.
+#[derive(Debug, thiserror::Error)]
+pub enum MountError {
+    /// Fetching the flist file.
+    #[error("flist {name}: fetching")]
+    Fetch {
+        /// The flist.
+        name: String,
+        /// Why.
+        #[source]
+        source: crate::fetch::FetchError,
+    },
+    /// The file is not the one the manifest pins.
+    #[error("flist {name}: digest is {got}, the manifest pins {want}: refused")]
+    Digest {
+        /// The flist.
+        name: String,
+        /// Pinned.
+        want: String,
+        /// Found.
+        got: String,
+    },
+    /// The file does not decode.
+    #[error("flist {name}: decoding")]
+    Decode {
+        /// The flist.
+        name: String,
+        /// Why.
+        #[source]
+        source: flist::format::DecodeError,
+    },
+    /// No usable store.
+    #[error("flist {name}: stores: {why}")]
+    Stores {
+        /// The flist.
+        name: String,
+        /// Why.
+        why: String,
+    },
+    /// A mount or directory operation.
+    #[error("flist {name}: {what} {}", path.display())]
+    Io {
+        /// The flist.
+        name: String,
+        /// The operation.
+        what: &'static str,
+        /// Where.
+        path: PathBuf,
+        /// Why.
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+/// Where flists are mounted and cached.
+#[derive(Clone)]
+pub struct MountConfig {
+    /// Staging mounts go to `run_dir/flists/NAME.DIGEST`.
+    pub run_dir: PathBuf,
+    /// Persistent state: flist files by digest (`flists/`), upper layers of writable flists
+    /// (`layers/NAME/`). `None` keeps nothing across boots (upper layers go under `run_dir`).
+    pub state_dir: Option<PathBuf>,
+    /// The verified chunk cache shared by every mount.
+    pub cache: Option<Arc<Cache>>,
+    /// Memory for recently used chunks, per mount.
+    pub memory: usize,
+    /// FUSE request threads and prefetch threads, per mount.
+    pub threads: usize,
+}
+
+/// A flist mounted on its staging directory, not yet visible at its mountpoint.
+pub struct Prepared {
+    plan: FlistPlan,
+    staging: PathBuf,
+    session: fuser::BackgroundSession,
+}
+
+/// A flist in service.
+struct Active {
+    plan: FlistPlan,
+    staging: PathBuf,
+    session: fuser::BackgroundSession,
+    /// Why its mountpoint is not in place, if it is not.
+    problem: Option<String>,
+}
+
+/// Mounts `plan`'s flist on a staging directory; `url` is its URL resolved against the manifest's.
+pub fn prepare(cfg: &MountConfig, fetcher: &Fetcher, plan: &FlistPlan, url: &str) -> Result<Prepared, MountError> {
+    let name = &plan.name;
+    let hex = plan.digest.to_hex();
+    let io = |what: &'static str, path: &Path| {
+        let path = path.to_path_buf();
+        move |source| MountError::Io { name: name.clone(), what, path, source }
+    };
+    let kept = cfg.state_dir.as_ref().map(|d| d.join("flists").join(format!("{hex}.fl")));
+    // A kept file is only trusted if it still has the pinned digest; else it is fetched again.
+    let bytes = match kept.as_ref().and_then(|k| std::fs::read(k).ok()) {
+        Some(b) if blake3::hash(&b).as_bytes() == &plan.digest.0 => b,
+        _ => {
+            let b =
+                fetcher.get(url, MAX_FLIST_LEN).map_err(|source| MountError::Fetch { name: name.clone(), source })?;
+            let got = blake3::hash(&b);
+            if got.as_bytes() != &plan.digest.0 {
+                return Err(MountError::Digest { name: name.clone(), want: hex, got: got.to_hex().to_string() });
+            }
+            if let Some(k) = &kept {
+                if let Err(e) = keep(k, &b) {
+                    tracing::warn!("flist {name}: keeping a copy in {}: {e}", k.display());
+                }
+            }
+            b
+        }
+    };
+    let flist = Flist::decode(&bytes).map_err(|source| MountError::Decode { name: name.clone(), source })?;
+    let stores = |why: String| MountError::Stores { name: name.clone(), why };
+    let router = if plan.stores.is_empty() {
+        Router::from_routes(&flist.routes, RetryPolicy::default())
+    } else {
+        Router::from_specs(&plan.stores, RetryPolicy::default())
+    }
+    .map_err(|e| stores(e.to_string()))?;
+    if router.is_empty() {
+        return Err(stores("neither the manifest nor the flist names one".into()));
+    }
+    // A generation number keeps a new staging mount off one still in service with the same digest
+    // (when only the mountpoint changes).
+    let generation = GENERATION.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    let staging = cfg.run_dir.join("flists").join(format!("{name}.{}.{generation}", hex.get(..16).unwrap_or_default()));
+    std::fs::create_dir_all(&staging).map_err(io("creating", &staging))?;
+    let source = CachedSource::new(router, cfg.cache.clone(), cfg.memory);
+    source.start_prefetchers(cfg.threads);
+    let fs = FlistFs::new(Arc::new(flist), source, FsOptions::default());
+    let session = flist::fuse::mount(fs, &staging, &MountOptions { threads: cfg.threads, allow_other: true })
+        .map_err(io("mounting on", &staging))?;
+    std::fs::metadata(&staging).map_err(io("the mount does not answer at", &staging))?;
+    Ok(Prepared { plan: plan.clone(), staging, session })
+}
+
+/// Writes `bytes` to `path` whole or not at all.
+fn keep(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
+    use std::io::Write;
+    if let Some(dir) = path.parent() {
+        std::fs::create_dir_all(dir)?;
+    }
+    let tmp = path.with_extension("tmp");
+    let mut f = std::fs::File::create(&tmp)?;
+    f.write_all(bytes)?;
+    f.sync_all()?;
+    std::fs::rename(&tmp, path)
+}
+
+/// Unmounts a staging mount. Processes still inside keep it alive (lazy detach), so its FUSE
+/// server is joined on a thread of its own rather than here.
+fn retire(name: &str, staging: &Path, session: fuser::BackgroundSession) {
+    if let Err(e) = nix::mount::umount2(staging, MntFlags::MNT_DETACH) {
+        tracing::warn!("flist {name}: unmounting {}: {e}", staging.display());
+    }
+    let spawned = std::thread::Builder::new().name("fuse-retire".into()).spawn(move || drop(session.join()));
+    if let Err(e) = spawned {
+        tracing::warn!("flist {name}: its FUSE server is left running: {e}");
+    }
+    let _ = std::fs::remove_dir(staging);
+}
+
+impl Prepared {
+    /// Unmounts a prepared flist that will not be used (the update it belonged to failed).
+    pub fn discard(self) {
+        retire(&self.plan.name, &self.staging, self.session);
+    }
+
+    /// The flist's name.
+    pub fn name(&self) -> &str {
+        &self.plan.name
+    }
+}
+
+/// The flists in service.
+pub struct Mounts {
+    cfg: MountConfig,
+    active: BTreeMap<String, Active>,
+}
+
+impl Mounts {
+    /// None mounted yet.
+    pub fn new(cfg: MountConfig) -> Mounts {
+        Mounts { cfg, active: BTreeMap::new() }
+    }
+
+    /// The flists of `wanted` that are not in service exactly as planned: these need [`prepare`].
+    pub fn missing<'a>(&self, wanted: &'a [FlistPlan]) -> Vec<&'a FlistPlan> {
+        wanted.iter().filter(|f| self.active.get(&f.name).is_none_or(|a| a.plan != **f)).collect()
+    }
+
+    /// Makes `wanted` the flists in service: retires the ones it no longer names or names
+    /// differently, and puts `prepared` at their mountpoints. Services using any of them must be
+    /// stopped. A mountpoint that cannot be set up is reported, and the rest goes on.
+    pub fn switch(&mut self, wanted: &[FlistPlan], prepared: Vec<Prepared>) {
+        let leaving: Vec<String> = self
+            .active
+            .iter()
+            .filter(|(name, a)| wanted.iter().find(|f| &f.name == *name).is_none_or(|f| *f != a.plan))
+            .map(|(name, _)| name.clone())
+            .collect();
+        for name in leaving {
+            if let Some(a) = self.active.remove(&name) {
+                if a.problem.is_none() {
+                    if let Err(e) = nix::mount::umount2(&a.plan.mountpoint, MntFlags::MNT_DETACH) {
+                        tracing::warn!("flist {name}: unmounting {}: {e}", a.plan.mountpoint.display());
+                    }
+                }
+                retire(&name, &a.staging, a.session);
+                tracing::info!("flist {name}: retired version {}", a.plan.digest);
+            }
+        }
+        for p in prepared {
+            let problem = self.expose(&p).err().map(|e| {
+                tracing::error!("{e}");
+                e.to_string()
+            });
+            if problem.is_none() {
+                tracing::info!(
+                    "flist {}: version {} mounted on {}",
+                    p.plan.name,
+                    p.plan.digest,
+                    p.plan.mountpoint.display()
+                );
+            }
+            let Prepared { plan, staging, session } = p;
+            self.active.insert(plan.name.clone(), Active { plan, staging, session, problem });
+        }
+    }
+
+    /// Puts a staging mount at its mountpoint.
+    fn expose(&self, p: &Prepared) -> Result<(), MountError> {
+        let plan = &p.plan;
+        let io = |what: &'static str, path: &Path| {
+            let path = path.to_path_buf();
+            let name = plan.name.clone();
+            move |e: std::io::Error| MountError::Io { name, what, path, source: e }
+        };
+        std::fs::create_dir_all(&plan.mountpoint).map_err(io("creating", &plan.mountpoint))?;
+        if plan.writable {
+            let base = self.cfg.state_dir.as_ref().unwrap_or(&self.cfg.run_dir);
+            let root = base.join("layers").join(&plan.name);
+            let layers = Layers::over(&p.staging, &root).map_err(io("creating the layers under", &root))?;
+            layers.mount(&plan.mountpoint).map_err(io("mounting the overlay on", &plan.mountpoint))
+        } else {
+            nix::mount::mount(Some(&p.staging), &plan.mountpoint, None::<&str>, MsFlags::MS_BIND, None::<&str>)
+                .map_err(|e| io("bind-mounting on", &plan.mountpoint)(e.into()))
+        }
+    }
+
+    /// Unmounts everything (shutdown).
+    pub fn unmount_all(&mut self) {
+        self.switch(&[], Vec::new());
+    }
+
+    /// What is mounted, for `init ctl mounts`.
+    pub fn describe(&self) -> Value {
+        let rows: Vec<Value> = self
+            .active
+            .values()
+            .map(|a| {
+                json!({
+                    "name": a.plan.name,
+                    "digest": a.plan.digest.to_hex(),
+                    "mountpoint": a.plan.mountpoint,
+                    "writable": a.plan.writable,
+                    "staging": a.staging,
+                    "url": a.plan.url,
+                    "problem": a.problem,
+                })
+            })
+            .collect();
+        Value::Array(rows)
+    }
+}

@@ -1,0 +1,370 @@
+//! The node loop: keeps the node at the newest valid manifest.
+//!
+//! It fetches the manifest and its signature (at start, every `interval`, on SIGHUP and on
+//! `init ctl reload`), verifies them, refuses anything older than the version recorded on the
+//! state disk, mounts the flists that changed on staging directories while the old version keeps
+//! running, and hands the supervisor an [`Update`] that stops what leaves or changes, swaps the
+//! mounts and starts what is new. Any failure before that hand-over leaves the node exactly as it
+//! was. The last good manifest is kept on the state disk, so a node whose server is unreachable
+//! at boot runs it (verified again) while it keeps retrying.
+
+use std::collections::BTreeSet;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::{Duration, Instant, SystemTime};
+
+use crossbeam_channel::{select, Receiver, Sender};
+use ed25519_dalek::VerifyingKey;
+use flist::Hash;
+use serde_json::{json, Value};
+
+use crate::fetch::{with_suffix, FetchError, Fetcher};
+use crate::manifest::{verify, ManifestError, Plan};
+use crate::mounts::{prepare, MountConfig, MountError, Mounts, Prepared};
+use crate::supervisor::{Call, Request, Update};
+
+/// Largest manifest accepted.
+const MAX_MANIFEST_LEN: u64 = 4 << 20;
+/// Largest signature file (128 hex digits and a newline, or 64 raw bytes).
+const MAX_SIGNATURE_LEN: u64 = 1024;
+/// First retry delay after a failed reconcile; doubles up to the reconcile interval.
+const FIRST_RETRY: Duration = Duration::from_secs(1);
+
+/// Why a reconcile did not apply a manifest.
+#[derive(Debug, thiserror::Error)]
+pub enum NodeError {
+    /// Getting the manifest or its signature.
+    #[error("fetching the manifest")]
+    Fetch(#[from] FetchError),
+    /// Refused: unsigned, tampered, invalid, or a rollback.
+    #[error("refusing the manifest")]
+    Refused(#[from] ManifestError),
+    /// A flist it names could not be mounted; nothing was changed.
+    #[error("mounting the manifest's flists; the node keeps its current state")]
+    Mount(#[from] MountError),
+    /// The supervisor is shutting down.
+    #[error("the supervisor is shutting down")]
+    ShuttingDown,
+}
+
+/// What to do once every service is stopped.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Power {
+    /// Leave (`init run`); PID 1 powers off instead.
+    Exit,
+    /// reboot(2).
+    Reboot,
+    /// Power off.
+    Poweroff,
+}
+
+/// How the node gets its manifest.
+pub struct NodeConfig {
+    /// The manifest's URL (or path); the signature is at the same URL plus `.sig`.
+    pub manifest_url: String,
+    /// The operator's public key.
+    pub key: VerifyingKey,
+    /// Where the version counter and the last good manifest are kept; nothing is kept if `None`.
+    pub state_dir: Option<PathBuf>,
+    /// Time between two fetches.
+    pub interval: Duration,
+    /// Set the host name the manifest names (PID 1).
+    pub set_hostname: bool,
+}
+
+/// Channels the node loop listens on.
+pub struct NodeInputs {
+    /// Control requests for the node.
+    pub calls: Receiver<Call>,
+    /// SIGHUP: reconcile now.
+    pub hup: Receiver<()>,
+    /// Signals asking to stop, reboot or power off.
+    pub power: Receiver<Power>,
+    /// The supervisor has returned.
+    pub finished: Receiver<()>,
+}
+
+/// The node: its manifest, its mounts, and the way to the supervisor.
+pub struct Node {
+    cfg: NodeConfig,
+    fetcher: Fetcher,
+    mount_cfg: MountConfig,
+    mounts: Arc<Mutex<Mounts>>,
+    updates: Sender<Update>,
+    stop: Sender<()>,
+    applied: Option<Plan>,
+    last_check: Option<SystemTime>,
+    last_error: Option<String>,
+    power: Option<Power>,
+}
+
+fn lock(mounts: &Mutex<Mounts>) -> MutexGuard<'_, Mounts> {
+    mounts.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+/// `url` as written in the manifest, resolved against the manifest's own URL.
+fn resolve(base: &str, url: &str) -> String {
+    if url.contains("://") || url.starts_with('/') {
+        return url.to_string();
+    }
+    if base.contains("://") && !base.starts_with("file://") {
+        return url::Url::parse(base).and_then(|b| b.join(url)).map_or_else(|_| url.to_string(), |u| u.to_string());
+    }
+    let base = base.strip_prefix("file://").unwrap_or(base);
+    Path::new(base).parent().unwrap_or(Path::new("/")).join(url).to_string_lossy().into_owned()
+}
+
+impl Node {
+    /// A node with nothing applied yet.
+    pub fn new(
+        cfg: NodeConfig,
+        fetcher: Fetcher,
+        mount_cfg: MountConfig,
+        updates: Sender<Update>,
+        stop: Sender<()>,
+    ) -> Node {
+        let mounts = Arc::new(Mutex::new(Mounts::new(mount_cfg.clone())));
+        Node {
+            cfg,
+            fetcher,
+            mount_cfg,
+            mounts,
+            updates,
+            stop,
+            applied: None,
+            last_check: None,
+            last_error: None,
+            power: None,
+        }
+    }
+
+    /// The mounts, for unmounting them at shutdown.
+    pub fn mounts(&self) -> Arc<Mutex<Mounts>> {
+        self.mounts.clone()
+    }
+
+    fn kept(&self, file: &str) -> Option<PathBuf> {
+        self.cfg.state_dir.as_ref().map(|d| d.join(file))
+    }
+
+    /// The version and digest recorded on the state disk, else of the manifest in force.
+    fn recorded(&self) -> Option<(u64, Hash)> {
+        let on_disk = self.kept("manifest.version").and_then(|p| std::fs::read_to_string(p).ok()).and_then(|t| {
+            let (version, digest) = t.trim().split_once(' ')?;
+            Some((version.parse().ok()?, Hash::from_hex(digest)?))
+        });
+        on_disk.or(self.applied.as_ref().map(|p| (p.version, p.digest)))
+    }
+
+    /// Records `plan` as applied: the version counter and the manifest itself, each written whole.
+    fn record(&self, plan: &Plan, bytes: &[u8], signature: Option<&[u8]>) -> std::io::Result<()> {
+        let Some(dir) = &self.cfg.state_dir else { return Ok(()) };
+        std::fs::create_dir_all(dir)?;
+        let write = |name: &str, data: &[u8]| -> std::io::Result<()> {
+            use std::io::Write;
+            let tmp = dir.join(format!(".{name}.tmp"));
+            let mut f = std::fs::File::create(&tmp)?;
+            f.write_all(data)?;
+            f.sync_all()?;
+            std::fs::rename(&tmp, dir.join(name))
+        };
+        write("manifest.json", bytes)?;
+        write("manifest.json.sig", signature.unwrap_or_default())?;
+        write("manifest.version", format!("{} {}\n", plan.version, plan.digest.to_hex()).as_bytes())
+    }
+
+    /// Fetches, verifies and applies the manifest. `Ok(true)` if the node changed.
+    pub fn reconcile(&mut self) -> Result<bool, NodeError> {
+        self.last_check = Some(SystemTime::now());
+        let url = &self.cfg.manifest_url;
+        let bytes = self.fetcher.get(url, MAX_MANIFEST_LEN)?;
+        let signature = self.fetcher.get_optional(&with_suffix(url, ".sig"), MAX_SIGNATURE_LEN)?;
+        let plan = verify(&bytes, signature.as_deref(), &self.cfg.key)?;
+        self.apply(plan, &bytes, signature.as_deref())
+    }
+
+    /// Applies the manifest kept on the state disk (verified again: the disk is not trusted).
+    fn apply_kept(&mut self) -> Result<bool, NodeError> {
+        let read = |name| self.kept(name).and_then(|p| std::fs::read(p).ok());
+        let (Some(bytes), signature) = (read("manifest.json"), read("manifest.json.sig")) else {
+            return Ok(false);
+        };
+        let plan = verify(&bytes, signature.as_deref(), &self.cfg.key)?;
+        tracing::warn!("running the last good manifest (version {}) kept on the state disk", plan.version);
+        self.apply(plan, &bytes, signature.as_deref())
+    }
+
+    fn apply(&mut self, plan: Plan, bytes: &[u8], signature: Option<&[u8]>) -> Result<bool, NodeError> {
+        plan.newer_than(self.recorded())?;
+        if self.applied.as_ref().is_some_and(|a| a.digest == plan.digest) {
+            return Ok(false);
+        }
+        let missing: Vec<_> = lock(&self.mounts).missing(&plan.flists).into_iter().cloned().collect();
+        let mut prepared: Vec<Prepared> = Vec::new();
+        for f in &missing {
+            let url = resolve(&self.cfg.manifest_url, &f.url);
+            match prepare(&self.mount_cfg, &self.fetcher, f, &url) {
+                Ok(p) => prepared.push(p),
+                Err(e) => {
+                    prepared.into_iter().for_each(Prepared::discard);
+                    return Err(e.into());
+                }
+            }
+        }
+        let changed: BTreeSet<&str> = prepared.iter().map(|p| p.name()).collect();
+        let restart = plan
+            .services
+            .iter()
+            .filter(|s| s.root.as_deref().is_some_and(|r| changed.contains(r)))
+            .map(|s| s.name.clone())
+            .collect();
+        let roots = plan.flists.iter().map(|f| (f.name.clone(), f.mountpoint.clone())).collect();
+        let (mounts, flists) = (self.mounts.clone(), plan.flists.clone());
+        let (done_tx, done) = crossbeam_channel::bounded(1);
+        let update = Update {
+            services: plan.services.clone(),
+            restart,
+            roots,
+            switch: Box::new(move || lock(&mounts).switch(&flists, prepared)),
+            done: done_tx,
+        };
+        // A refused update drops the prepared mounts with it (their sessions unmount on drop).
+        self.updates.send(update).map_err(|_| NodeError::ShuttingDown)?;
+        done.recv().map_err(|_| NodeError::ShuttingDown)?;
+        if let Err(e) = self.record(&plan, bytes, signature) {
+            tracing::error!("recording manifest version {} on the state disk: {e}", plan.version);
+        }
+        if let Some(name) = plan.hostname.as_deref().filter(|_| self.cfg.set_hostname) {
+            if let Err(e) = nix::unistd::sethostname(name) {
+                tracing::error!("setting the host name to {name}: {e}");
+            }
+        }
+        tracing::info!("manifest version {} applied ({})", plan.version, plan.digest);
+        self.applied = Some(plan);
+        Ok(true)
+    }
+
+    /// One reconcile, logged; falls back to the kept manifest while nothing runs yet.
+    fn attempt(&mut self) -> Result<bool, NodeError> {
+        let result = self.reconcile();
+        match &result {
+            Ok(_) => self.last_error = None,
+            Err(e) => {
+                let message = format!("{e}{}", chain(e));
+                tracing::error!("{message}");
+                self.last_error = Some(message);
+                if self.applied.is_none() {
+                    if let Err(e) = self.apply_kept() {
+                        tracing::error!("the kept manifest: {e}{}", chain(&e));
+                    }
+                }
+            }
+        }
+        result
+    }
+
+    /// Runs until the supervisor has returned, then says what to do next. The first manifest
+    /// is fetched at once; with `must_start`, failing to get one (and having none kept) is an
+    /// error instead of a retry (`init run` on a host; PID 1 retries forever).
+    pub fn run(mut self, inputs: &NodeInputs, must_start: bool) -> Result<Power, NodeError> {
+        let mut failures = 0u32;
+        let mut next = Instant::now();
+        loop {
+            if self.power.is_none() && Instant::now() >= next {
+                match self.attempt() {
+                    Ok(_) => {
+                        failures = 0;
+                        next = Instant::now() + self.cfg.interval;
+                    }
+                    Err(e) if must_start && self.applied.is_none() => {
+                        let _ = self.stop.send(());
+                        let _ = inputs.finished.recv();
+                        return Err(e);
+                    }
+                    Err(_) => {
+                        let delay = FIRST_RETRY.saturating_mul(1 << failures.min(16)).min(self.cfg.interval);
+                        failures = failures.saturating_add(1);
+                        next = Instant::now() + delay;
+                    }
+                }
+            }
+            let wait = next.saturating_duration_since(Instant::now());
+            select! {
+                recv(inputs.calls) -> call => if let Ok((request, reply)) = call {
+                    let answer = self.answer(request);
+                    let _ = reply.send(answer);
+                },
+                recv(inputs.hup) -> _ => next = Instant::now(),
+                recv(inputs.power) -> power => if let Ok(power) = power {
+                    self.shut_down(power);
+                },
+                recv(inputs.finished) -> _ => return Ok(self.power.unwrap_or(Power::Exit)),
+                default(wait) => {}
+            }
+        }
+    }
+
+    fn shut_down(&mut self, power: Power) {
+        tracing::info!("{power:?}: stopping every service");
+        self.power.get_or_insert(power);
+        let _ = self.stop.try_send(());
+    }
+
+    fn answer(&mut self, request: Request) -> Value {
+        match request {
+            Request::Reload => match self.attempt() {
+                Ok(changed) => {
+                    json!({"ok": true, "changed": changed, "version": self.applied.as_ref().map(|p| p.version)})
+                }
+                Err(e) => json!({"error": format!("{e}{}", chain(&e))}),
+            },
+            Request::Manifest => json!({
+                "url": self.cfg.manifest_url,
+                "version": self.applied.as_ref().map(|p| p.version),
+                "digest": self.applied.as_ref().map(|p| p.digest.to_hex()),
+                "hostname": self.applied.as_ref().and_then(|p| p.hostname.clone()),
+                "services": self.applied.as_ref().map(|p| p.services.iter().map(|s| s.name.clone()).collect::<Vec<_>>()),
+                "flists": self.applied.as_ref().map(|p| p.flists.iter().map(|f| f.name.clone()).collect::<Vec<_>>()),
+                "last_check": self.last_check.and_then(|t| t.duration_since(SystemTime::UNIX_EPOCH).ok()).map(|d| d.as_secs()),
+                "last_error": self.last_error,
+            }),
+            Request::Mounts => lock(&self.mounts).describe(),
+            Request::Reboot => {
+                self.shut_down(Power::Reboot);
+                json!({"ok": true})
+            }
+            Request::Poweroff => {
+                self.shut_down(Power::Poweroff);
+                json!({"ok": true})
+            }
+            _ => json!({"error": "the supervisor answers this, not the node"}),
+        }
+    }
+}
+
+/// `: cause: cause...` for an error's sources.
+fn chain(e: &dyn std::error::Error) -> String {
+    let mut out = String::new();
+    let mut source = e.source();
+    while let Some(s) = source {
+        out.push_str(": ");
+        out.push_str(&s.to_string());
+        source = s.source();
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::resolve;
+
+    #[test]
+    fn flist_urls_resolve_against_the_manifest() {
+        assert_eq!(resolve("http://srv:8000/n/manifest.json", "sys.fl"), "http://srv:8000/n/sys.fl");
+        assert_eq!(resolve("http://srv/n/manifest.json", "../f/sys.fl"), "http://srv/f/sys.fl");
+        assert_eq!(resolve("http://srv/n/manifest.json", "https://o/x.fl"), "https://o/x.fl");
+        assert_eq!(resolve("/etc/flint/manifest.json", "sys.fl"), "/etc/flint/sys.fl");
+        assert_eq!(resolve("file:///etc/flint/manifest.json", "sys.fl"), "/etc/flint/sys.fl");
+        assert_eq!(resolve("/etc/flint/manifest.json", "/srv/sys.fl"), "/srv/sys.fl");
+    }
+}
