@@ -5,6 +5,7 @@
 //! - [`supervisor`]: runs the services: a pure state machine per service, one loop that owns them.
 //! - [`node`]: keeps the node at its newest valid manifest: fetches it ([`fetch`]), mounts its
 //!   flists ([`mounts`]) and hands the supervisor the difference.
+//! - [`modules`]: kernel modules the hardware needs (coldplug and hotplug), with dependencies.
 //! - [`control`]: the control socket (JSON lines) and its client; [`logring`]: services' output.
 #![deny(missing_docs)]
 
@@ -12,6 +13,7 @@ pub mod control;
 pub mod fetch;
 pub mod logring;
 pub mod manifest;
+pub mod modules;
 pub mod mounts;
 pub mod node;
 pub mod supervisor;
