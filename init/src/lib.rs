@@ -6,6 +6,7 @@
 //! - [`node`]: keeps the node at its newest valid manifest: fetches it ([`fetch`]), mounts its
 //!   flists ([`mounts`]) and hands the supervisor the difference.
 //! - [`modules`]: kernel modules the hardware needs (coldplug and hotplug), with dependencies.
+//! - [`net`]: NICs up, DHCPv4 on all of them (or static), routes and DNS via netlink.
 //! - [`control`]: the control socket (JSON lines) and its client; [`logring`]: services' output.
 #![deny(missing_docs)]
 
@@ -15,5 +16,6 @@ pub mod logring;
 pub mod manifest;
 pub mod modules;
 pub mod mounts;
+pub mod net;
 pub mod node;
 pub mod supervisor;

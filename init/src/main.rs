@@ -36,6 +36,24 @@ enum Command {
     Run(RunArgs),
     /// Control a running init.
     Ctl(CtlArgs),
+    /// Bring the network up once, as the boot step does, and print what each NIC got.
+    Net(NetArgs),
+}
+
+#[derive(clap::Args)]
+struct NetArgs {
+    /// `dhcp` (every NIC), `static:[IFACE,]ADDR/PREFIX[,GATEWAY[,DNS...]]` or `none`.
+    #[arg(long, default_value = "dhcp")]
+    config: flint_init::net::NetConfig,
+    /// Where the DNS servers go.
+    #[arg(long, default_value = "/etc/resolv.conf")]
+    resolv: PathBuf,
+    /// Seconds to wait for carrier on each NIC.
+    #[arg(long, default_value_t = 5)]
+    carrier_wait: u64,
+    /// Print as JSON.
+    #[arg(long)]
+    json: bool,
 }
 
 #[derive(clap::Args)]
@@ -143,6 +161,7 @@ fn main() -> ExitCode {
     let result = match cli.command {
         Command::Run(a) => run(a),
         Command::Ctl(a) => ctl(a),
+        Command::Net(a) => net(a),
     };
     match result {
         Ok(code) => code,
@@ -286,6 +305,30 @@ fn supervise(setup: Setup) -> anyhow::Result<Power> {
     nix::unistd::sync();
     let _ = std::fs::remove_file(&setup.socket);
     result.context("no manifest to run")
+}
+
+fn net(a: NetArgs) -> anyhow::Result<ExitCode> {
+    let uplinks = flint_init::net::bring_up(&a.config, &a.resolv, Duration::from_secs(a.carrier_wait))
+        .map_err(anyhow::Error::msg)?;
+    let rows: Vec<serde_json::Value> = uplinks
+        .iter()
+        .map(|u| {
+            serde_json::json!({
+                "iface": u.link.name, "address": u.lease.address, "prefix": u.lease.prefix,
+                "gateway": u.lease.router, "dns": u.lease.dns, "server": u.lease.server,
+                "lease_secs": u.lease.valid.as_secs(), "preferred": u.preferred,
+            })
+        })
+        .collect();
+    if a.json {
+        println!("{}", serde_json::Value::Array(rows));
+    } else {
+        for u in &uplinks {
+            let mark = if u.preferred { " (preferred)" } else { "" };
+            println!("{}: {}/{} gateway {:?}{mark}", u.link.name, u.lease.address, u.lease.prefix, u.lease.router);
+        }
+    }
+    Ok(ExitCode::SUCCESS)
 }
 
 fn ctl(a: CtlArgs) -> anyhow::Result<ExitCode> {

@@ -1,0 +1,128 @@
+//! The network step against real DHCP servers: Debian's dnsmasq in network namespaces, joined to
+//! a node namespace by veth pairs. The node has a NIC behind a public-looking gateway with the
+//! lowest address, one behind a private gateway, and one without carrier.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic, clippy::indexing_slicing)]
+
+use std::process::{Child, Command, Stdio};
+
+use serde_json::Value;
+
+const INIT: &str = env!("CARGO_BIN_EXE_init");
+
+fn sh(cmd: &str) {
+    let out = Command::new("sh").arg("-c").arg(cmd).output().unwrap();
+    assert!(out.status.success(), "{cmd}: {}", String::from_utf8_lossy(&out.stderr));
+}
+
+/// Network namespaces and dnsmasq servers, removed on drop.
+struct Lab {
+    tag: String,
+    servers: Vec<Child>,
+    _dir: tempfile::TempDir,
+}
+
+impl Drop for Lab {
+    fn drop(&mut self) {
+        for s in &mut self.servers {
+            let _ = s.kill();
+            let _ = s.wait();
+        }
+        for ns in ["node", "priv", "pub"] {
+            let _ = Command::new("ip").args(["netns", "del", &format!("{}{ns}", self.tag)]).status();
+        }
+    }
+}
+
+/// `id` tells the tests of one run apart (interface names must stay under 16 bytes).
+fn lab(id: char) -> Lab {
+    let tag = format!("f{id}{}", std::process::id() % 100_000);
+    let dir = tempfile::tempdir().unwrap();
+    let mut lab = Lab { tag: tag.clone(), servers: Vec::new(), _dir: dir };
+    let (node, private, public) = (format!("{tag}node"), format!("{tag}priv"), format!("{tag}pub"));
+    for ns in [&node, &private, &public] {
+        sh(&format!("ip netns add {ns}"));
+    }
+    // eth-priv ↔ private server, eth-pub ↔ public server, eth-dead ↔ a peer left down.
+    for (nic, ns, net) in [("a", &private, "192.168.77"), ("b", &public, "100.64.9")] {
+        sh(&format!("ip link add {tag}{nic}n netns {node} type veth peer name srv netns {ns}"));
+        sh(&format!("ip -n {ns} addr add {net}.1/24 dev srv && ip -n {ns} link set srv up"));
+        let leases = lab._dir.path().join(format!("{nic}.leases"));
+        let child = Command::new("ip")
+            .args(["netns", "exec", ns, "dnsmasq", "--keep-in-foreground", "--no-resolv", "--port=0"])
+            .args(["--interface=srv", "--bind-interfaces", "--no-hosts"])
+            .arg(format!("--dhcp-range={net}.50,{net}.99,255.255.255.0,2m"))
+            .arg(format!("--dhcp-option=option:router,{net}.1"))
+            .arg(format!("--dhcp-option=option:dns-server,{net}.1"))
+            .arg(format!("--dhcp-leasefile={}", leases.display()))
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("dnsmasq (dnsmasq-base) must be installed");
+        lab.servers.push(child);
+    }
+    sh(&format!("ip link add {tag}cn netns {node} type veth peer name dead netns {public}"));
+    lab
+}
+
+#[test]
+fn dhcp_on_every_nic_prefers_the_private_gateway() {
+    let lab = lab('d');
+    let node = format!("{}node", lab.tag);
+    let resolv = lab._dir.path().join("resolv.conf");
+    let out = Command::new("ip")
+        .args(["netns", "exec", &node, INIT, "net", "--json", "--carrier-wait", "3", "--resolv"])
+        .arg(&resolv)
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{stderr}");
+    let uplinks: Value = serde_json::from_slice(&out.stdout).unwrap();
+    let uplinks = uplinks.as_array().unwrap();
+    assert_eq!(uplinks.len(), 2, "{uplinks:?}");
+
+    // The private gateway wins although the public NIC has the lower address.
+    let first = &uplinks[0];
+    assert_eq!(first["iface"], format!("{}an", lab.tag));
+    assert_eq!(first["preferred"], true);
+    assert_eq!(first["gateway"], "192.168.77.1");
+    assert!(first["address"].as_str().unwrap().starts_with("192.168.77."));
+    assert_eq!(first["prefix"], 24);
+    assert_eq!(uplinks[1]["gateway"], "100.64.9.1");
+    assert_eq!(std::fs::read_to_string(&resolv).unwrap(), "nameserver 192.168.77.1\n");
+
+    // The kernel has the addresses and the routes, the preferred one with the lower metric.
+    let addrs = Command::new("ip").args(["-n", &node, "-4", "-o", "addr"]).output().unwrap();
+    let addrs = String::from_utf8_lossy(&addrs.stdout);
+    assert!(addrs.contains(first["address"].as_str().unwrap()), "{addrs}");
+    assert!(addrs.contains(uplinks[1]["address"].as_str().unwrap()), "{addrs}");
+    let routes = Command::new("ip").args(["-n", &node, "route", "show", "default"]).output().unwrap();
+    let routes = String::from_utf8_lossy(&routes.stdout);
+    let best = routes.lines().next().unwrap_or_default();
+    assert!(best.contains("via 192.168.77.1") && best.contains("metric 100"), "{routes}");
+    assert!(routes.contains("via 100.64.9.1"), "{routes}");
+
+    // The NIC without carrier is named in the log, not silently skipped.
+    assert!(stderr.contains(&format!("{}cn: no carrier", lab.tag)), "{stderr}");
+    // Loopback is up.
+    let lo = Command::new("ip").args(["-n", &node, "link", "show", "lo"]).output().unwrap();
+    assert!(String::from_utf8_lossy(&lo.stdout).contains("UP"));
+}
+
+#[test]
+fn static_configuration_from_the_command_line() {
+    let lab = lab('s');
+    let node = format!("{}node", lab.tag);
+    let resolv = lab._dir.path().join("resolv.conf");
+    let spec = format!("static:{}bn,100.64.9.7/24,100.64.9.1,9.9.9.9", lab.tag);
+    let out = Command::new("ip")
+        .args(["netns", "exec", &node, INIT, "net", "--json", "--config", &spec, "--resolv"])
+        .arg(&resolv)
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let addrs = Command::new("ip").args(["-n", &node, "-4", "-o", "addr"]).output().unwrap();
+    assert!(String::from_utf8_lossy(&addrs.stdout).contains("100.64.9.7/24"));
+    let routes = Command::new("ip").args(["-n", &node, "route", "show", "default"]).output().unwrap();
+    assert!(String::from_utf8_lossy(&routes.stdout).contains("via 100.64.9.1"));
+    assert_eq!(std::fs::read_to_string(&resolv).unwrap(), "nameserver 9.9.9.9\n");
+}
