@@ -9,7 +9,7 @@ QUIET       := $(if $(filter true,$(CI)),-q,)
 APT_PACKAGES := musl-tools debootstrap squashfs-tools squashfuse casync zstd attr python3 util-linux tar kmod dnsmasq-base iproute2
 FUZZ_SECONDS ?= 600
 
-.PHONY: help deps build static test test-unit test-rootfs test-modules static-check fuzz bench qemu qemu-pxe usb initramfs test-boot test-vm clean
+.PHONY: help deps build static test test-unit test-rootfs test-boot-steps static-check fuzz bench qemu qemu-pxe usb initramfs test-boot test-vm clean
 
 help:
 	@echo "make qemu     build everything and boot a node under qemu (see README)"
@@ -42,7 +42,7 @@ static-check: static
 	  grep -qE "not a dynamic executable|statically linked" <<<"$$out" || exit 1; \
 	done
 
-test: deps test-unit test-rootfs test-modules static-check
+test: deps test-unit test-rootfs test-boot-steps static-check
 
 test-unit:
 	cargo test $(QUIET) --workspace
@@ -52,9 +52,11 @@ test-rootfs: deps
 	FLINT_ROOTFS_TAR=$$(tests/lib/rootfs.sh bookworm-minbase) \
 	  cargo test $(QUIET) -p flist --test rootfs -- --ignored --nocapture
 
-# Module resolution against Debian's packaged kernel (fetched and depmod'ed once, cached).
-test-modules: deps
-	FLINT_KERNEL_ROOT=$$(tests/lib/kernel.sh) cargo test $(QUIET) -p init --test modules -- --ignored
+# Boot steps against real Debian pieces, fetched once and cached: module resolution on the
+# packaged kernel's modules (depmod'ed), SNTP against chronyd.
+test-boot-steps: deps
+	FLINT_KERNEL_ROOT=$$(tests/lib/kernel.sh) FLINT_CHRONYD=$$(tests/lib/chronyd.sh) \
+	  cargo test $(QUIET) -p init --test modules --test time -- --ignored
 
 fuzz: deps
 	@command -v cargo-fuzz >/dev/null || cargo install --locked $(QUIET) cargo-fuzz

@@ -7,6 +7,7 @@
 //!   flists ([`mounts`]) and hands the supervisor the difference.
 //! - [`modules`]: kernel modules the hardware needs (coldplug and hotplug), with dependencies.
 //! - [`net`]: NICs up, DHCPv4 on all of them (or static), routes and DNS via netlink.
+//! - [`time`]: the clock set by SNTP before anything checks a certificate.
 //! - [`control`]: the control socket (JSON lines) and its client; [`logring`]: services' output.
 #![deny(missing_docs)]
 
@@ -19,3 +20,4 @@ pub mod mounts;
 pub mod net;
 pub mod node;
 pub mod supervisor;
+pub mod time;
