@@ -1,6 +1,7 @@
 //! # flint init
 //!
 //! The PID 1 of a flint node, as a library so that its parts run and are tested on a host too:
+//! - [`boot`]: PID 1's early steps, in order, each timed ([`cmdline`] says what to do).
 //! - [`manifest`]: the signed node manifest, verified, then validated into a plan.
 //! - [`supervisor`]: runs the services: a pure state machine per service, one loop that owns them.
 //! - [`node`]: keeps the node at its newest valid manifest: fetches it ([`fetch`]), mounts its
@@ -8,9 +9,12 @@
 //! - [`modules`]: kernel modules the hardware needs (coldplug and hotplug), with dependencies.
 //! - [`net`]: NICs up, DHCPv4 on all of them (or static), routes and DNS via netlink.
 //! - [`time`]: the clock set by SNTP before anything checks a certificate.
+//! - [`runtime`]: the threads of a running init wired together.
 //! - [`control`]: the control socket (JSON lines) and its client; [`logring`]: services' output.
 #![deny(missing_docs)]
 
+pub mod boot;
+pub mod cmdline;
 pub mod control;
 pub mod fetch;
 pub mod logring;
@@ -19,5 +23,6 @@ pub mod modules;
 pub mod mounts;
 pub mod net;
 pub mod node;
+pub mod runtime;
 pub mod supervisor;
 pub mod time;

@@ -124,3 +124,57 @@ fn unsigned_tampered_and_foreign_manifests_are_refused() {
     let out = run(&conf, &["--key", &other]);
     assert!(String::from_utf8_lossy(&out.stderr).contains("bad signature"));
 }
+
+/// `(pid, ppid, state)` of every process on the host.
+fn processes() -> Vec<(i32, i32, char)> {
+    std::fs::read_dir("/proc")
+        .unwrap()
+        .flatten()
+        .filter_map(|e| std::fs::read_to_string(e.path().join("stat")).ok())
+        .filter_map(|stat| {
+            let pid = stat.split(' ').next()?.parse().ok()?;
+            let mut rest = stat.rsplit_once(')')?.1.split_whitespace();
+            let state = rest.next()?.chars().next()?;
+            let ppid = rest.next()?.parse().ok()?;
+            Some((pid, ppid, state))
+        })
+        .collect()
+}
+
+#[test]
+fn as_pid_1_of_a_pid_namespace_orphans_are_adopted_and_reaped() {
+    let (dir, conf) = config(json!([
+        {"name": "parent", "exec": ["/bin/sh", "-c",
+            "for i in 1 2 3 4 5; do sh -c 'sleep 1 &'; done; exec sleep 1000"]}
+    ]));
+    let socket = dir.path().join("init.sock");
+    let child = Command::new("unshare")
+        .args(["--pid", "--fork", "--mount-proc", INIT, "run", "--config"])
+        .arg(&conf)
+        .arg("--socket")
+        .arg(&socket)
+        .arg("--run-dir")
+        .arg(dir.path().join("run"))
+        .stderr(std::fs::File::create(dir.path().join("init.log")).unwrap())
+        .spawn()
+        .unwrap();
+    let unshare = child.id() as i32;
+    let node = Node { dir, child: Some(child) };
+    node.wait_for("the control socket", |n| n.socket().exists());
+    node.wait_for("parent", |n| n.version().is_some() && n.state("parent")["state"] == "running");
+    let init = processes().into_iter().find(|p| p.1 == unshare).map(|p| p.0).expect("init under unshare");
+
+    // The five sleeps lost their parent shell: the namespace's PID 1, init, adopted them.
+    std::thread::sleep(Duration::from_millis(300));
+    let adopted: Vec<i32> = processes().into_iter().filter(|p| p.1 == init && p.2 != 'Z').map(|p| p.0).collect();
+    assert!(adopted.len() >= 6, "init has {} children, expected the service and 5 orphans", adopted.len());
+
+    // They exit after a second; none stays a zombie.
+    std::thread::sleep(Duration::from_millis(1700));
+    let zombies: Vec<i32> = processes().into_iter().filter(|p| p.1 == init && p.2 == 'Z').map(|p| p.0).collect();
+    assert!(zombies.is_empty(), "unreaped: {zombies:?}");
+    let children = processes().into_iter().filter(|p| p.1 == init).count();
+    assert_eq!(children, 1, "only the service is left");
+    let _ = node.ctl(&["shutdown"]);
+    node.wait_for("init to exit", |n| !n.socket().exists());
+}

@@ -1,0 +1,313 @@
+//! PID 1: from a bare kernel with only the initramfs to a node running its manifest.
+//!
+//! A linear list of named steps, each timed and logged to the console and `/dev/kmsg`. A step
+//! either must succeed and is retried with backoff until it does (the network), or is logged
+//! and passed (a missing module, no NTP answer). Then [`runtime::supervise`] runs until a reboot
+//! or power-off is asked for, and [`finish`] does it. PID 1 never returns and never exits: a
+//! panic or an unrecoverable setup error ends in [`rescue`], which keeps reaping children and
+//! says why on the console every minute.
+
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use nix::mount::MsFlags;
+
+use crate::cmdline::{self, BootParams};
+use crate::fetch::Trust;
+use crate::modules::{Loader, ModuleIndex};
+use crate::mounts::MountConfig;
+use crate::node::{NodeConfig, Power};
+use crate::runtime::{supervise, Setup};
+use crate::supervisor::state::Backoff;
+use crate::supervisor::Options;
+
+/// Where the initramfs keeps the operator's public key.
+pub const KEY_FILE: &str = "/etc/flint/key.pub";
+/// Present in an initramfs built to accept `flint.key=` from the command line.
+pub const ALLOW_CMDLINE_KEY: &str = "/etc/flint/allow-cmdline-key";
+/// The CA bundle of the initramfs.
+pub const CA_BUNDLE: &str = "/etc/ssl/certs/ca-certificates.crt";
+/// Where the cache disk (or a tmpfs) is mounted.
+pub const CACHE_MOUNT: &str = "/var/cache/flint";
+
+/// Console and `/dev/kmsg`, each log line to both.
+struct ConsoleAndKmsg;
+
+impl Write for ConsoleAndKmsg {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        let _ = std::io::stderr().write_all(buf);
+        // One write is one kernel log record; kmsg wants no colour codes and ignores failures.
+        if let Ok(mut kmsg) = std::fs::OpenOptions::new().write(true).open("/dev/kmsg") {
+            let _ = kmsg.write_all(buf);
+        }
+        Ok(buf.len())
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        std::io::stderr().flush()
+    }
+}
+
+fn mount_fs(source: &str, target: &str, fstype: &str, flags: MsFlags, data: Option<&str>) -> Result<(), String> {
+    let _ = std::fs::create_dir_all(target);
+    match nix::mount::mount(Some(source), target, Some(fstype), flags, data) {
+        Ok(()) | Err(nix::errno::Errno::EBUSY) => Ok(()),
+        Err(e) => Err(format!("{fstype} on {target}: {e}")),
+    }
+}
+
+/// The kernel's virtual filesystems and the scratch ones.
+pub fn early_mounts() -> Vec<String> {
+    let secure = MsFlags::MS_NOSUID | MsFlags::MS_NOEXEC | MsFlags::MS_NODEV;
+    let mounts: [(&str, &str, &str, MsFlags, Option<&str>); 8] = [
+        ("proc", "/proc", "proc", secure, None),
+        ("sysfs", "/sys", "sysfs", secure, None),
+        ("devtmpfs", "/dev", "devtmpfs", MsFlags::MS_NOSUID, Some("mode=0755")),
+        (
+            "devpts",
+            "/dev/pts",
+            "devpts",
+            MsFlags::MS_NOSUID | MsFlags::MS_NOEXEC,
+            Some("gid=5,mode=0620,ptmxmode=0666"),
+        ),
+        ("tmpfs", "/dev/shm", "tmpfs", MsFlags::MS_NOSUID | MsFlags::MS_NODEV, Some("mode=1777")),
+        ("tmpfs", "/run", "tmpfs", MsFlags::MS_NOSUID | MsFlags::MS_NODEV, Some("mode=0755")),
+        ("tmpfs", "/tmp", "tmpfs", MsFlags::MS_NOSUID | MsFlags::MS_NODEV, Some("mode=1777")),
+        ("cgroup2", "/sys/fs/cgroup", "cgroup2", secure, Some("nsdelegate")),
+    ];
+    mounts.iter().filter_map(|(src, dst, fs, flags, data)| mount_fs(src, dst, fs, *flags, *data).err()).collect()
+}
+
+/// Times a step and logs its outcome.
+fn step<T>(timings: &mut Vec<(&'static str, Duration)>, name: &'static str, f: impl FnOnce() -> T) -> T {
+    let started = Instant::now();
+    tracing::info!("boot: {name}");
+    let out = f();
+    let took = started.elapsed();
+    tracing::info!("boot: {name} done in {:.3} s", took.as_secs_f64());
+    timings.push((name, took));
+    out
+}
+
+/// The cache partition: the block device whose GPT partition name is `label`.
+fn cache_partition(label: &str) -> Option<PathBuf> {
+    std::fs::read_dir("/sys/class/block").ok()?.flatten().find_map(|dev| {
+        let uevent = std::fs::read_to_string(dev.path().join("uevent")).ok()?;
+        let name = uevent.lines().find_map(|l| l.strip_prefix("PARTNAME="))?;
+        let devname = uevent.lines().find_map(|l| l.strip_prefix("DEVNAME="))?;
+        (name == label).then(|| Path::new("/dev").join(devname))
+    })
+}
+
+/// Mounts the cache disk, or a tmpfs when there is none (nothing then survives a reboot).
+fn storage(label: &str) -> String {
+    if let Some(dev) = cache_partition(label) {
+        let source = dev.to_string_lossy();
+        for fs in ["ext4", "btrfs", "xfs"] {
+            if mount_fs(&source, CACHE_MOUNT, fs, MsFlags::MS_NOATIME, None).is_ok() {
+                return format!("{} ({fs}) on {CACHE_MOUNT}", dev.display());
+            }
+        }
+        tracing::error!("{}: partition {label:?} has no filesystem init can mount; using memory", dev.display());
+    }
+    match mount_fs("tmpfs", CACHE_MOUNT, "tmpfs", MsFlags::MS_NOSUID | MsFlags::MS_NODEV, Some("mode=0755")) {
+        Ok(()) => format!("no partition named {label:?}: a tmpfs on {CACHE_MOUNT} (nothing kept across boots)"),
+        Err(e) => format!("no cache at all: {e}"),
+    }
+}
+
+/// Chunk cache quota: 80% of the cache filesystem.
+fn cache_quota() -> u64 {
+    nix::sys::statvfs::statvfs(CACHE_MOUNT)
+        .map(|s| s.blocks().saturating_mul(s.fragment_size()) / 10 * 8)
+        .unwrap_or(1 << 30)
+}
+
+fn load_modules(params: &BootParams) -> String {
+    let index = match ModuleIndex::running() {
+        Ok(i) => i,
+        Err(e) => return format!("no module index ({e}); relying on built-in drivers"),
+    };
+    let mut loader = Loader::new(index);
+    let found = loader.coldplug(Path::new("/sys/devices"));
+    let mut failures = 0;
+    for m in ["fuse", "overlay", "virtio_rng"].into_iter().map(String::from).chain(params.modules.iter().cloned()) {
+        failures += loader.load(&m);
+    }
+    // Devices that appear later (and those whose drivers' loading made new ones) come by uevent.
+    let spawned = std::thread::Builder::new().name("hotplug".into()).spawn(move || crate::modules::hotplug(loader));
+    if let Err(e) = spawned {
+        tracing::error!("hotplug: {e}");
+    }
+    format!("{} device drivers ({}), {failures} failures", found.len(), found.into_iter().collect::<Vec<_>>().join(" "))
+}
+
+fn network(params: &BootParams) {
+    let mut delay = Duration::from_secs(1);
+    loop {
+        match crate::net::bring_up(&params.net, Path::new("/etc/resolv.conf"), Duration::from_secs(5)) {
+            Ok(uplinks) => {
+                for (i, u) in uplinks.into_iter().enumerate() {
+                    if u.lease.valid == Duration::MAX {
+                        continue;
+                    }
+                    let metric = 100 + 100 * i as u32;
+                    let spawned = std::thread::Builder::new()
+                        .name(format!("dhcp-{}", u.link.name))
+                        .spawn(move || crate::net::keep_lease(u, metric));
+                    if let Err(e) = spawned {
+                        tracing::error!("lease renewal thread: {e}");
+                    }
+                }
+                return;
+            }
+            Err(e) => {
+                tracing::error!("network: {e}; retrying in {delay:?}");
+                std::thread::sleep(delay);
+                delay = (delay * 2).min(Duration::from_secs(30));
+            }
+        }
+    }
+}
+
+fn set_time(params: &BootParams) {
+    for server in cmdline::ntp_servers(params) {
+        match crate::time::query(&server, Duration::from_secs(2)) {
+            Ok(sample) => {
+                match crate::time::step_clock(sample.offset) {
+                    Ok(()) => tracing::info!("time: {server} says the clock was off by {:.3} s; set", sample.offset),
+                    Err(e) => tracing::error!("time: setting the clock: {e}"),
+                }
+                return;
+            }
+            Err(e) => tracing::warn!(
+                "time: {e}: {}",
+                std::error::Error::source(&e).map(|s| s.to_string()).unwrap_or_default()
+            ),
+        }
+    }
+    tracing::error!("time: no server answered; TLS may refuse certificates until the clock is right");
+}
+
+/// The operator's key: baked into the initramfs, or from the command line if the build allows it.
+fn manifest_key(params: &BootParams) -> Result<ed25519_dalek::VerifyingKey, String> {
+    let text = match (&params.key, Path::new(ALLOW_CMDLINE_KEY).exists()) {
+        (Some(k), true) => k.clone(),
+        (Some(_), false) => {
+            tracing::warn!("flint.key= ignored: this initramfs only trusts its own key");
+            std::fs::read_to_string(KEY_FILE).map_err(|e| format!("{KEY_FILE}: {e}"))?
+        }
+        (None, _) => std::fs::read_to_string(KEY_FILE).map_err(|e| format!("{KEY_FILE}: {e}"))?,
+    };
+    crate::manifest::parse_key(&text).map_err(|e| e.to_string())
+}
+
+/// Boots the node. Never returns.
+pub fn boot() -> ! {
+    let started = Instant::now();
+    let mount_problems = early_mounts();
+    let cmdline = std::fs::read_to_string("/proc/cmdline").unwrap_or_default();
+    let params = cmdline::parse(&cmdline);
+    let filter = if params.debug { "debug" } else { "info" };
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(tracing_subscriber::EnvFilter::new(filter))
+        .with_ansi(false)
+        .with_writer(|| ConsoleAndKmsg)
+        .try_init();
+    tracing::info!("flint init {} starting as PID 1", env!("CARGO_PKG_VERSION"));
+    for p in mount_problems.iter().chain(&params.problems) {
+        tracing::error!("boot: {p}");
+    }
+    // Ctrl-alt-del becomes SIGINT to us (a clean reboot) instead of an immediate one.
+    if let Err(e) = nix::sys::reboot::set_cad_enabled(false) {
+        tracing::warn!("ctrl-alt-del: {e}");
+    }
+    let result = std::panic::catch_unwind(|| run(params, started));
+    match result {
+        Ok(Ok(power)) => finish(power),
+        Ok(Err(why)) => rescue(&why),
+        Err(_) => rescue("init panicked"),
+    }
+}
+
+fn run(params: BootParams, started: Instant) -> Result<Power, String> {
+    let mut timings = vec![("kernel to init", Duration::ZERO)];
+    // Until the manifest names the node.
+    let _ = nix::unistd::sethostname("flint");
+    let summary = step(&mut timings, "modules", || load_modules(&params));
+    tracing::info!("modules: {summary}");
+    step(&mut timings, "network", || network(&params));
+    step(&mut timings, "time", || set_time(&params));
+    let storage = step(&mut timings, "storage", || storage(&params.cache_label));
+    tracing::info!("storage: {storage}");
+    let manifest_url = params.manifest.clone().ok_or("no flint.manifest= on the kernel command line")?;
+    let key = manifest_key(&params)?;
+    let trust = match &params.ca {
+        Some(ca) => Trust::Pem(ca.clone()),
+        None if Path::new(CA_BUNDLE).exists() => Trust::Pem(CA_BUNDLE.into()),
+        None => Trust::BuiltIn,
+    };
+    let cache_dir = Path::new(CACHE_MOUNT).join("chunks");
+    let cache = flist::cache::Cache::open(&cache_dir, cache_quota())
+        .map_err(|e| tracing::error!("chunk cache: {e}; chunks stay in memory only"))
+        .ok()
+        .map(Arc::new);
+    let state = Path::new(CACHE_MOUNT).join("state");
+    let setup = Setup {
+        node: NodeConfig {
+            manifest_url,
+            key,
+            state_dir: Some(state.clone()),
+            interval: Duration::from_secs(params.interval_secs),
+            set_hostname: true,
+        },
+        trust,
+        mounts: MountConfig {
+            run_dir: "/run/flint".into(),
+            state_dir: Some(state),
+            cache,
+            memory: 16 << 20,
+            threads: 2,
+        },
+        supervisor: Options { backoff: Backoff::default(), log_dir: "/var/log".into(), roots: Default::default() },
+        socket: "/run/flint/init.sock".into(),
+        pid1: true,
+    };
+    let steps: Vec<String> = timings.iter().skip(1).map(|(n, d)| format!("{n} {:.3} s", d.as_secs_f64())).collect();
+    tracing::info!(
+        "boot: steps before services: {} (init up {:.3} s)",
+        steps.join(", "),
+        started.elapsed().as_secs_f64()
+    );
+    supervise(setup).map_err(|e| format!("{e:#}"))
+}
+
+/// Every service is stopped and every flist unmounted: sync, then reboot or power off.
+fn finish(power: Power) -> ! {
+    nix::unistd::sync();
+    let mode = match power {
+        Power::Reboot => nix::sys::reboot::RebootMode::RB_AUTOBOOT,
+        Power::Exit | Power::Poweroff => nix::sys::reboot::RebootMode::RB_POWER_OFF,
+    };
+    tracing::info!("{power:?}: every service stopped, filesystems synced");
+    let Err(e) = nix::sys::reboot::reboot(mode);
+    rescue(&format!("reboot(2) failed: {e}"))
+}
+
+/// The last state: keeps reaping, repeats why on the console. Ctrl-alt-del or the power
+/// button still work through the kernel.
+pub fn rescue(why: &str) -> ! {
+    tracing::error!("RESCUE: {why}. The node stays up for inspection; fix the boot configuration and reboot.");
+    let mut last = Instant::now();
+    loop {
+        match nix::sys::wait::waitpid(None, None) {
+            Ok(_) => {}
+            Err(_) => std::thread::sleep(Duration::from_secs(1)),
+        }
+        if last.elapsed() > Duration::from_secs(60) {
+            tracing::error!("RESCUE: {why}");
+            last = Instant::now();
+        }
+    }
+}

@@ -1,0 +1,96 @@
+//! The threads of a running init, as PID 1 or under `init run`: signals, the control socket,
+//! the supervisor loop and the node loop, wired together; and what happens when they stop.
+
+use std::path::PathBuf;
+
+use anyhow::Context;
+use nix::sys::signal::{SigSet, Signal};
+
+use crate::control;
+use crate::fetch::{Fetcher, Trust};
+use crate::mounts::MountConfig;
+use crate::node::{Node, NodeConfig, NodeInputs, Power};
+use crate::supervisor::{Inputs, Options, Supervisor};
+
+/// Everything a supervising init needs, as PID 1 or not.
+pub struct Setup {
+    /// The manifest and how to get it.
+    pub node: NodeConfig,
+    /// CAs for https.
+    pub trust: Trust,
+    /// Where flists go.
+    pub mounts: MountConfig,
+    /// Restart pacing, log directory.
+    pub supervisor: Options,
+    /// The control socket.
+    pub socket: PathBuf,
+    /// Signals mean reboot/poweroff, and failing to get a first manifest is retried forever.
+    pub pid1: bool,
+}
+
+/// Runs the node and its services until told to stop; returns what to do then, with every
+/// service stopped and every flist unmounted.
+pub fn supervise(setup: Setup) -> anyhow::Result<Power> {
+    // Signals are taken synchronously by one thread: block them before any other thread exists
+    // (children get a clean mask from the spawner).
+    let mut signals = SigSet::empty();
+    for s in [Signal::SIGCHLD, Signal::SIGTERM, Signal::SIGINT, Signal::SIGHUP, Signal::SIGUSR2] {
+        signals.add(s);
+    }
+    signals.thread_block().context("blocking signals")?;
+    // Orphans of our services are re-parented to us, so that they are reaped.
+    nix::sys::prctl::set_child_subreaper(true).context("becoming a subreaper")?;
+
+    let (children_tx, children) = crossbeam_channel::unbounded();
+    let (hup_tx, hup) = crossbeam_channel::bounded(1);
+    let (power_tx, power) = crossbeam_channel::unbounded();
+    let pid1 = setup.pid1;
+    std::thread::Builder::new().name("signals".into()).spawn(move || loop {
+        let power = match signals.wait() {
+            Ok(Signal::SIGCHLD) => {
+                let _ = children_tx.send(());
+                continue;
+            }
+            Ok(Signal::SIGHUP) => {
+                tracing::info!("SIGHUP: fetching the manifest");
+                let _ = hup_tx.try_send(());
+                continue;
+            }
+            // The kernel turns ctrl-alt-del into SIGINT for PID 1.
+            Ok(Signal::SIGTERM | Signal::SIGINT) if pid1 => Power::Reboot,
+            Ok(Signal::SIGUSR2) if pid1 => Power::Poweroff,
+            Ok(Signal::SIGUSR2) => continue,
+            Ok(_) => Power::Exit,
+            Err(e) => {
+                tracing::warn!("waiting for signals: {e}");
+                continue;
+            }
+        };
+        let _ = power_tx.send(power);
+    })?;
+
+    let (services_tx, calls) = crossbeam_channel::unbounded();
+    let (node_tx, node_calls) = crossbeam_channel::unbounded();
+    let owners = control::Owners { services: services_tx, node: node_tx };
+    control::serve(&setup.socket, owners).with_context(|| format!("control socket {}", setup.socket.display()))?;
+
+    let (updates_tx, updates) = crossbeam_channel::unbounded();
+    let (stop_tx, stop) = crossbeam_channel::bounded(1);
+    let (finished_tx, finished) = crossbeam_channel::bounded(1);
+    let supervisor = Supervisor::new(&[], setup.supervisor);
+    let inputs = Inputs { children, calls, updates, stop };
+    std::thread::Builder::new().name("supervisor".into()).spawn(move || {
+        supervisor.run(&inputs);
+        let _ = finished_tx.send(());
+    })?;
+
+    let fetcher = Fetcher::new(&setup.trust)?;
+    let node = Node::new(setup.node, fetcher, setup.mounts, updates_tx, stop_tx);
+    let mounts = node.mounts();
+    let inputs = NodeInputs { calls: node_calls, hup, power, finished };
+    let result = node.run(&inputs, !pid1);
+    mounts.lock().unwrap_or_else(|p| p.into_inner()).unmount_all();
+    nix::unistd::sync();
+    let _ = std::fs::remove_file(&setup.socket);
+    result.context("no manifest to run")
+}
