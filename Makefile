@@ -60,8 +60,10 @@ test-boot-steps: deps
 
 fuzz: deps
 	@command -v cargo-fuzz >/dev/null || cargo install --locked $(QUIET) cargo-fuzz
-	cd flist/fuzz && for t in decode chunk_open; do mkdir -p corpus/$$t seeds/$$t; \
-	  RUSTC_BOOTSTRAP=1 cargo fuzz run $$t corpus/$$t seeds/$$t -- -max_total_time=$(FUZZ_SECONDS) -rss_limit_mb=4096 || exit 1; done
+	for t in flist:decode flist:chunk_open init:manifest init:boot_inputs; do crate=$${t%%:*}; target=$${t#*:}; \
+	  (cd $$crate/fuzz && mkdir -p corpus/$$target seeds/$$target && \
+	   RUSTC_BOOTSTRAP=1 cargo fuzz run -O $$target corpus/$$target seeds/$$target -- \
+	     -max_total_time=$(FUZZ_SECONDS) -rss_limit_mb=4096) || exit 1; done
 
 bench: deps build
 	bench/run.sh

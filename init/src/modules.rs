@@ -85,22 +85,30 @@ impl ModuleIndex {
             let path = dir.join(name);
             std::fs::read_to_string(&path).map_err(|source| ModuleError::Index { path, source })
         };
+        let dep = read("modules.dep")?;
+        // Optional: a kernel may have no built-in list, or no aliases.
+        let builtin = read("modules.builtin").unwrap_or_default();
+        let alias = read("modules.alias").unwrap_or_default();
+        Ok(ModuleIndex::parse(dir, &dep, &builtin, &alias))
+    }
+
+    /// The index from the texts of `modules.dep`, `modules.builtin` and `modules.alias`.
+    pub fn parse(dir: &Path, dep: &str, builtin: &str, alias: &str) -> ModuleIndex {
         let mut modules = HashMap::new();
-        for line in read("modules.dep")?.lines() {
+        for line in dep.lines() {
             let Some((path, deps)) = line.split_once(':') else { continue };
             let deps = deps.split_whitespace().map(module_name).collect();
             modules.insert(module_name(path), Module { path: path.to_string(), deps });
         }
-        // Optional: a kernel may have no built-in list, or no aliases.
-        let builtin = read("modules.builtin").unwrap_or_default().lines().map(module_name).collect();
+        let builtin = builtin.lines().map(module_name).collect();
         let mut aliases: HashMap<String, Vec<(String, String)>> = HashMap::new();
-        for line in read("modules.alias").unwrap_or_default().lines() {
+        for line in alias.lines() {
             let mut words = line.split_whitespace();
             if let (Some("alias"), Some(pattern), Some(module)) = (words.next(), words.next(), words.next()) {
                 aliases.entry(bus(pattern).to_string()).or_default().push((pattern.to_string(), module.to_string()));
             }
         }
-        Ok(ModuleIndex { dir: dir.to_path_buf(), modules, builtin, aliases })
+        ModuleIndex { dir: dir.to_path_buf(), modules, builtin, aliases }
     }
 
     /// The index of the running kernel: `/lib/modules/$(uname -r)`.

@@ -178,6 +178,11 @@ fn server_of(m: &Message) -> Ipv4Addr {
     }
 }
 
+/// The lease a DHCP message (an ACK) read from the wire grants, if it decodes.
+pub fn lease_from_bytes(bytes: &[u8]) -> Option<Lease> {
+    Message::decode(&mut Decoder::new(bytes)).ok().map(|m| lease_of(&m))
+}
+
 /// The lease an ACK grants.
 fn lease_of(ack: &Message) -> Lease {
     let opts = ack.opts();

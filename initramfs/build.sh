@@ -1,0 +1,53 @@
+#!/usr/bin/env bash
+# Builds a flint initramfs: the static init as /init, the kernel modules a server or qemu needs
+# (with their dependencies), CA certificates and the manifest public key. Same inputs, same bytes:
+# sorted entries, fixed times and owners, cpio --reproducible, zstd.
+# Usage: build.sh OUT.cpio.zst INIT_BINARY KERNEL_ROOT KEY_PUB [--allow-cmdline-key]
+set -euo pipefail
+out=$1 init=$2 kroot=$3 key=$4 allow=${5:-}
+version=$(ls "$kroot/lib/modules")
+moddir=$kroot/lib/modules/$version
+# Drivers for qemu and common servers, the cache disk's filesystems, and what init always loads.
+wanted="virtio_net virtio_blk virtio_scsi virtio_rng virtio_console e1000 e1000e igb ixgbe i40e
+  nvme ahci sd_mod ext4 btrfs xfs overlay fuse"
+work=$(mktemp -d)
+trap 'rm -rf "$work"' EXIT
+root=$work/root
+mkdir -p "$root"/{dev,proc,sys,run,tmp,etc/flint,etc/ssl/certs,lib/modules/$version,var/log}
+install -m 0755 "$init" "$root/init"
+install -m 0644 "$key" "$root/etc/flint/key.pub"
+[ "$allow" = --allow-cmdline-key ] && touch "$root/etc/flint/allow-cmdline-key"
+[ -f /etc/ssl/certs/ca-certificates.crt ] && install -m 0644 /etc/ssl/certs/ca-certificates.crt "$root/etc/ssl/certs/"
+# The module closure: each wanted module's line in modules.dep names it and every dependency.
+declare -A files=()
+for m in $wanted; do
+  line=$(grep -E "(^|/)${m//_/[-_]}\.ko(\.xz|\.zst)?:" "$moddir/modules.dep" || true)
+  [ -n "$line" ] || continue   # built in, or absent from this kernel
+  for f in ${line/:/}; do files[$f]=1; done
+done
+for f in "${!files[@]}"; do
+  mkdir -p "$root/lib/modules/$version/$(dirname "$f")"
+  cp "$moddir/$f" "$root/lib/modules/$version/$f"
+done
+# Indexes restricted to what is in the image, so init never looks for a missing file.
+for f in "${!files[@]}"; do grep -E "^$f:" "$moddir/modules.dep"; done | sort > "$root/lib/modules/$version/modules.dep"
+names=$(for f in "${!files[@]}"; do basename "$f" | sed -E 's/\.ko(\.xz|\.zst)?$//; s/-/_/g'; done | sort -u | paste -sd'|')
+grep -E " ($names)\$" "$moddir/modules.alias" | sort > "$root/lib/modules/$version/modules.alias" || true
+cp "$moddir/modules.builtin" "$root/lib/modules/$version/"
+find "$root" -exec touch -h -d @0 {} +
+(cd "$root" && { echo .; find . -mindepth 1 | LC_ALL=C sort; } | \
+  cpio --quiet --reproducible -o -H newc -R 0:0) > "$work/body.cpio"
+# /dev/console must exist before init opens anything (the FUSE fd must not land on 0-2).
+python3 - "$work/dev.cpio" <<'PY'
+import sys, struct
+def entry(name, mode, rdev_major=0, rdev_minor=0):
+    name = name.encode() + b"\0"
+    hdr = b"070701" + b"".join(b"%08X" % v for v in [0, mode, 0, 0, 1, 0, 0, 0, 0, 0, 0, rdev_major, rdev_minor, len(name), 0])
+    data = hdr + name
+    return data + b"\0" * ((4 - len(data) % 4) % 4)
+with open(sys.argv[1], "wb") as f:
+    f.write(entry("dev", 0o040755) + entry("dev/console", 0o020600, 5, 1) + entry("TRAILER!!!", 0))
+PY
+# The kernel unpacks concatenated archives in order: the device node first, then the body.
+cat "$work/dev.cpio" "$work/body.cpio" | zstd -q -19 -T0 -f -o "$out"
+ls -l "$out" | awk '{print $5" bytes: "$9}'
