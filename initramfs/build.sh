@@ -42,7 +42,7 @@ python3 - "$work/dev.cpio" <<'PY'
 import sys, struct
 def entry(name, mode, rdev_major=0, rdev_minor=0):
     name = name.encode() + b"\0"
-    hdr = b"070701" + b"".join(b"%08X" % v for v in [0, mode, 0, 0, 1, 0, 0, 0, 0, 0, 0, rdev_major, rdev_minor, len(name), 0])
+    hdr = b"070701" + b"".join(b"%08X" % v for v in [0, mode, 0, 0, 1, 0, 0, 0, 0, rdev_major, rdev_minor, len(name), 0])
     data = hdr + name
     return data + b"\0" * ((4 - len(data) % 4) % 4)
 with open(sys.argv[1], "wb") as f:

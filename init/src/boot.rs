@@ -173,7 +173,7 @@ fn network(params: &BootParams) {
 
 fn set_time(params: &BootParams) {
     for server in cmdline::ntp_servers(params) {
-        match crate::time::query(&server, Duration::from_secs(2)) {
+        match crate::time::query(&server, Duration::from_secs(1)) {
             Ok(sample) => {
                 match crate::time::step_clock(sample.offset) {
                     Ok(()) => tracing::info!("time: {server} says the clock was off by {:.3} s; set", sample.offset),
@@ -206,6 +206,8 @@ fn manifest_key(params: &BootParams) -> Result<ed25519_dalek::VerifyingKey, Stri
 /// Boots the node. Never returns.
 pub fn boot() -> ! {
     let started = Instant::now();
+    // Before any thread: the modules, network and FUSE threads must not take SIGCHLD.
+    let blocked = crate::runtime::block_signals();
     let mount_problems = early_mounts();
     let cmdline = std::fs::read_to_string("/proc/cmdline").unwrap_or_default();
     let params = cmdline::parse(&cmdline);
@@ -216,6 +218,9 @@ pub fn boot() -> ! {
         .with_writer(|| ConsoleAndKmsg)
         .try_init();
     tracing::info!("flint init {} starting as PID 1", env!("CARGO_PKG_VERSION"));
+    if let Err(e) = blocked {
+        tracing::error!("blocking signals: {e}; service exits may be noticed late");
+    }
     for p in mount_problems.iter().chain(&params.problems) {
         tracing::error!("boot: {p}");
     }

@@ -121,6 +121,8 @@ pub fn ntp_servers(p: &BootParams) -> Vec<String> {
         .and_then(|u| u.host_str().map(|h| h.trim_matches(['[', ']']).to_string()));
     servers.extend(host);
     servers.push("pool.ntp.org".into());
+    let mut seen = std::collections::HashSet::new();
+    servers.retain(|s| seen.insert(s.clone()));
     servers
 }
 
@@ -144,6 +146,8 @@ mod tests {
         assert_eq!(p.cache_label, "my cache");
         assert!(p.problems.is_empty(), "{:?}", p.problems);
         assert_eq!(ntp_servers(&p), ["10.0.2.2", "pool.ntp.org"]);
+        let both = parse("flint.ntp=10.0.2.2 flint.manifest=http://10.0.2.2/m.json");
+        assert_eq!(ntp_servers(&both), ["10.0.2.2", "pool.ntp.org"], "each server is asked once");
     }
 
     #[test]

@@ -189,6 +189,8 @@ fn load_key(text: &str) -> anyhow::Result<ed25519_dalek::VerifyingKey> {
 }
 
 fn run(a: RunArgs) -> anyhow::Result<ExitCode> {
+    // First, before the cache or anything else starts a thread.
+    flint_init::runtime::block_signals().context("blocking signals")?;
     let (manifest_url, key) = match (&a.config, &a.manifest) {
         (Some(dir), _) => {
             let key = a.key.clone().unwrap_or_else(|| dir.join("key.pub").to_string_lossy().into_owned());

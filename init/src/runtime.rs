@@ -12,6 +12,22 @@ use crate::mounts::MountConfig;
 use crate::node::{Node, NodeConfig, NodeInputs, Power};
 use crate::supervisor::{Inputs, Options, Supervisor};
 
+/// The signals init takes synchronously, on one thread.
+const TAKEN: [Signal; 5] = [Signal::SIGCHLD, Signal::SIGTERM, Signal::SIGINT, Signal::SIGHUP, Signal::SIGUSR2];
+
+/// Blocks the signals init waits for, in the calling thread and every thread it starts later.
+/// Call it first thing, before any thread exists: a thread that leaves SIGCHLD unblocked
+/// receives it instead of the waiting one, and the exit is noticed late. Children get a clean
+/// mask from the spawner.
+pub fn block_signals() -> nix::Result<SigSet> {
+    let mut signals = SigSet::empty();
+    for s in TAKEN {
+        signals.add(s);
+    }
+    signals.thread_block()?;
+    Ok(signals)
+}
+
 /// Everything a supervising init needs, as PID 1 or not.
 pub struct Setup {
     /// The manifest and how to get it.
@@ -31,13 +47,7 @@ pub struct Setup {
 /// Runs the node and its services until told to stop; returns what to do then, with every
 /// service stopped and every flist unmounted.
 pub fn supervise(setup: Setup) -> anyhow::Result<Power> {
-    // Signals are taken synchronously by one thread: block them before any other thread exists
-    // (children get a clean mask from the spawner).
-    let mut signals = SigSet::empty();
-    for s in [Signal::SIGCHLD, Signal::SIGTERM, Signal::SIGINT, Signal::SIGHUP, Signal::SIGUSR2] {
-        signals.add(s);
-    }
-    signals.thread_block().context("blocking signals")?;
+    let signals = block_signals().context("blocking signals")?;
     // Orphans of our services are re-parented to us, so that they are reaped.
     nix::sys::prctl::set_child_subreaper(true).context("becoming a subreaper")?;
 

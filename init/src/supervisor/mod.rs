@@ -403,7 +403,8 @@ impl Supervisor {
                 .iter()
                 .filter_map(|s| s.state.deadline())
                 .min()
-                .map_or(Duration::from_secs(60), |d| d.saturating_duration_since(now));
+                // A periodic reap as well, should a SIGCHLD ever be missed.
+                .map_or(Duration::from_secs(5), |d| d.saturating_duration_since(now).min(Duration::from_secs(5)));
             select! {
                 recv(children) -> _ => self.reap(),
                 recv(calls) -> call => if let Ok((request, reply)) = call {
