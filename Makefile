@@ -6,7 +6,7 @@ export PATH := $(HOME)/.cargo/bin:$(PATH)
 MUSL_TARGET := x86_64-unknown-linux-musl
 STATIC_BINS := target/$(MUSL_TARGET)/release/flist target/$(MUSL_TARGET)/release/init
 QUIET       := $(if $(filter true,$(CI)),-q,)
-APT_PACKAGES := musl-tools debootstrap squashfs-tools squashfuse casync zstd attr python3 util-linux tar kmod dnsmasq-base iproute2 cpio qemu-system-x86
+APT_PACKAGES := musl-tools debootstrap squashfs-tools squashfuse casync zstd attr python3 util-linux tar kmod dnsmasq-base iproute2 cpio qemu-system-x86 openssl
 FUZZ_SECONDS ?= 600
 
 .PHONY: help deps build static test test-unit test-rootfs test-boot-steps static-check fuzz bench qemu qemu-pxe usb initramfs test-boot test-vm clean
