@@ -181,10 +181,7 @@ fn set_time(params: &BootParams) {
                 }
                 return;
             }
-            Err(e) => tracing::warn!(
-                "time: {e}: {}",
-                std::error::Error::source(&e).map(|s| s.to_string()).unwrap_or_default()
-            ),
+            Err(e) => tracing::warn!("time: {}", crate::error_chain(&e)),
         }
     }
     tracing::error!("time: no server answered; TLS may refuse certificates until the clock is right");

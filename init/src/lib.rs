@@ -26,3 +26,15 @@ pub mod node;
 pub mod runtime;
 pub mod supervisor;
 pub mod time;
+
+/// An error and its causes on one line (`what: why: deeper why`), for logs and control answers.
+pub fn error_chain(e: &dyn std::error::Error) -> String {
+    let mut out = e.to_string();
+    let mut source = e.source();
+    while let Some(s) = source {
+        out.push_str(": ");
+        out.push_str(&s.to_string());
+        source = s.source();
+    }
+    out
+}

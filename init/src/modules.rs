@@ -319,7 +319,7 @@ impl Loader {
                 Ok(()) => tracing::debug!("loaded {}", path.display()),
                 Err(e) => {
                     failures += 1;
-                    tracing::warn!("{e}: {}", e_source(&e));
+                    tracing::warn!("{}", crate::error_chain(&e));
                 }
             }
             self.loaded.insert(path);
@@ -344,10 +344,6 @@ impl Loader {
         }
         tried
     }
-}
-
-fn e_source(e: &ModuleError) -> String {
-    std::error::Error::source(e).map(|s| s.to_string()).unwrap_or_default()
 }
 
 /// Every distinct modalias under `dir` (`/sys/devices`), found by walking the tree; symlinks

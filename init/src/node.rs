@@ -18,6 +18,7 @@ use ed25519_dalek::VerifyingKey;
 use flist::Hash;
 use serde_json::{json, Value};
 
+use crate::error_chain;
 use crate::fetch::{with_suffix, FetchError, Fetcher};
 use crate::manifest::{verify, ManifestError, Plan};
 use crate::mounts::{prepare, MountConfig, MountError, Mounts, Prepared};
@@ -250,12 +251,12 @@ impl Node {
         match &result {
             Ok(_) => self.last_error = None,
             Err(e) => {
-                let message = format!("{e}{}", chain(e));
+                let message = error_chain(e);
                 tracing::error!("{message}");
                 self.last_error = Some(message);
                 if self.applied.is_none() {
                     if let Err(e) = self.apply_kept() {
-                        tracing::error!("the kept manifest: {e}{}", chain(&e));
+                        tracing::error!("the kept manifest: {}", error_chain(&e));
                     }
                 }
             }
@@ -316,7 +317,7 @@ impl Node {
                 Ok(changed) => {
                     json!({"ok": true, "changed": changed, "version": self.applied.as_ref().map(|p| p.version)})
                 }
-                Err(e) => json!({"error": format!("{e}{}", chain(&e))}),
+                Err(e) => json!({"error": error_chain(&e)}),
             },
             Request::Manifest => json!({
                 "url": self.cfg.manifest_url,
@@ -340,18 +341,6 @@ impl Node {
             _ => json!({"error": "the supervisor answers this, not the node"}),
         }
     }
-}
-
-/// `: cause: cause...` for an error's sources.
-fn chain(e: &dyn std::error::Error) -> String {
-    let mut out = String::new();
-    let mut source = e.source();
-    while let Some(s) = source {
-        out.push_str(": ");
-        out.push_str(&s.to_string());
-        source = s.source();
-    }
-    out
 }
 
 #[cfg(test)]

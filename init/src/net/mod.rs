@@ -14,6 +14,7 @@ use std::net::Ipv4Addr;
 use std::path::Path;
 use std::time::{Duration, Instant};
 
+use crate::error_chain;
 use dhcp::{Client, Lease};
 use netlink::{Link, Netlink};
 
@@ -251,17 +252,6 @@ pub fn keep_lease(uplink: Uplink, metric: u32) {
             }
         }
     }
-}
-
-fn error_chain(e: &dyn std::error::Error) -> String {
-    let mut out = e.to_string();
-    let mut source = e.source();
-    while let Some(s) = source {
-        out.push_str(": ");
-        out.push_str(&s.to_string());
-        source = s.source();
-    }
-    out
 }
 
 #[cfg(test)]
