@@ -148,18 +148,7 @@ fn network(params: &BootParams) {
     loop {
         match crate::net::bring_up(&params.net, Path::new("/etc/resolv.conf"), Duration::from_secs(5)) {
             Ok(uplinks) => {
-                for (i, u) in uplinks.into_iter().enumerate() {
-                    if u.lease.valid == Duration::MAX {
-                        continue;
-                    }
-                    let metric = 100 + 100 * i as u32;
-                    let spawned = std::thread::Builder::new()
-                        .name(format!("dhcp-{}", u.link.name))
-                        .spawn(move || crate::net::keep_lease(u, metric));
-                    if let Err(e) = spawned {
-                        tracing::error!("lease renewal thread: {e}");
-                    }
-                }
+                crate::net::keep_leases(uplinks);
                 return;
             }
             Err(e) => {

@@ -54,6 +54,9 @@ struct NetArgs {
     /// Print as JSON.
     #[arg(long)]
     json: bool,
+    /// Then renew every DHCP lease once, at once (as PID 1 does at T1).
+    #[arg(long)]
+    renew: bool,
 }
 
 #[derive(clap::Args)]
@@ -239,7 +242,7 @@ fn run(a: RunArgs) -> anyhow::Result<ExitCode> {
 }
 
 fn net(a: NetArgs) -> anyhow::Result<ExitCode> {
-    let uplinks = flint_init::net::bring_up(&a.config, &a.resolv, Duration::from_secs(a.carrier_wait))
+    let mut uplinks = flint_init::net::bring_up(&a.config, &a.resolv, Duration::from_secs(a.carrier_wait))
         .map_err(anyhow::Error::msg)?;
     let rows: Vec<serde_json::Value> = uplinks
         .iter()
@@ -257,6 +260,11 @@ fn net(a: NetArgs) -> anyhow::Result<ExitCode> {
         for u in &uplinks {
             let mark = if u.preferred { " (preferred)" } else { "" };
             println!("{}: {}/{} gateway {:?}{mark}", u.link.name, u.lease.address, u.lease.prefix, u.lease.router);
+        }
+    }
+    if a.renew {
+        for (i, u) in uplinks.iter_mut().enumerate().filter(|(_, u)| u.lease.valid != Duration::MAX) {
+            flint_init::net::renew(u, i, true).map_err(|e| anyhow::anyhow!("{}: {e}", u.link.name))?;
         }
     }
     Ok(ExitCode::SUCCESS)

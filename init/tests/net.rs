@@ -46,6 +46,13 @@ fn lab(id: char) -> Lab {
     for (nic, ns, net) in [("a", &private, "192.168.77"), ("b", &public, "100.64.9")] {
         sh(&format!("ip link add {tag}{nic}n netns {node} type veth peer name srv netns {ns}"));
         sh(&format!("ip -n {ns} addr add {net}.1/24 dev srv && ip -n {ns} link set srv up"));
+        // The private side also advertises an IPv6 prefix (SLAAC).
+        let extra: &[&str] = if nic == "a" {
+            sh(&format!("ip -n {ns} addr add 2001:db8:77::1/64 dev srv nodad"));
+            &["--enable-ra", "--dhcp-range=2001:db8:77::,ra-only"]
+        } else {
+            &[]
+        };
         let leases = lab._dir.path().join(format!("{nic}.leases"));
         let child = Command::new("ip")
             .args(["netns", "exec", ns, "dnsmasq", "--keep-in-foreground", "--no-resolv", "--port=0"])
@@ -54,6 +61,7 @@ fn lab(id: char) -> Lab {
             .arg(format!("--dhcp-option=option:router,{net}.1"))
             .arg(format!("--dhcp-option=option:dns-server,{net}.1"))
             .arg(format!("--dhcp-leasefile={}", leases.display()))
+            .args(extra)
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .spawn()
@@ -70,7 +78,7 @@ fn dhcp_on_every_nic_prefers_the_private_gateway() {
     let node = format!("{}node", lab.tag);
     let resolv = lab._dir.path().join("resolv.conf");
     let out = Command::new("ip")
-        .args(["netns", "exec", &node, INIT, "net", "--json", "--carrier-wait", "3", "--resolv"])
+        .args(["netns", "exec", &node, INIT, "net", "--json", "--carrier-wait", "3", "--renew", "--resolv"])
         .arg(&resolv)
         .output()
         .unwrap();
@@ -103,6 +111,20 @@ fn dhcp_on_every_nic_prefers_the_private_gateway() {
 
     // The NIC without carrier is named in the log, not silently skipped.
     assert!(stderr.contains(&format!("{}cn: no carrier", lab.tag)), "{stderr}");
+    // Each lease was renewed with its server (`--renew`, what PID 1 does at T1).
+    let address = first["address"].as_str().unwrap();
+    assert!(stderr.contains(&format!("lease of {address} renewed")), "{stderr}");
+    assert!(stderr.contains(&format!("lease of {} renewed", uplinks[1]["address"].as_str().unwrap())), "{stderr}");
+    // IPv6: the kernel configured an address from the router advertisement (SLAAC).
+    let until = std::time::Instant::now() + std::time::Duration::from_secs(15);
+    loop {
+        let v6 = Command::new("ip").args(["-n", &node, "-6", "addr", "show", "scope", "global"]).output().unwrap();
+        if String::from_utf8_lossy(&v6.stdout).contains("2001:db8:77:") {
+            break;
+        }
+        assert!(std::time::Instant::now() < until, "no SLAAC address: {}", String::from_utf8_lossy(&v6.stdout));
+        std::thread::sleep(std::time::Duration::from_millis(200));
+    }
     // Loopback is up.
     let lo = Command::new("ip").args(["-n", &node, "link", "show", "lo"]).output().unwrap();
     assert!(String::from_utf8_lossy(&lo.stdout).contains("UP"));

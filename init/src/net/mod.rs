@@ -193,8 +193,7 @@ pub fn bring_up(config: &NetConfig, resolv: &Path, carrier_wait: Duration) -> Re
             got.sort_by_key(|(_, l)| preference(l));
             let mut uplinks = Vec::new();
             for (i, (nic, lease)) in got.into_iter().enumerate() {
-                let metric = 100 + 100 * i as u32;
-                if let Err(e) = configure(&mut nl, &nic, &lease, metric, true) {
+                if let Err(e) = configure(&mut nl, &nic, &lease, metric(i), true) {
                     tracing::error!("{}: configuring {}/{}: {e}", nic.name, lease.address, lease.prefix);
                     continue;
                 }
@@ -203,7 +202,7 @@ pub fn bring_up(config: &NetConfig, resolv: &Path, carrier_wait: Duration) -> Re
                     write_resolv(resolv, &lease.dns);
                 }
                 tracing::info!(
-                    "{}: {}/{} by DHCP from {}, gateway {:?}, DNS {:?}, lease {:?}{}",
+                    "{}: {}/{} by DHCP from {}, gateway {:?}, DNS {:?}, lease {:?} (renewal after {:?}){}",
                     nic.name,
                     lease.address,
                     lease.prefix,
@@ -211,6 +210,7 @@ pub fn bring_up(config: &NetConfig, resolv: &Path, carrier_wait: Duration) -> Re
                     lease.router,
                     lease.dns,
                     lease.valid,
+                    lease.renew,
                     if preferred { " (preferred uplink)" } else { "" }
                 );
                 uplinks.push(Uplink { link: nic, lease, preferred });
@@ -223,32 +223,54 @@ pub fn bring_up(config: &NetConfig, resolv: &Path, carrier_wait: Duration) -> Re
     }
 }
 
+/// Shortest wait before a renewal: a server granting T1 = 0 must not make a busy loop.
+const MIN_RENEW: Duration = Duration::from_secs(2);
+
+/// The route metric of the `i`th uplink in [`bring_up`]'s order of preference.
+fn metric(i: usize) -> u32 {
+    100 + 100 * i as u32
+}
+
+/// Keeps every DHCP lease of `uplinks` on a thread of its own ([`keep_lease`]).
+pub fn keep_leases(uplinks: Vec<Uplink>) {
+    for (i, u) in uplinks.into_iter().enumerate() {
+        if u.lease.valid == Duration::MAX {
+            continue; // static
+        }
+        let spawned = std::thread::Builder::new().name(format!("dhcp-{}", u.link.name)).spawn(move || keep_lease(u, i));
+        if let Err(e) = spawned {
+            tracing::error!("lease renewal thread: {e}");
+        }
+    }
+}
+
+/// Renews `uplink`'s lease with its server (a new one if that fails or the lease ran out) and
+/// applies it; the `i`th uplink keeps its route metric.
+pub fn renew(uplink: &mut Uplink, i: usize, still_valid: bool) -> Result<(), String> {
+    let Uplink { link, lease, .. } = uplink;
+    let client = Client::new(&link.name, &link.mac).map_err(|e| error_chain(&e))?;
+    let renewed = if still_valid { client.renew(lease).or_else(|_| client.acquire()) } else { client.acquire() };
+    let new = renewed.map_err(|e| error_chain(&e))?;
+    Netlink::open()
+        .and_then(|mut nl| configure(&mut nl, link, &new, metric(i), true))
+        .map_err(|e| format!("applying the renewed lease: {e}"))?;
+    tracing::info!("{}: lease of {} renewed for {:?}", link.name, new.address, new.valid);
+    *lease = new;
+    Ok(())
+}
+
 /// Keeps `uplink`'s lease: renews at T1, and acquires a new one if it runs out. Runs forever
 /// (a thread of PID 1).
-pub fn keep_lease(uplink: Uplink, metric: u32) {
-    let Uplink { link, mut lease, .. } = uplink;
+fn keep_lease(mut uplink: Uplink, i: usize) {
     let mut granted = Instant::now();
     loop {
-        std::thread::sleep(lease.renew.max(Duration::from_secs(10)));
-        let result = Client::new(&link.name, &link.mac).and_then(|c| {
-            if granted.elapsed() < lease.valid {
-                c.renew(&lease).or_else(|_| c.acquire())
-            } else {
-                c.acquire()
-            }
-        });
-        match result {
-            Ok(new) => {
-                if let Err(e) = Netlink::open().and_then(|mut nl| configure(&mut nl, &link, &new, metric, true)) {
-                    tracing::error!("{}: applying the renewed lease: {e}", link.name);
-                }
-                tracing::info!("{}: lease of {} renewed for {:?}", link.name, new.address, new.valid);
-                lease = new;
-                granted = Instant::now();
-            }
+        std::thread::sleep(uplink.lease.renew.max(MIN_RENEW));
+        let still_valid = granted.elapsed() < uplink.lease.valid;
+        match renew(&mut uplink, i, still_valid) {
+            Ok(()) => granted = Instant::now(),
             Err(e) => {
-                tracing::warn!("{}: renewing the lease of {}: {}", link.name, lease.address, error_chain(&e));
-                lease.renew = Duration::from_secs(30);
+                tracing::warn!("{}: renewing the lease of {}: {e}", uplink.link.name, uplink.lease.address);
+                uplink.lease.renew = Duration::from_secs(30);
             }
         }
     }
