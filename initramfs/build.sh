@@ -7,9 +7,10 @@ set -euo pipefail
 out=$1 init=$2 kroot=$3 key=$4 allow=${5:-}
 version=$(ls "$kroot/lib/modules")
 moddir=$kroot/lib/modules/$version
-# Drivers for qemu and common servers, the cache disk's filesystems, and what init always loads.
+# Drivers for qemu and common servers, the cache disk's filesystems (and the crc32c they load
+# through soft dependencies), and what init always loads.
 wanted="virtio_net virtio_blk virtio_scsi virtio_rng virtio_console e1000 e1000e igb ixgbe i40e
-  nvme ahci sd_mod ext4 btrfs xfs overlay fuse"
+  nvme ahci sd_mod ext4 btrfs xfs overlay fuse crc32c_generic crc32c_intel"
 work=$(mktemp -d)
 trap 'rm -rf "$work"' EXIT
 root=$work/root
@@ -18,6 +19,15 @@ install -m 0755 "$init" "$root/init"
 install -m 0644 "$key" "$root/etc/flint/key.pub"
 [ "$allow" = --allow-cmdline-key ] && touch "$root/etc/flint/allow-cmdline-key"
 [ -f /etc/ssl/certs/ca-certificates.crt ] && install -m 0644 /etc/ssl/certs/ca-certificates.crt "$root/etc/ssl/certs/"
+# mkfs.ext4 (with its libraries) formats a blank cache partition when the manifest asks.
+if [ -x /sbin/mkfs.ext4 ]; then
+  mkdir -p "$root/sbin"
+  cp -L /sbin/mkfs.ext4 "$root/sbin/mkfs.ext4"
+  for lib in $(ldd /sbin/mkfs.ext4 | grep -o '/[^ ]*'); do
+    mkdir -p "$root$(dirname "$lib")"
+    cp -L "$lib" "$root$lib"
+  done
+fi
 # The module closure: each wanted module's line in modules.dep names it and every dependency.
 declare -A files=()
 for m in $wanted; do
@@ -33,7 +43,7 @@ done
 for f in "${!files[@]}"; do grep -E "^$f:" "$moddir/modules.dep"; done | sort > "$root/lib/modules/$version/modules.dep"
 names=$(for f in "${!files[@]}"; do basename "$f" | sed -E 's/\.ko(\.xz|\.zst)?$//; s/-/_/g'; done | sort -u | paste -sd'|')
 grep -E " ($names)\$" "$moddir/modules.alias" | sort > "$root/lib/modules/$version/modules.alias" || true
-cp "$moddir/modules.builtin" "$root/lib/modules/$version/"
+cp "$moddir/modules.builtin" "$moddir/modules.softdep" "$root/lib/modules/$version/"
 find "$root" -exec touch -h -d @0 {} +
 (cd "$root" && { echo .; find . -mindepth 1 | LC_ALL=C sort; } | \
   cpio --quiet --reproducible -o -H newc -R 0:0) > "$work/body.cpio"

@@ -15,7 +15,8 @@ use std::time::{Duration, Instant};
 use nix::mount::MsFlags;
 
 use crate::cmdline::{self, BootParams};
-use crate::fetch::Trust;
+use crate::error_chain;
+use crate::fetch::{Fetcher, Trust};
 use crate::modules::{Loader, ModuleIndex};
 use crate::mounts::MountConfig;
 use crate::node::{NodeConfig, Power};
@@ -100,18 +101,81 @@ fn cache_partition(label: &str) -> Option<PathBuf> {
     })
 }
 
-/// Mounts the cache disk, or a tmpfs when there is none (nothing then survives a reboot).
-fn storage(label: &str) -> String {
-    if let Some(dev) = cache_partition(label) {
-        let source = dev.to_string_lossy();
-        for fs in ["ext4", "btrfs", "xfs"] {
-            if mount_fs(&source, CACHE_MOUNT, fs, MsFlags::MS_NOATIME, None).is_ok() {
-                return format!("{} ({fs}) on {CACHE_MOUNT}", dev.display());
-            }
+/// Whether a partition carries no filesystem or volume signature init knows of (ext2/3/4,
+/// btrfs, xfs, LUKS, swap): only such a partition is ever formatted.
+fn looks_blank(dev: &Path) -> bool {
+    use std::io::Read;
+    let mut head = vec![0u8; 128 << 10];
+    let read = std::fs::File::open(dev).and_then(|mut f| f.read_exact(&mut head));
+    let at = |offset: usize, magic: &[u8]| head.get(offset..offset + magic.len()) == Some(magic);
+    read.is_ok()
+        && !(at(1080, &[0x53, 0xef])
+            || at(65_600, b"_BHRfS_M")
+            || at(0, b"XFSB")
+            || at(0, b"LUKS\xba\xbe")
+            || at(4086, b"SWAPSPACE2"))
+}
+
+/// Makes a `fs` filesystem named `label` on `dev` with the initramfs's mkfs.
+fn format(dev: &Path, fs: &str, label: &str) -> Result<(), String> {
+    let mkfs = ["/sbin", "/usr/sbin"]
+        .iter()
+        .map(|d| Path::new(d).join(format!("mkfs.{fs}")))
+        .find(|p| p.exists())
+        .ok_or_else(|| format!("no mkfs.{fs} in the initramfs"))?;
+    let force = if fs == "ext4" { "-F" } else { "-f" };
+    let out = std::process::Command::new(&mkfs)
+        .args([force, "-L", label])
+        .arg(dev)
+        .output()
+        .map_err(|e| format!("{}: {e}", mkfs.display()))?;
+    if !out.status.success() {
+        return Err(format!("{}: {}", mkfs.display(), String::from_utf8_lossy(&out.stderr).trim()));
+    }
+    Ok(())
+}
+
+/// Mounts the cache disk, or a tmpfs when there is none (nothing then survives a reboot). A
+/// blank cache partition is formatted first if the manifest asks for it (`format`).
+fn storage(label: &str, format_as: Option<&str>) -> String {
+    let partition = cache_partition(label);
+    if let Some(dev) = &partition {
+        let source = dev.to_string_lossy().into_owned();
+        // The filesystems are modules in a distribution kernel, and there is no modprobe for the
+        // kernel to call: load each before trying it.
+        let mut loader = ModuleIndex::running().ok().map(Loader::new);
+        let mut mount = || {
+            ["ext4", "btrfs", "xfs"].into_iter().find(|fs| {
+                if let Some(l) = loader.as_mut().filter(|_| !Path::new("/sys/fs").join(fs).exists()) {
+                    l.load(fs);
+                }
+                mount_fs(&source, CACHE_MOUNT, fs, MsFlags::MS_NOATIME, None).is_ok()
+            })
+        };
+        if let Some(fs) = mount() {
+            return format!("{} ({fs}) on {CACHE_MOUNT}", dev.display());
         }
-        tracing::error!("{}: partition {label:?} has no filesystem init can mount; using memory", dev.display());
+        match format_as {
+            Some(fs) if looks_blank(dev) => match format(dev, fs, label) {
+                Ok(()) => match mount() {
+                    Some(fs) => return format!("{} formatted ({fs}) and mounted on {CACHE_MOUNT}", dev.display()),
+                    None => tracing::error!("{}: formatted as {fs} but it does not mount", dev.display()),
+                },
+                Err(e) => tracing::error!("{}: formatting the cache partition: {e}", dev.display()),
+            },
+            Some(_) => tracing::error!(
+                "{}: partition {label:?} holds data init cannot mount: not formatting it",
+                dev.display()
+            ),
+            None => tracing::error!(
+                "{}: partition {label:?} has no filesystem and the manifest does not ask to format it",
+                dev.display()
+            ),
+        }
+        tracing::error!("{}: the cache stays in memory", dev.display());
     }
     match mount_fs("tmpfs", CACHE_MOUNT, "tmpfs", MsFlags::MS_NOSUID | MsFlags::MS_NODEV, Some("mode=0755")) {
+        Ok(()) if partition.is_some() => format!("a tmpfs on {CACHE_MOUNT} (nothing kept across boots)"),
         Ok(()) => format!("no partition named {label:?}: a tmpfs on {CACHE_MOUNT} (nothing kept across boots)"),
         Err(e) => format!("no cache at all: {e}"),
     }
@@ -230,8 +294,6 @@ fn run(params: BootParams, started: Instant) -> Result<Power, String> {
     tracing::info!("modules: {summary}");
     step(&mut timings, "network", || network(&params));
     step(&mut timings, "time", || set_time(&params));
-    let storage = step(&mut timings, "storage", || storage(&params.cache_label));
-    tracing::info!("storage: {storage}");
     let manifest_url = params.manifest.clone().ok_or("no flint.manifest= on the kernel command line")?;
     let key = manifest_key(&params)?;
     let trust = match &params.ca {
@@ -239,6 +301,17 @@ fn run(params: BootParams, started: Instant) -> Result<Power, String> {
         None if Path::new(CA_BUNDLE).exists() => Trust::Pem(CA_BUNDLE.into()),
         None => Trust::BuiltIn,
     };
+    // The manifest's wishes for the cache disk come before the disk (and so before the version
+    // check it keeps): this look is verified but applies nothing.
+    let early = step(&mut timings, "manifest (first look)", || {
+        let fetched = Fetcher::new(&trust)
+            .map_err(|e| error_chain(&e))
+            .and_then(|f| crate::node::fetch_verified(&f, &manifest_url, &key).map_err(|e| error_chain(&e)));
+        fetched.map_err(|e| tracing::warn!("manifest: {e}; the node loop retries")).ok().map(|f| f.plan)
+    });
+    let format_as = early.as_ref().and_then(|p| p.format_cache.clone());
+    let storage = step(&mut timings, "storage", || storage(&params.cache_label, format_as.as_deref()));
+    tracing::info!("storage: {storage}");
     let cache_dir = Path::new(CACHE_MOUNT).join("chunks");
     let cache = flist::cache::Cache::open(&cache_dir, cache_quota())
         .map_err(|e| tracing::error!("chunk cache: {e}; chunks stay in memory only"))

@@ -83,12 +83,28 @@ pub struct RawManifest {
     /// Host name to set.
     #[serde(default)]
     pub hostname: Option<String>,
+    /// The cache disk.
+    #[serde(default)]
+    pub cache: Option<RawCache>,
     /// Images to mount.
     #[serde(default)]
     pub flists: Vec<RawFlist>,
     /// Services to run.
     #[serde(default)]
     pub services: Vec<RawService>,
+}
+
+/// What to do with the cache disk (the GPT partition named `flint-cache`).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawCache {
+    /// Make a filesystem on it if it has none (first boot); one that has a filesystem is never
+    /// formatted.
+    #[serde(default)]
+    pub format: bool,
+    /// `ext4` (default), `btrfs` or `xfs`.
+    #[serde(default)]
+    pub fs: Option<String>,
 }
 
 /// An flist to mount, pinned by digest.
@@ -227,6 +243,8 @@ pub struct Plan {
     pub digest: Hash,
     /// Host name.
     pub hostname: Option<String>,
+    /// The filesystem to make on a blank cache disk, if the manifest asks for one.
+    pub format_cache: Option<String>,
     /// Flists, in manifest order.
     pub flists: Vec<FlistPlan>,
     /// Services, in manifest order.
@@ -320,7 +338,17 @@ impl Plan {
         if let Some(cycle) = dependency_cycle(&services) {
             return Err(invalid(format!("services depend on each other in a cycle through {cycle}")));
         }
-        Ok(Plan { version: raw.version, digest, hostname: raw.hostname, flists, services })
+        let format_cache = match raw.cache {
+            Some(RawCache { format: true, fs }) => {
+                let fs = fs.unwrap_or_else(|| "ext4".into());
+                if !["ext4", "btrfs", "xfs"].contains(&fs.as_str()) {
+                    return Err(invalid(format!("cache: fs {fs:?} is not ext4, btrfs or xfs")));
+                }
+                Some(fs)
+            }
+            _ => None,
+        };
+        Ok(Plan { version: raw.version, digest, hostname: raw.hostname, format_cache, flists, services })
     }
 
     /// Whether this plan may replace one at version `applied`: newer, or the same manifest again.

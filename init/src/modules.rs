@@ -63,6 +63,9 @@ pub struct ModuleIndex {
     dir: PathBuf,
     modules: HashMap<String, Module>,
     builtin: HashSet<String>,
+    /// Modules (or aliases) to load before a module, from `modules.softdep` `pre:` — e.g. ext4
+    /// needs `crypto-crc32c`, which nothing else would load, as there is no modprobe to ask.
+    softdeps: HashMap<String, Vec<String>>,
     /// `(pattern, module)` by the pattern's bus (the text before the first ':').
     aliases: HashMap<String, Vec<(String, String)>>,
 }
@@ -89,11 +92,13 @@ impl ModuleIndex {
         // Optional: a kernel may have no built-in list, or no aliases.
         let builtin = read("modules.builtin").unwrap_or_default();
         let alias = read("modules.alias").unwrap_or_default();
-        Ok(ModuleIndex::parse(dir, &dep, &builtin, &alias))
+        let softdep = read("modules.softdep").unwrap_or_default();
+        Ok(ModuleIndex::parse(dir, &dep, &builtin, &alias, &softdep))
     }
 
-    /// The index from the texts of `modules.dep`, `modules.builtin` and `modules.alias`.
-    pub fn parse(dir: &Path, dep: &str, builtin: &str, alias: &str) -> ModuleIndex {
+    /// The index from the texts of `modules.dep`, `modules.builtin`, `modules.alias` and
+    /// `modules.softdep`.
+    pub fn parse(dir: &Path, dep: &str, builtin: &str, alias: &str, softdep: &str) -> ModuleIndex {
         let mut modules = HashMap::new();
         for line in dep.lines() {
             let Some((path, deps)) = line.split_once(':') else { continue };
@@ -108,7 +113,22 @@ impl ModuleIndex {
                 aliases.entry(bus(pattern).to_string()).or_default().push((pattern.to_string(), module.to_string()));
             }
         }
-        ModuleIndex { dir: dir.to_path_buf(), modules, builtin, aliases }
+        let mut softdeps: HashMap<String, Vec<String>> = HashMap::new();
+        for line in softdep.lines() {
+            let mut words = line.split_whitespace();
+            let (Some("softdep"), Some(module)) = (words.next(), words.next()) else { continue };
+            let mut pre = false;
+            let entry = softdeps.entry(module.replace('-', "_")).or_default();
+            for w in words {
+                match w {
+                    "pre:" => pre = true,
+                    "post:" => pre = false,
+                    w if pre => entry.push(w.to_string()),
+                    _ => {}
+                }
+            }
+        }
+        ModuleIndex { dir: dir.to_path_buf(), modules, builtin, softdeps, aliases }
     }
 
     /// The index of the running kernel: `/lib/modules/$(uname -r)`.
@@ -148,6 +168,17 @@ impl ModuleIndex {
             return Ok(());
         }
         let module = self.modules.get(name).ok_or_else(|| ModuleError::Unknown(name.to_string()))?;
+        // Soft dependencies are names or aliases, and optional: whatever resolves is loaded first.
+        for soft in self.softdeps.get(name).into_iter().flatten() {
+            let by_name = soft.replace('-', "_");
+            let targets = match self.modules.contains_key(&by_name) || self.builtin.contains(&by_name) {
+                true => BTreeSet::from([by_name]),
+                false => self.for_modalias(soft),
+            };
+            for t in targets {
+                let _ = self.visit(&t, seen, order);
+            }
+        }
         for dep in &module.deps {
             self.visit(dep, seen, order)?;
         }

@@ -85,6 +85,25 @@ pub struct NodeInputs {
     pub finished: Receiver<()>,
 }
 
+/// A manifest as fetched and verified.
+pub struct Fetched {
+    /// What it says.
+    pub plan: Plan,
+    /// Its bytes, as signed.
+    pub bytes: Vec<u8>,
+    /// Its signature.
+    pub signature: Option<Vec<u8>>,
+}
+
+/// The manifest at `url` and its signature, verified against `key` (not checked against the
+/// version in force).
+pub fn fetch_verified(fetcher: &Fetcher, url: &str, key: &VerifyingKey) -> Result<Fetched, NodeError> {
+    let bytes = fetcher.get(url, MAX_MANIFEST_LEN)?;
+    let signature = fetcher.get_optional(&with_suffix(url, ".sig"), MAX_SIGNATURE_LEN)?;
+    let plan = verify(&bytes, signature.as_deref(), key)?;
+    Ok(Fetched { plan, bytes, signature })
+}
+
 /// The node: its manifest, its mounts, and the way to the supervisor.
 pub struct Node {
     cfg: NodeConfig,
@@ -177,11 +196,8 @@ impl Node {
     /// Fetches, verifies and applies the manifest. `Ok(true)` if the node changed.
     pub fn reconcile(&mut self) -> Result<bool, NodeError> {
         self.last_check = Some(SystemTime::now());
-        let url = &self.cfg.manifest_url;
-        let bytes = self.fetcher.get(url, MAX_MANIFEST_LEN)?;
-        let signature = self.fetcher.get_optional(&with_suffix(url, ".sig"), MAX_SIGNATURE_LEN)?;
-        let plan = verify(&bytes, signature.as_deref(), &self.cfg.key)?;
-        self.apply(plan, &bytes, signature.as_deref())
+        let f = fetch_verified(&self.fetcher, &self.cfg.manifest_url, &self.cfg.key)?;
+        self.apply(f.plan, &f.bytes, f.signature.as_deref())
     }
 
     /// Applies the manifest kept on the state disk (verified again: the disk is not trusted).

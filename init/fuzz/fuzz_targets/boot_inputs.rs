@@ -20,9 +20,10 @@ fuzz_target!(|data: &[u8]| {
             let _ = flint_init::time::parse_reply(&reply, 3.9e9, 3.9e9 + 0.01);
         }
         _ => {
-            // modules.dep, then alias lines, split at the first NUL; then a lookup of each name.
-            let (dep, alias) = text.split_once('\0').unwrap_or((&text, ""));
-            let index = ModuleIndex::parse(std::path::Path::new("/lib/modules/x"), dep, "", alias);
+            // modules.dep, alias lines and softdep lines, split at NULs; then a lookup of each name.
+            let mut parts = text.split('\0');
+            let (dep, alias, softdep) = (parts.next().unwrap_or(""), parts.next().unwrap_or(""), parts.next().unwrap_or(""));
+            let index = ModuleIndex::parse(std::path::Path::new("/lib/modules/x"), dep, "", alias, softdep);
             for word in text.split_whitespace().take(64) {
                 let _ = index.load_order(word.trim_end_matches(':'));
                 let _ = index.for_modalias(word);

@@ -10,6 +10,7 @@ fn manifest(version: u64) -> Vec<u8> {
     serde_json::to_vec_pretty(&serde_json::json!({
         "version": version,
         "hostname": "node-1",
+        "cache": {"format": true},
         "flists": [{"name": "system", "url": "http://10.0.2.2/system.fl", "digest": "ab".repeat(32),
                     "mountpoint": "/mnt/system", "writable": true}],
         "services": [
@@ -28,6 +29,7 @@ fn a_signed_manifest_becomes_a_plan() {
     let sig = sign(&bytes, &k);
     let plan = verify(&bytes, Some(sig.as_bytes()), &k.verifying_key()).unwrap();
     assert_eq!(plan.version, 3);
+    assert_eq!(plan.format_cache.as_deref(), Some("ext4"));
     assert_eq!(plan.flists[0].digest, Hash([0xab; 32]));
     let web = &plan.services[1];
     assert_eq!(web.exec[2], OsString::from("daemon off;"));
@@ -100,6 +102,7 @@ fn inconsistent_manifests_are_refused_with_a_reason() {
     check(svc(serde_json::json!({"log": "syslog"})), "log");
     check(svc(serde_json::json!({"name": "../x"})), "invalid");
     check(svc(serde_json::json!({"stop_timeout": -1.0})), "duration");
+    check(serde_json::json!({"version": 1, "cache": {"format": true, "fs": "vfat"}}), "not ext4");
     check(
         serde_json::json!({"version": 1, "services": [
             {"name": "a", "exec": ["x"], "after": ["b"]}, {"name": "b", "exec": ["x"], "after": ["a"]}]}),
