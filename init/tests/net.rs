@@ -56,7 +56,11 @@ fn lab(id: char) -> Lab {
         let leases = lab._dir.path().join(format!("{nic}.leases"));
         let child = Command::new("ip")
             .args(["netns", "exec", ns, "dnsmasq", "--keep-in-foreground", "--no-resolv", "--port=0"])
-            .args(["--interface=srv", "--bind-interfaces", "--no-hosts"])
+            // --bind-dynamic: addresses that appear later (the IPv6 link-local one, once the node's
+            // end comes up) are picked up instead of failing the start.
+            .args(["--interface=srv", "--bind-dynamic", "--no-hosts"])
+            // No shared pid file: servers of tests running side by side raced on it.
+            .arg("--pid-file=")
             .arg(format!("--dhcp-range={net}.50,{net}.99,255.255.255.0,2m"))
             .arg(format!("--dhcp-option=option:router,{net}.1"))
             .arg(format!("--dhcp-option=option:dns-server,{net}.1"))
@@ -86,7 +90,7 @@ fn dhcp_on_every_nic_prefers_the_private_gateway() {
     assert!(out.status.success(), "{stderr}");
     let uplinks: Value = serde_json::from_slice(&out.stdout).unwrap();
     let uplinks = uplinks.as_array().unwrap();
-    assert_eq!(uplinks.len(), 2, "{uplinks:?}");
+    assert_eq!(uplinks.len(), 2, "{uplinks:?}\n{stderr}");
 
     // The private gateway wins although the public NIC has the lower address.
     let first = &uplinks[0];
