@@ -10,7 +10,7 @@ use std::time::Duration;
 
 use ed25519_dalek::SigningKey;
 use serde_json::{json, Value};
-use util::{alive, hex_key, publish, start, Node, INIT};
+use util::{alive, hex_key, publish, start, start_under, Node, INIT};
 
 /// A fresh directory with a signed manifest running `services` in `conf/`.
 fn config(services: Value) -> (tempfile::TempDir, PathBuf) {
@@ -147,20 +147,13 @@ fn as_pid_1_of_a_pid_namespace_orphans_are_adopted_and_reaped() {
         {"name": "parent", "exec": ["/bin/sh", "-c",
             "for i in 1 2 3 4 5; do sh -c 'sleep 1 &'; done; exec sleep 1000"]}
     ]));
-    let socket = dir.path().join("init.sock");
-    let child = Command::new("unshare")
-        .args(["--pid", "--fork", "--mount-proc", INIT, "run", "--config"])
-        .arg(&conf)
-        .arg("--socket")
-        .arg(&socket)
-        .arg("--run-dir")
-        .arg(dir.path().join("run"))
-        .stderr(std::fs::File::create(dir.path().join("init.log")).unwrap())
-        .spawn()
-        .unwrap();
-    let unshare = child.id() as i32;
-    let node = Node { dir, child: Some(child) };
-    node.wait_for("the control socket", |n| n.socket().exists());
+    let run_dir = dir.path().join("run");
+    let node = start_under(
+        &["unshare", "--pid", "--fork", "--mount-proc"],
+        dir,
+        &[&"--config", &conf, &"--run-dir", &run_dir],
+    );
+    let unshare = node.child.as_ref().unwrap().id() as i32;
     node.wait_for("parent", |n| n.version().is_some() && n.state("parent")["state"] == "running");
     let init = processes().into_iter().find(|p| p.1 == unshare).map(|p| p.0).expect("init under unshare");
 

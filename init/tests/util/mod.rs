@@ -107,9 +107,22 @@ pub fn publish(dir: &Path, manifest: &Value, out: &Path) {
 /// Starts `init run` with `args` (the control socket and log directory are added) in `dir`, and
 /// waits until its control socket answers.
 pub fn start(dir: tempfile::TempDir, args: &[&dyn AsRef<std::ffi::OsStr>]) -> Node {
+    start_under(&[], dir, args)
+}
+
+/// [`start`], with init run by the `wrapper` command (e.g. `unshare --pid --fork`).
+pub fn start_under(wrapper: &[&str], dir: tempfile::TempDir, args: &[&dyn AsRef<std::ffi::OsStr>]) -> Node {
     let socket = dir.path().join("init.sock");
     std::fs::create_dir_all(dir.path().join("out")).unwrap();
-    let child = Command::new(INIT)
+    let mut command = match wrapper.split_first() {
+        Some((program, rest)) => {
+            let mut c = Command::new(program);
+            c.args(rest).arg(INIT);
+            c
+        }
+        None => Command::new(INIT),
+    };
+    let child = command
         .args(["run", "--backoff-ms", "100", "--backoff-max-ms", "800"])
         .args(args)
         .arg("--socket")
