@@ -327,15 +327,9 @@ fn run(params: BootParams, started: Instant) -> Result<Power, String> {
             set_hostname: true,
         },
         trust,
-        mounts: MountConfig {
-            run_dir: "/run/flint".into(),
-            state_dir: Some(state),
-            cache,
-            memory: 16 << 20,
-            threads: 2,
-        },
+        mounts: MountConfig::new(crate::mounts::RUN_DIR.into(), Some(state), cache),
         supervisor: Options { backoff: Backoff::default(), log_dir: "/var/log".into(), roots: Default::default() },
-        socket: "/run/flint/init.sock".into(),
+        socket: crate::control::SOCKET.into(),
         pid1: true,
     };
     let steps: Vec<String> = timings.iter().skip(1).map(|(n, d)| format!("{n} {:.3} s", d.as_secs_f64())).collect();

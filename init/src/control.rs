@@ -12,6 +12,9 @@ use serde_json::Value;
 
 use crate::supervisor::{Call, Request};
 
+/// Where init listens (PID 1, and `init run` and `init ctl` by default).
+pub const SOCKET: &str = "/run/flint/init.sock";
+
 /// Longest a request waits for the loop.
 /// (A reload waits for changed services to stop and new flists to mount.)
 const ANSWER_TIMEOUT: Duration = Duration::from_secs(300);

@@ -21,8 +21,6 @@ use flint_init::supervisor::state::Backoff;
 use flint_init::supervisor::{Options, Request};
 use flist::cache::Cache;
 
-const DEFAULT_SOCKET: &str = "/run/flint/init.sock";
-
 #[derive(Parser)]
 #[command(name = "init", version, about = "flint's PID 1: boots a node from a signed manifest and supervises it")]
 struct Cli {
@@ -82,7 +80,7 @@ struct RunArgs {
     #[arg(long, default_value_t = 10 << 30)]
     cache_size: u64,
     /// Runtime directory (staging mounts of flists).
-    #[arg(long, default_value = "/run/flint")]
+    #[arg(long, default_value = flint_init::mounts::RUN_DIR)]
     run_dir: PathBuf,
     /// Seconds between two fetches of the manifest (SIGHUP or `init ctl reload` fetch at once).
     #[arg(long, default_value_t = 300)]
@@ -92,7 +90,7 @@ struct RunArgs {
     #[arg(long)]
     ca: Option<PathBuf>,
     /// Control socket.
-    #[arg(long, default_value = DEFAULT_SOCKET)]
+    #[arg(long, default_value = control::SOCKET)]
     socket: PathBuf,
     /// Directory for services logging to files.
     #[arg(long, default_value = "/var/log")]
@@ -111,7 +109,7 @@ struct RunArgs {
 #[derive(clap::Args)]
 struct CtlArgs {
     /// Control socket of the init to talk to.
-    #[arg(long, default_value = DEFAULT_SOCKET, global = true)]
+    #[arg(long, default_value = control::SOCKET, global = true)]
     socket: PathBuf,
     /// Print the raw JSON answer.
     #[arg(long, global = true)]
@@ -217,13 +215,7 @@ fn run(a: RunArgs) -> anyhow::Result<ExitCode> {
             set_hostname: false,
         },
         trust,
-        mounts: MountConfig {
-            run_dir: a.run_dir.clone(),
-            state_dir: a.state.clone(),
-            cache,
-            memory: 16 << 20,
-            threads: 2,
-        },
+        mounts: MountConfig::new(a.run_dir.clone(), a.state.clone(), cache),
         supervisor: Options {
             backoff: Backoff {
                 first: Duration::from_millis(a.backoff_ms),
@@ -263,7 +255,7 @@ fn net(a: NetArgs) -> anyhow::Result<ExitCode> {
         }
     }
     if a.renew {
-        for (i, u) in uplinks.iter_mut().enumerate().filter(|(_, u)| u.lease.valid != Duration::MAX) {
+        for (i, u) in uplinks.iter_mut().enumerate().filter(|(_, u)| !u.lease.is_static()) {
             flint_init::net::renew(u, i, true).map_err(|e| anyhow::anyhow!("{}: {e}", u.link.name))?;
         }
     }

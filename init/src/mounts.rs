@@ -100,6 +100,17 @@ pub struct MountConfig {
     pub threads: usize,
 }
 
+/// Where PID 1 (and `init run` by default) keeps its staging mounts and control socket.
+pub const RUN_DIR: &str = "/run/flint";
+
+impl MountConfig {
+    /// Mounts under `run_dir`, keeping state in `state_dir`, with the per-mount memory and
+    /// threads sized for a node (16 MiB of recent chunks, 2 FUSE and 2 prefetch threads).
+    pub fn new(run_dir: PathBuf, state_dir: Option<PathBuf>, cache: Option<Arc<Cache>>) -> MountConfig {
+        MountConfig { run_dir, state_dir, cache, memory: 16 << 20, threads: 2 }
+    }
+}
+
 /// A flist mounted on its staging directory, not yet visible at its mountpoint.
 pub struct Prepared {
     plan: FlistPlan,

@@ -30,6 +30,13 @@ pub struct Lease {
     pub renew: Duration,
 }
 
+impl Lease {
+    /// Configured from the command line, not granted by a server: never expires, never renewed.
+    pub fn is_static(&self) -> bool {
+        self.valid == Duration::MAX
+    }
+}
+
 /// Why no lease came.
 #[derive(Debug, thiserror::Error)]
 pub enum DhcpError {

@@ -234,8 +234,8 @@ fn metric(i: usize) -> u32 {
 /// Keeps every DHCP lease of `uplinks` on a thread of its own ([`keep_lease`]).
 pub fn keep_leases(uplinks: Vec<Uplink>) {
     for (i, u) in uplinks.into_iter().enumerate() {
-        if u.lease.valid == Duration::MAX {
-            continue; // static
+        if u.lease.is_static() {
+            continue;
         }
         let spawned = std::thread::Builder::new().name(format!("dhcp-{}", u.link.name)).spawn(move || keep_lease(u, i));
         if let Err(e) = spawned {
