@@ -1,7 +1,11 @@
 //! `netboot`: the operator's side of a flint node. `keygen` makes the ed25519 key pair whose
 //! public half goes into the initramfs; `sign` signs a manifest after checking that it is one
-//! a node would accept (so a typo is caught here, not on a fleet of nodes).
+//! a node would accept (so a typo is caught here, not on a fleet of nodes); `serve` is the
+//! HTTP(S) server nodes boot from ([`serve`]).
 
+mod serve;
+
+use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
@@ -32,10 +36,36 @@ enum Command {
         #[arg(long)]
         key: PathBuf,
     },
+    /// Serve ROOT over HTTP(S) to booting nodes: iPXE scripts per MAC address (profiles in
+    /// ROOT/netboot.json), kernels, initramfs images, signed manifests, flists and chunk stores
+    /// (byte ranges, ETags), boot reports from nodes, and a status page at `/`.
+    Serve {
+        /// The directory served. Never put the secret key in it.
+        #[arg(long)]
+        root: PathBuf,
+        /// Address and port to listen on (port 0 picks one; the address is printed).
+        #[arg(long, default_value = "0.0.0.0:8080")]
+        listen: SocketAddr,
+        /// PEM certificate chain: serve HTTPS (with --tls-key).
+        #[arg(long, requires = "tls_key")]
+        tls_cert: Option<PathBuf>,
+        /// PEM private key of --tls-cert.
+        #[arg(long, requires = "tls_cert")]
+        tls_key: Option<PathBuf>,
+    },
 }
 
 fn main() -> ExitCode {
-    match run(Cli::parse()) {
+    let cli = Cli::parse();
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
+        )
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+        .init();
+    match run(cli) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("netboot: {e:#}");
@@ -79,6 +109,9 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                 plan.flists.len(),
                 plan.services.len()
             );
+        }
+        Command::Serve { root, listen, tls_cert, tls_key } => {
+            serve::run(serve::ServeOptions { root, listen, tls: tls_cert.zip(tls_key) })?;
         }
     }
     Ok(())

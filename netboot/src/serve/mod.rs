@@ -1,0 +1,243 @@
+//! `netboot serve`: the HTTP(S) server flint nodes boot from.
+//!
+//! - `/boot.ipxe` — the script to give as DHCP boot file; it chains to `/ipxe/MAC`.
+//! - `/ipxe/MAC` — the node's script: its profile's kernel, initramfs and command line
+//!   ([`profiles`]).
+//! - `/report` — nodes POST their boot stages here (`flint.report=` on their command line).
+//! - `/` and `/status.json` — what is served and which node fetched what ([`status`]).
+//! - anything else — a file under the root ([`files`]): kernels, signed manifests, flists and
+//!   the chunk store, with byte ranges and ETags.
+//!
+//! Every request is logged (the access log) with the peer, status, bytes and time taken.
+
+pub mod files;
+pub mod profiles;
+pub mod status;
+mod tls;
+
+use std::convert::Infallible;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::{Duration, Instant};
+
+use anyhow::Context;
+use http_body_util::{BodyExt, Full};
+use hyper::body::{Bytes, Incoming};
+use hyper::header::{self, HeaderValue};
+use hyper::{Method, Request, Response, StatusCode};
+use hyper_util::rt::{TokioIo, TokioTimer};
+
+use profiles::Profiles;
+use status::Registry;
+
+/// Every response body.
+pub type Body = http_body_util::combinators::BoxBody<Bytes, std::io::Error>;
+
+/// Largest report body accepted.
+const REPORT_MAX: usize = 16 << 10;
+
+/// How to serve.
+pub struct ServeOptions {
+    /// The directory served.
+    pub root: PathBuf,
+    /// Address and port.
+    pub listen: SocketAddr,
+    /// PEM certificate chain and key for HTTPS; plain HTTP without.
+    pub tls: Option<(PathBuf, PathBuf)>,
+}
+
+struct Server {
+    root: PathBuf,
+    scheme: &'static str,
+    registry: Mutex<Registry>,
+}
+
+pub(crate) fn full(bytes: Bytes) -> Body {
+    Full::new(bytes).map_err(|never| match never {}).boxed()
+}
+
+pub(crate) fn empty() -> Body {
+    full(Bytes::new())
+}
+
+pub(crate) fn text(status: StatusCode, body: impl Into<String>) -> Response<Body> {
+    typed(status, "text/plain; charset=utf-8", body.into())
+}
+
+fn typed(status: StatusCode, content_type: &'static str, body: String) -> Response<Body> {
+    let mut r = Response::new(full(Bytes::from(body)));
+    *r.status_mut() = status;
+    r.headers_mut().insert(header::CONTENT_TYPE, HeaderValue::from_static(content_type));
+    r
+}
+
+/// Serves until killed.
+pub fn run(opts: ServeOptions) -> anyhow::Result<()> {
+    let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build().context("starting the runtime")?;
+    runtime.block_on(serve(opts))
+}
+
+async fn serve(opts: ServeOptions) -> anyhow::Result<()> {
+    let root = std::fs::canonicalize(&opts.root).with_context(|| format!("{}", opts.root.display()))?;
+    // A broken netboot.json is reported now; it is read again for every boot script.
+    Profiles::load(&root).map_err(anyhow::Error::msg)?;
+    let acceptor = opts.tls.as_ref().map(|(cert, key)| tls::acceptor(cert, key)).transpose()?;
+    let listener =
+        tokio::net::TcpListener::bind(opts.listen).await.with_context(|| format!("listening on {}", opts.listen))?;
+    let server = Arc::new(Server {
+        root,
+        scheme: if acceptor.is_some() { "https" } else { "http" },
+        registry: Mutex::new(Registry::default()),
+    });
+    let address = listener.local_addr()?;
+    // On stdout, for scripts that start it on port 0.
+    println!("serving {} on {}://{address}/", server.root.display(), server.scheme);
+    loop {
+        let (stream, peer) = match listener.accept().await {
+            Ok(accepted) => accepted,
+            Err(e) => {
+                // Out of descriptors, most likely: wait for connections to end.
+                tracing::warn!("accept: {e}");
+                tokio::time::sleep(Duration::from_millis(100)).await;
+                continue;
+            }
+        };
+        let (server, acceptor) = (server.clone(), acceptor.clone());
+        tokio::spawn(async move {
+            let service = hyper::service::service_fn(move |req| {
+                let server = server.clone();
+                async move { Ok::<_, Infallible>(server.handle(req, peer).await) }
+            });
+            let mut http = hyper::server::conn::http1::Builder::new();
+            http.timer(TokioTimer::new()).header_read_timeout(Duration::from_secs(30));
+            let served = match acceptor {
+                Some(acceptor) => match acceptor.accept(stream).await {
+                    Ok(tls) => http.serve_connection(TokioIo::new(tls), service).await,
+                    Err(e) => return tracing::debug!("{peer}: TLS handshake: {e}"),
+                },
+                None => http.serve_connection(TokioIo::new(stream), service).await,
+            };
+            if let Err(e) = served {
+                tracing::debug!("{peer}: {e}");
+            }
+        });
+    }
+}
+
+impl Server {
+    fn registry(&self) -> MutexGuard<'_, Registry> {
+        self.registry.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    /// The server's URL as the client reached it (what a node's command line must name).
+    fn base_url(&self, req: &Request<Incoming>) -> String {
+        let host = req.headers().get(header::HOST).and_then(|h| h.to_str().ok()).unwrap_or("localhost");
+        format!("{}://{host}", self.scheme)
+    }
+
+    async fn handle(&self, req: Request<Incoming>, peer: SocketAddr) -> Response<Body> {
+        let started = Instant::now();
+        let (method, path) = (req.method().clone(), req.uri().path().to_string());
+        let ip = peer.ip().to_string();
+        let profiles = Profiles::load(&self.root);
+        let (kind, response) = match (&method, path.as_str()) {
+            (&Method::GET | &Method::HEAD, "/") => {
+                let served = status::served(&self.root);
+                let nodes = self.registry().nodes();
+                let page = status::page(&self.root, &profiles, &served, &nodes);
+                ("page", typed(StatusCode::OK, "text/html; charset=utf-8", page))
+            }
+            (&Method::GET | &Method::HEAD, "/status.json") => {
+                let body = serde_json::json!({
+                    "root": self.root,
+                    "profiles": profiles.as_ref().ok(),
+                    "profiles_error": profiles.as_ref().err(),
+                    "served": status::served(&self.root),
+                    "nodes": self.registry().nodes(),
+                });
+                ("page", typed(StatusCode::OK, "application/json", format!("{body:#}\n")))
+            }
+            (&Method::GET | &Method::HEAD, "/boot.ipxe") => ("script", text(StatusCode::OK, profiles::CHAIN_SCRIPT)),
+            (&Method::GET | &Method::HEAD, p) if p.starts_with("/ipxe/") => {
+                ("script", self.node_script(&req, &ip, p.trim_start_matches("/ipxe/"), &profiles))
+            }
+            (&Method::POST, "/report") => ("report", self.report(req, &ip).await),
+            (&Method::GET | &Method::HEAD, p) => {
+                let kind = status::kind_of(p, profiles.as_ref().ok());
+                match files::resolve(&self.root, p).await {
+                    Some(file) => (kind, files::serve(&file, req.headers(), method == Method::HEAD).await),
+                    None => (kind, text(StatusCode::NOT_FOUND, "not found\n")),
+                }
+            }
+            _ => ("other", text(StatusCode::METHOD_NOT_ALLOWED, "method not allowed\n")),
+        };
+        let bytes = response
+            .headers()
+            .get(header::CONTENT_LENGTH)
+            .and_then(|v| v.to_str().ok()?.parse().ok())
+            .or_else(|| hyper::body::Body::size_hint(response.body()).exact())
+            .unwrap_or(0);
+        let bytes = if method == Method::HEAD { 0 } else { bytes };
+        self.registry().request(&ip, kind, bytes);
+        tracing::info!(
+            target: "access",
+            "{ip} \"{method} {}\" {} {bytes} {:.1}ms",
+            req_line(&path),
+            response.status().as_u16(),
+            started.elapsed().as_secs_f64() * 1000.0
+        );
+        response
+    }
+
+    fn node_script(
+        &self,
+        req: &Request<Incoming>,
+        ip: &str,
+        mac: &str,
+        profiles: &Result<Profiles, String>,
+    ) -> Response<Body> {
+        let Some(mac) = profiles::normalize_mac(mac) else {
+            return text(StatusCode::BAD_REQUEST, "#!ipxe\necho flint: not a MAC address\nshell\n");
+        };
+        let profiles = match profiles {
+            Ok(p) => p,
+            Err(e) => {
+                tracing::error!("{e}");
+                // iPXE shows the body: the operator sees why at the node's console.
+                return text(StatusCode::INTERNAL_SERVER_ERROR, format!("#!ipxe\necho flint: {e}\nsleep 30\nreboot\n"));
+            }
+        };
+        let Some((name, profile)) = profiles.for_mac(&mac) else {
+            return text(StatusCode::INTERNAL_SERVER_ERROR, "#!ipxe\necho flint: no default profile\nshell\n");
+        };
+        self.registry().saw_mac(ip, &mac);
+        text(StatusCode::OK, profiles::node_script(name, profile, &mac, &self.base_url(req)))
+    }
+
+    async fn report(&self, req: Request<Incoming>, ip: &str) -> Response<Body> {
+        let limited = http_body_util::Limited::new(req.into_body(), REPORT_MAX);
+        let body = match limited.collect().await {
+            Ok(b) => b.to_bytes(),
+            Err(e) => return text(StatusCode::PAYLOAD_TOO_LARGE, format!("{e}\n")),
+        };
+        match serde_json::from_slice::<status::Report>(&body) {
+            Ok(report) => {
+                tracing::info!(
+                    "node {ip} ({}): {}: {}",
+                    report.mac.as_deref().unwrap_or("?"),
+                    report.stage,
+                    report.detail
+                );
+                self.registry().report(ip, &report);
+                Response::new(empty())
+            }
+            Err(e) => text(StatusCode::BAD_REQUEST, format!("a report is {{\"mac\", \"stage\", \"detail\"}}: {e}\n")),
+        }
+    }
+}
+
+/// The path as logged: control characters escaped so a request cannot forge log lines.
+fn req_line(path: &str) -> String {
+    path.escape_debug().to_string()
+}

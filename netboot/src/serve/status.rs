@@ -1,0 +1,265 @@
+//! What the server knows of its nodes: each request counted by the peer's address and by kind
+//! of file, and the boot stages nodes report (`POST /report`). Shown at `/` (HTML) and
+//! `/status.json`, with a summary of what the root serves.
+//!
+//! Nodes are keyed by IP address, and a MAC address is attached when the node's boot script or
+//! a report names it. Behind NAT (qemu's user network) every node has the NAT's address.
+
+use std::collections::BTreeMap;
+use std::path::Path;
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use serde::{Deserialize, Serialize};
+
+use super::profiles::Profiles;
+
+/// Stages kept per node; older ones are dropped so a node rebooting for weeks stays bounded.
+const STAGES_KEPT: usize = 200;
+/// Longest stage name or detail kept from a report.
+const FIELD_MAX: usize = 500;
+
+/// A node's report of a boot stage.
+#[derive(Debug, Deserialize)]
+pub struct Report {
+    /// The reporting NIC's MAC address.
+    #[serde(default)]
+    pub mac: Option<String>,
+    /// `network`, `manifest`, `applied`, `service`, …
+    pub stage: String,
+    /// Free text.
+    #[serde(default)]
+    pub detail: String,
+}
+
+/// One reported stage.
+#[derive(Debug, Clone, Serialize)]
+pub struct Stage {
+    /// Seconds since the epoch, by the server's clock.
+    pub at: f64,
+    /// The stage.
+    pub stage: String,
+    /// What the node said.
+    pub detail: String,
+}
+
+/// Requests and bytes.
+#[derive(Debug, Default, Clone, Serialize)]
+pub struct Count {
+    /// Requests answered.
+    pub requests: u64,
+    /// Body bytes answered (as sent: a client may stop reading early).
+    pub bytes: u64,
+}
+
+/// One node as seen by the server.
+#[derive(Debug, Default, Clone, Serialize)]
+pub struct NodeRecord {
+    /// Its MAC address, once known.
+    pub mac: Option<String>,
+    /// First and last request, seconds since the epoch.
+    pub first_seen: f64,
+    /// Last request.
+    pub last_seen: f64,
+    /// Everything it fetched.
+    pub total: Count,
+    /// By kind: script, kernel, initrd, manifest, flist, chunk, report, page.
+    pub by_kind: BTreeMap<&'static str, Count>,
+    /// Reported stages, oldest first.
+    pub stages: Vec<Stage>,
+}
+
+/// Every node, by IP address.
+#[derive(Debug, Default)]
+pub struct Registry {
+    nodes: BTreeMap<String, NodeRecord>,
+}
+
+fn now() -> f64 {
+    SystemTime::now().duration_since(UNIX_EPOCH).map_or(0.0, |d| d.as_secs_f64())
+}
+
+fn clip(s: &str) -> String {
+    s.chars().take(FIELD_MAX).collect()
+}
+
+impl Registry {
+    fn node(&mut self, ip: &str) -> &mut NodeRecord {
+        let t = now();
+        let node =
+            self.nodes.entry(ip.to_string()).or_insert_with(|| NodeRecord { first_seen: t, ..Default::default() });
+        node.last_seen = t;
+        node
+    }
+
+    /// Counts one answered request.
+    pub fn request(&mut self, ip: &str, kind: &'static str, bytes: u64) {
+        let node = self.node(ip);
+        for c in [&mut node.total, node.by_kind.entry(kind).or_default()] {
+            c.requests += 1;
+            c.bytes += bytes;
+        }
+    }
+
+    /// Attaches a MAC address to the node at `ip`.
+    pub fn saw_mac(&mut self, ip: &str, mac: &str) {
+        self.node(ip).mac = Some(mac.to_string());
+    }
+
+    /// Records a report.
+    pub fn report(&mut self, ip: &str, report: &Report) {
+        let node = self.node(ip);
+        if let Some(mac) = report.mac.as_deref().and_then(super::profiles::normalize_mac) {
+            node.mac = Some(mac);
+        }
+        if node.stages.len() >= STAGES_KEPT {
+            node.stages.remove(0);
+        }
+        node.stages.push(Stage { at: now(), stage: clip(&report.stage), detail: clip(&report.detail) });
+    }
+
+    /// A copy of every node.
+    pub fn nodes(&self) -> BTreeMap<String, NodeRecord> {
+        self.nodes.clone()
+    }
+}
+
+/// What the root holds, by kind.
+#[derive(Debug, Default, Serialize)]
+pub struct Served {
+    /// Signed manifests: name → whether `NAME.sig` is beside it.
+    pub manifests: BTreeMap<String, bool>,
+    /// Flist metadata files and their sizes.
+    pub flists: BTreeMap<String, u64>,
+    /// Everything else (the chunk store, kernels): files and bytes.
+    pub other: Count,
+}
+
+/// Walks the root (hidden files skipped, as they are never served).
+pub fn served(root: &Path) -> Served {
+    let mut out = Served::default();
+    let mut dirs = vec![root.to_path_buf()];
+    while let Some(dir) = dirs.pop() {
+        let Ok(entries) = std::fs::read_dir(&dir) else { continue };
+        for e in entries.flatten() {
+            let name = e.file_name().to_string_lossy().into_owned();
+            let Ok(meta) = e.metadata() else { continue };
+            if name.starts_with('.') {
+                continue;
+            }
+            if meta.is_dir() {
+                dirs.push(e.path());
+                continue;
+            }
+            let rel = e.path().strip_prefix(root).map(|p| p.to_string_lossy().into_owned()).unwrap_or(name.clone());
+            if name.ends_with(".json") && name != super::profiles::CONFIG {
+                out.manifests.insert(rel.clone(), e.path().with_extension("json.sig").exists());
+            } else if name.ends_with(".fl") {
+                out.flists.insert(rel, meta.len());
+            } else if !name.ends_with(".sig") {
+                out.other.requests += 1;
+                out.other.bytes += meta.len();
+            }
+        }
+    }
+    out
+}
+
+/// The kind of a served path, for the per-node counts.
+pub fn kind_of(path: &str, profiles: Option<&Profiles>) -> &'static str {
+    let rel = path.trim_start_matches('/');
+    if let Some(kind) = profiles.and_then(|p| p.boot_file(rel)) {
+        return kind;
+    }
+    match Path::new(rel).extension().and_then(|e| e.to_str()) {
+        Some("json" | "sig") => "manifest",
+        Some("fl") => "flist",
+        Some("ipxe") => "script",
+        _ => "chunk",
+    }
+}
+
+fn escape(s: &str) -> String {
+    s.replace('&', "&amp;").replace('<', "&lt;").replace('>', "&gt;").replace('"', "&quot;")
+}
+
+fn mib(bytes: u64) -> String {
+    format!("{:.2} MiB", bytes as f64 / (1 << 20) as f64)
+}
+
+fn ago(t: f64) -> String {
+    format!("{:.0} s ago", (now() - t).max(0.0))
+}
+
+/// The status page.
+pub fn page(
+    root: &Path,
+    profiles: &Result<Profiles, String>,
+    served: &Served,
+    nodes: &BTreeMap<String, NodeRecord>,
+) -> String {
+    let mut h = String::from(
+        "<!doctype html><html><head><meta charset=utf-8><meta http-equiv=refresh content=5>\
+         <title>flint netboot</title><style>body{font-family:sans-serif;margin:2em}\
+         table{border-collapse:collapse}td,th{border:1px solid #ccc;padding:.2em .5em;text-align:left;vertical-align:top}\
+         </style></head><body><h1>flint netboot</h1>",
+    );
+    h += &format!(
+        "<p>Serving <code>{}</code>. Also as <a href=status.json>status.json</a>.</p>",
+        escape(&root.display().to_string())
+    );
+    h += "<h2>Profiles</h2>";
+    match profiles {
+        Ok(p) => {
+            h += "<table><tr><th>profile</th><th>kernel</th><th>initrd</th><th>command line</th><th>nodes</th></tr>";
+            for (name, prof) in &p.profiles {
+                let macs: Vec<&str> = p.nodes.iter().filter(|(_, n)| *n == name).map(|(m, _)| m.as_str()).collect();
+                h += &format!(
+                    "<tr><td>{}</td><td>{}</td><td>{}</td><td><code>{}</code></td><td>{}</td></tr>",
+                    escape(name),
+                    escape(&prof.kernel),
+                    escape(&prof.initrd),
+                    escape(&prof.cmdline),
+                    if macs.is_empty() { "every other".into() } else { escape(&macs.join(" ")) }
+                );
+            }
+            h += "</table>";
+        }
+        Err(e) => h += &format!("<p><b>{}</b></p>", escape(e)),
+    }
+    h += "<h2>Manifests and flists</h2><ul>";
+    for (m, signed) in &served.manifests {
+        h += &format!(
+            "<li>{} {}</li>",
+            escape(m),
+            if *signed { "(signed)" } else { "<b>(no .sig: nodes refuse it)</b>" }
+        );
+    }
+    for (f, size) in &served.flists {
+        h += &format!("<li>{} ({size} bytes)</li>", escape(f));
+    }
+    h += &format!("<li>{} other files (chunks, kernels), {}</li></ul>", served.other.requests, mib(served.other.bytes));
+    h += "<h2>Nodes</h2><table><tr><th>address</th><th>MAC</th><th>seen</th><th>fetched</th><th>stages (newest last)</th></tr>";
+    for (ip, n) in nodes {
+        let kinds: Vec<String> =
+            n.by_kind.iter().map(|(k, c)| format!("{k}: {} in {}", mib(c.bytes), c.requests)).collect();
+        let stages: Vec<String> = n
+            .stages
+            .iter()
+            .rev()
+            .take(12)
+            .rev()
+            .map(|s| format!("{}: {}", escape(&s.stage), escape(&s.detail)))
+            .collect();
+        h += &format!(
+            "<tr><td>{}</td><td>{}</td><td>{} – {}</td><td>{}<br>{}</td><td>{}</td></tr>",
+            escape(ip),
+            escape(n.mac.as_deref().unwrap_or("?")),
+            ago(n.first_seen),
+            ago(n.last_seen),
+            mib(n.total.bytes),
+            escape(&kinds.join(", ")),
+            stages.join("<br>")
+        );
+    }
+    h + "</table></body></html>\n"
+}
