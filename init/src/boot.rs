@@ -20,6 +20,7 @@ use crate::fetch::{Fetcher, Trust};
 use crate::modules::{Loader, ModuleIndex};
 use crate::mounts::MountConfig;
 use crate::node::{NodeConfig, Power};
+use crate::report;
 use crate::runtime::{supervise, Setup};
 use crate::supervisor::state::Backoff;
 use crate::supervisor::Options;
@@ -78,6 +79,12 @@ pub fn early_mounts() -> Vec<String> {
         ("cgroup2", "/sys/fs/cgroup", "cgroup2", secure, Some("nsdelegate")),
     ];
     mounts.iter().filter_map(|(src, dst, fs, flags, data)| mount_fs(src, dst, fs, *flags, *data).err()).collect()
+}
+
+/// Seconds since the kernel started (CLOCK_BOOTTIME), 0 if unknown.
+fn boot_uptime() -> f64 {
+    nix::time::clock_gettime(nix::time::ClockId::CLOCK_BOOTTIME)
+        .map_or(0.0, |t| t.tv_sec() as f64 + t.tv_nsec() as f64 / 1e9)
 }
 
 /// Times a step and logs its outcome.
@@ -207,13 +214,23 @@ fn load_modules(params: &BootParams) -> String {
     format!("{} device drivers ({}), {failures} failures", found.len(), found.into_iter().collect::<Vec<_>>().join(" "))
 }
 
-fn network(params: &BootParams) {
+/// Brings the network up, retrying until it is; says what it got and the preferred NIC's MAC.
+fn network(params: &BootParams) -> (String, String) {
     let mut delay = Duration::from_secs(1);
     loop {
         match crate::net::bring_up(&params.net, Path::new("/etc/resolv.conf"), Duration::from_secs(5)) {
             Ok(uplinks) => {
+                let summary: Vec<String> = uplinks
+                    .iter()
+                    .map(|u| {
+                        let default = if u.preferred { " (default route)" } else { "" };
+                        format!("{} {}/{}{default}", u.link.name, u.lease.address, u.lease.prefix)
+                    })
+                    .collect();
+                let mac =
+                    uplinks.iter().find(|u| u.preferred).or(uplinks.first()).map(|u| report::format_mac(&u.link.mac));
                 crate::net::keep_leases(uplinks);
-                return;
+                return (summary.join(", "), mac.unwrap_or_default());
             }
             Err(e) => {
                 tracing::error!("network: {e}; retrying in {delay:?}");
@@ -224,20 +241,23 @@ fn network(params: &BootParams) {
     }
 }
 
-fn set_time(params: &BootParams) {
+fn set_time(params: &BootParams) -> String {
     for server in cmdline::ntp_servers(params) {
         match crate::time::query(&server, Duration::from_secs(1)) {
             Ok(sample) => {
-                match crate::time::step_clock(sample.offset) {
-                    Ok(()) => tracing::info!("time: {server} says the clock was off by {:.3} s; set", sample.offset),
-                    Err(e) => tracing::error!("time: setting the clock: {e}"),
-                }
-                return;
+                let outcome = match crate::time::step_clock(sample.offset) {
+                    Ok(()) => format!("{server} says the clock was off by {:.3} s; set", sample.offset),
+                    Err(e) => format!("setting the clock: {e}"),
+                };
+                tracing::info!("time: {outcome}");
+                return outcome;
             }
             Err(e) => tracing::warn!("time: {}", crate::error_chain(&e)),
         }
     }
-    tracing::error!("time: no server answered; TLS may refuse certificates until the clock is right");
+    let outcome = "no server answered; TLS may refuse certificates until the clock is right";
+    tracing::error!("time: {outcome}");
+    outcome.into()
 }
 
 /// The operator's key: baked into the initramfs, or from the command line if the build allows it.
@@ -292,26 +312,48 @@ fn run(params: BootParams, started: Instant) -> Result<Power, String> {
     let _ = nix::unistd::sethostname("flint");
     let summary = step(&mut timings, "modules", || load_modules(&params));
     tracing::info!("modules: {summary}");
-    step(&mut timings, "network", || network(&params));
-    step(&mut timings, "time", || set_time(&params));
-    let manifest_url = params.manifest.clone().ok_or("no flint.manifest= on the kernel command line")?;
-    let key = manifest_key(&params)?;
+    let (uplinks, mac) = step(&mut timings, "network", || network(&params));
     let trust = match &params.ca {
         Some(ca) => Trust::Pem(ca.clone()),
         None if Path::new(CA_BUNDLE).exists() => Trust::Pem(CA_BUNDLE.into()),
         None => Trust::BuiltIn,
     };
+    if let Some(url) = &params.report {
+        match Fetcher::new(&trust) {
+            Ok(fetcher) => report::start(url.clone(), mac, fetcher),
+            Err(e) => tracing::warn!("flint.report: {}", error_chain(&e)),
+        }
+    }
+    report::stage(
+        "network",
+        format!("{uplinks}; PID 1 up {:.2} s after the kernel; modules: {summary}", boot_uptime()),
+    );
+    let time = step(&mut timings, "time", || set_time(&params));
+    report::stage("time", time);
+    let manifest_url = params.manifest.clone().ok_or("no flint.manifest= on the kernel command line")?;
+    let key = manifest_key(&params)?;
     // The manifest's wishes for the cache disk come before the disk (and so before the version
     // check it keeps): this look is verified but applies nothing.
     let early = step(&mut timings, "manifest (first look)", || {
         let fetched = Fetcher::new(&trust)
             .map_err(|e| error_chain(&e))
             .and_then(|f| crate::node::fetch_verified(&f, &manifest_url, &key).map_err(|e| error_chain(&e)));
-        fetched.map_err(|e| tracing::warn!("manifest: {e}; the node loop retries")).ok().map(|f| f.plan)
+        match fetched {
+            Ok(f) => {
+                report::stage("manifest", format!("version {} verified ({})", f.plan.version, f.plan.digest));
+                Some(f.plan)
+            }
+            Err(e) => {
+                tracing::warn!("manifest: {e}; the node loop retries");
+                report::stage("manifest", format!("{e}; retrying"));
+                None
+            }
+        }
     });
     let format_as = early.as_ref().and_then(|p| p.format_cache.clone());
     let storage = step(&mut timings, "storage", || storage(&params.cache_label, format_as.as_deref()));
     tracing::info!("storage: {storage}");
+    report::stage("storage", storage);
     let cache_dir = Path::new(CACHE_MOUNT).join("chunks");
     let cache = flist::cache::Cache::open(&cache_dir, cache_quota())
         .map_err(|e| tracing::error!("chunk cache: {e}; chunks stay in memory only"))

@@ -10,6 +10,7 @@
 //! | `flint.interval=SECS` | seconds between manifest fetches (default 300) |
 //! | `flint.modules=a,b` | extra kernel modules to load |
 //! | `flint.cache=LABEL` | GPT partition name of the cache disk (default `flint-cache`) |
+//! | `flint.report=URL` | where to POST boot stages (`netboot serve`'s `/report`); none by default |
 //! | `flint.debug` | debug logging |
 
 use std::path::PathBuf;
@@ -35,6 +36,8 @@ pub struct BootParams {
     pub modules: Vec<String>,
     /// `flint.cache`.
     pub cache_label: String,
+    /// `flint.report`.
+    pub report: Option<String>,
     /// `flint.debug`.
     pub debug: bool,
     /// What was not understood: reported, never fatal.
@@ -52,6 +55,7 @@ impl Default for BootParams {
             interval_secs: 300,
             modules: Vec::new(),
             cache_label: "flint-cache".into(),
+            report: None,
             debug: false,
             problems: Vec::new(),
         }
@@ -104,6 +108,7 @@ pub fn parse(cmdline: &str) -> BootParams {
             },
             ("modules", Some(v)) => p.modules.extend(v.split(',').filter(|m| !m.is_empty()).map(String::from)),
             ("cache", Some(v)) => p.cache_label = v.to_string(),
+            ("report", Some(v)) => p.report = Some(v.to_string()),
             ("debug", None | Some("1" | "yes" | "true")) => p.debug = true,
             _ => p.problems.push(format!("unknown or incomplete parameter {word:?}")),
         }
@@ -135,7 +140,7 @@ mod tests {
         let p = parse(
             "BOOT_IMAGE=/vmlinuz console=ttyS0 quiet flint.manifest=http://10.0.2.2:8000/node/manifest.json \
              flint.key=abcd flint.net=static:eth0,10.0.2.15/24,10.0.2.2 flint.debug flint.modules=virtio_rng,e1000 \
-             flint.interval=60 flint.cache=\"my cache\"\n",
+             flint.interval=60 flint.cache=\"my cache\" flint.report=http://10.0.2.2:8000/report\n",
         );
         assert_eq!(p.manifest.as_deref(), Some("http://10.0.2.2:8000/node/manifest.json"));
         assert_eq!(p.key.as_deref(), Some("abcd"));
@@ -144,6 +149,7 @@ mod tests {
         assert_eq!(p.modules, ["virtio_rng", "e1000"]);
         assert_eq!(p.interval_secs, 60);
         assert_eq!(p.cache_label, "my cache");
+        assert_eq!(p.report.as_deref(), Some("http://10.0.2.2:8000/report"));
         assert!(p.problems.is_empty(), "{:?}", p.problems);
         assert_eq!(ntp_servers(&p), ["10.0.2.2", "pool.ntp.org"]);
         let both = parse("flint.ntp=10.0.2.2 flint.manifest=http://10.0.2.2/m.json");

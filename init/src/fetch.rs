@@ -102,6 +102,24 @@ impl Fetcher {
         }
     }
 
+    /// POSTs a JSON document to `url`, giving up after `timeout`; any 2xx is success.
+    pub fn post_json(&self, url: &str, body: &str, timeout: Duration) -> Result<(), FetchError> {
+        let failed = |why: String| FetchError::Failed { url: url.to_string(), why };
+        let resp = self
+            .agent
+            .post(url)
+            .config()
+            .timeout_global(Some(timeout))
+            .build()
+            .header("content-type", "application/json")
+            .send(body)
+            .map_err(|e| failed(e.to_string()))?;
+        match resp.status().as_u16() {
+            200..=299 => Ok(()),
+            code => Err(failed(format!("HTTP {code}"))),
+        }
+    }
+
     /// Like [`Fetcher::get`], but a missing object is `None`.
     pub fn get_optional(&self, url: &str, limit: u64) -> Result<Option<Vec<u8>>, FetchError> {
         match self.get(url, limit) {

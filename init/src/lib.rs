@@ -11,6 +11,7 @@
 //! - [`time`]: the clock set by SNTP before anything checks a certificate.
 //! - [`runtime`]: the threads of a running init wired together.
 //! - [`control`]: the control socket (JSON lines) and its client; [`logring`]: services' output.
+//! - [`report`]: boot stages told to the boot server's status page.
 #![deny(missing_docs)]
 
 pub mod boot;
@@ -23,6 +24,7 @@ pub mod modules;
 pub mod mounts;
 pub mod net;
 pub mod node;
+pub mod report;
 pub mod runtime;
 pub mod supervisor;
 pub mod time;

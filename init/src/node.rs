@@ -257,6 +257,15 @@ impl Node {
             }
         }
         tracing::info!("manifest version {} applied ({})", plan.version, plan.digest);
+        crate::report::stage(
+            "applied",
+            format!(
+                "manifest version {}: {} flists mounted, {} services",
+                plan.version,
+                plan.flists.len(),
+                plan.services.len()
+            ),
+        );
         self.applied = Some(plan);
         Ok(true)
     }
@@ -269,6 +278,7 @@ impl Node {
             Err(e) => {
                 let message = error_chain(e);
                 tracing::error!("{message}");
+                crate::report::stage("error", message.clone());
                 self.last_error = Some(message);
                 if self.applied.is_none() {
                     if let Err(e) = self.apply_kept() {
@@ -323,6 +333,7 @@ impl Node {
 
     fn shut_down(&mut self, power: Power) {
         tracing::info!("{power:?}: stopping every service");
+        crate::report::stage("power", format!("{power:?}"));
         self.power.get_or_insert(power);
         let _ = self.stop.try_send(());
     }

@@ -278,6 +278,7 @@ impl Supervisor {
             }
             Action::Note(what) => {
                 tracing::info!("service {}: {what}", svc.plan.name);
+                crate::report::stage("service", format!("{}: {what}", svc.plan.name));
                 svc.ring.push(format!("[init] {what}"));
             }
         }
