@@ -117,7 +117,8 @@ pub struct RawFlist {
     pub url: String,
     /// BLAKE3 of the flist file (64 hex digits): anything else is refused.
     pub digest: String,
-    /// Chunk stores; the flist's own routes when empty.
+    /// Chunk stores (`URL` or `RANGE=URL`, a relative URL resolved against the manifest's); the
+    /// flist's own routes when empty.
     #[serde(default)]
     pub stores: Vec<String>,
     /// Where to mount it.

@@ -134,6 +134,20 @@ fn resolve(base: &str, url: &str) -> String {
     Path::new(base).parent().unwrap_or(Path::new("/")).join(url).to_string_lossy().into_owned()
 }
 
+/// A store spec of the manifest (`URL` or `RANGE=URL`) with a relative URL resolved against
+/// the manifest's URL, so one served tree works at whatever address nodes reach it.
+fn resolve_store(base: &str, spec: &str) -> String {
+    let (range, url) = match spec.split_once('=') {
+        Some((range, url)) if !range.contains(['/', ':']) => (Some(range), url),
+        _ => (None, spec),
+    };
+    let mut url = resolve(base, url);
+    if !url.contains("://") {
+        url = format!("dir://{url}");
+    }
+    range.map_or(url.clone(), |r| format!("{r}={url}"))
+}
+
 impl Node {
     /// A node with nothing applied yet.
     pub fn new(
@@ -220,7 +234,9 @@ impl Node {
         let mut prepared: Vec<Prepared> = Vec::new();
         for f in &missing {
             let url = resolve(&self.cfg.manifest_url, &f.url);
-            match prepare(&self.mount_cfg, &self.fetcher, f, &url) {
+            let mut f = f.clone();
+            f.stores = f.stores.iter().map(|s| resolve_store(&self.cfg.manifest_url, s)).collect();
+            match prepare(&self.mount_cfg, &self.fetcher, &f, &url) {
                 Ok(p) => prepared.push(p),
                 Err(e) => {
                     prepared.into_iter().for_each(Prepared::discard);
@@ -372,7 +388,7 @@ impl Node {
 
 #[cfg(test)]
 mod tests {
-    use super::resolve;
+    use super::{resolve, resolve_store};
 
     #[test]
     fn flist_urls_resolve_against_the_manifest() {
@@ -382,5 +398,11 @@ mod tests {
         assert_eq!(resolve("/etc/flint/manifest.json", "sys.fl"), "/etc/flint/sys.fl");
         assert_eq!(resolve("file:///etc/flint/manifest.json", "sys.fl"), "/etc/flint/sys.fl");
         assert_eq!(resolve("/etc/flint/manifest.json", "/srv/sys.fl"), "/srv/sys.fl");
+        let m = "http://srv:8000/n/manifest.json";
+        assert_eq!(resolve_store(m, "store"), "http://srv:8000/n/store");
+        assert_eq!(resolve_store(m, "00-7f=../store"), "00-7f=http://srv:8000/store");
+        assert_eq!(resolve_store(m, "s3://k:s@h/b"), "s3://k:s@h/b");
+        assert_eq!(resolve_store(m, "00-ff=http://o/s"), "00-ff=http://o/s");
+        assert_eq!(resolve_store("/etc/flint/manifest.json", "store"), "dir:///etc/flint/store");
     }
 }
