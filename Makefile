@@ -6,25 +6,32 @@ export PATH := $(HOME)/.cargo/bin:$(PATH)
 MUSL_TARGET := x86_64-unknown-linux-musl
 STATIC_BINS := target/$(MUSL_TARGET)/release/flist target/$(MUSL_TARGET)/release/init
 QUIET       := $(if $(filter true,$(CI)),-q,)
-APT_PACKAGES := musl-tools debootstrap squashfs-tools squashfuse casync zstd attr python3 util-linux tar kmod dnsmasq-base iproute2 cpio qemu-system-x86 openssl fdisk e2fsprogs
+APT_PACKAGES := musl-tools debootstrap squashfs-tools squashfuse casync zstd attr python3 util-linux tar kmod \
+  dnsmasq-base iproute2 cpio qemu-system-x86 ipxe-qemu ovmf systemd-boot-efi mtools dosfstools binutils \
+  openssl openssh-client fdisk e2fsprogs busybox-static curl ca-certificates gcc
 FUZZ_SECONDS ?= 600
 
-.PHONY: help deps build static test test-unit test-rootfs test-boot-steps static-check fuzz bench qemu qemu-pxe usb initramfs test-boot test-vm clean
+.PHONY: help deps build static test test-unit test-rootfs test-boot-steps static-check fuzz bench qemu qemu-pxe qemu-usb usb initramfs test-boot test-boot-direct test-vm clean
 
 help:
-	@echo "make qemu     build everything and boot a node under qemu (see README)"
+	@echo "make qemu     build everything and boot the demo node under qemu (see README)"
+	@echo "make qemu-pxe the same through PXE (qemu's iPXE ROM, netboot serve)"
+	@echo "make usb      build target/flint/usb.img (GPT, EFI system partition, unified kernel image)"
+	@echo "make qemu-usb boot that image under OVMF as a USB stick"
+	@echo "make initramfs  build target/flint/srv/boot/initrd.zst (same inputs, same bytes)"
 	@echo "make test     install test dependencies, build, run the test suite"
 	@echo "make bench    run the benchmarks in bench/ side by side with their peers"
 	@echo "make fuzz     run every fuzz target for FUZZ_SECONDS (default 600) each"
 
 # Debian packages and Rust pieces, installed only when missing.
 deps:
-	@command -v cargo >/dev/null || { echo "cargo is missing: install Rust with rustup (https://rustup.rs) first"; exit 1; }
 	@missing=$$(for p in $(APT_PACKAGES); do dpkg -s $$p >/dev/null 2>&1 || echo $$p; done); \
 	if [ -n "$$missing" ]; then \
 	  echo "installing: $$missing"; \
 	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $$missing >/dev/null; \
 	fi
+	@command -v cargo >/dev/null || { echo "installing Rust (rustup, minimal profile)"; \
+	  curl -sSf https://sh.rustup.rs | sh -s -- -y -q --profile minimal >/dev/null; }
 	@rustup target list --installed | grep -qx $(MUSL_TARGET) || rustup target add $(MUSL_TARGET) >/dev/null
 	@command -v s3s-fs >/dev/null || { echo "installing s3s-fs (S3 server for tests)"; \
 	  cargo install --locked $(QUIET) s3s-fs --version 0.14.1 --features binary; }
@@ -42,14 +49,14 @@ static-check: static
 	  grep -qE "not a dynamic executable|statically linked" <<<"$$out" || exit 1; \
 	done
 
-test: deps test-unit test-rootfs test-boot-steps static-check test-boot
+test: deps test-unit test-rootfs test-boot-steps static-check test-boot-direct
 
 test-unit:
 	cargo test $(QUIET) --workspace
 
 # Round trip of a real debootstrap'd Debian (built once, cached in ~/.cache/flint).
 test-rootfs: deps
-	FLINT_ROOTFS_TAR=$$(tests/lib/rootfs.sh bookworm-minbase) \
+	FLINT_ROOTFS_TAR=$$(tests/lib/rootfs.sh bookworm-demo openssh-server,busybox) \
 	  cargo test $(QUIET) -p flist --test rootfs -- --ignored --nocapture
 
 # Boot steps against real Debian pieces, fetched once and cached: module resolution on the
@@ -68,14 +75,27 @@ fuzz: deps
 bench: deps build static
 	bench/run.sh
 
-qemu: deps build
-	@echo "make qemu: booting a node is not implemented yet (issue 5); everything else is built."
-# Nodes booted under qemu (TCG unless KVM really works) from the static init and a signed manifest.
+# The demo node (qemu/run.py): built in target/flint, served by netboot serve on 127.0.0.1.
+qemu: deps build static
+	python3 qemu/run.py direct
+qemu-pxe: deps build static
+	python3 qemu/run.py pxe
+qemu-usb: deps build static
+	python3 qemu/run.py usb
+usb: deps build static
+	python3 qemu/run.py usb --build-only
+initramfs: deps build static
+	python3 -c 'import sys; sys.path.insert(0, "qemu"); import flintnode; print(flintnode.Site("target/flint").build_initramfs().initrd)'
+
+# Nodes booted under qemu (TCG unless KVM really works) from a signed manifest: every boot path.
 test-boot: deps build static
 	@for t in tests/boot/*.py; do echo "== $$t"; python3 $$t || exit 1; done
+# The part of test-boot that make test runs.
+test-boot-direct: deps build static
+	@for t in tests/boot/cache_disk.py tests/boot/direct.py; do echo "== $$t"; python3 $$t || exit 1; done
 
-qemu-pxe usb initramfs test-vm:
-	@echo "make $@: not yet (boot issues 4, 5 and 7)."
+test-vm:
+	@echo "make $@: not yet (issue 7)."
 
 clean:
 	cargo clean

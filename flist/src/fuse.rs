@@ -551,6 +551,23 @@ impl Filesystem for FlistFs {
     fn listxattr(&self, _req: &Request, ino: INodeNo, size: u32, reply: ReplyXattr) {
         reply_xattr(self.xattr(ino, None), size, reply);
     }
+
+    /// No ioctls (inode flags, …): "not a typewriter", what tools expect from a plain filesystem,
+    /// instead of fuser's default that logs a warning for every `lsattr`.
+    #[allow(clippy::too_many_arguments)]
+    fn ioctl(
+        &self,
+        _req: &Request,
+        _ino: INodeNo,
+        _fh: FileHandle,
+        _flags: fuser::IoctlFlags,
+        _cmd: u32,
+        _in_data: &[u8],
+        _out_size: u32,
+        reply: fuser::ReplyIoctl,
+    ) {
+        reply.error(Errno::ENOTTY);
+    }
 }
 
 /// The xattr size protocol: size 0 asks for the length; too small a buffer is ERANGE.

@@ -256,6 +256,16 @@ fn inspection_commands_show_the_tree() {
         serde_json::from_str(&flist_ok(&[&"stat", &"--json", &t.join("f.fl"), &"/big.bin"])).unwrap();
     assert_eq!(stat["nlink"], 2);
     assert_eq!(stat["mtime"], "1600000000.123456789");
+    assert!(stat.get("chunks").is_none(), "chunks only when asked");
+    let stat: serde_json::Value =
+        serde_json::from_str(&flist_ok(&[&"stat", &"--json", &"--chunks", &t.join("f.fl"), &"/big.bin"])).unwrap();
+    let spans = stat["chunks"].as_array().unwrap();
+    let covered: u64 = spans.iter().map(|c| c["len"].as_u64().unwrap()).sum();
+    assert_eq!(covered, stat["size"].as_u64().unwrap(), "the chunks cover the file");
+    for c in spans {
+        let id = c["id"].as_str().unwrap();
+        assert!(fs::metadata(t.join(&format!("store/{}/{id}", &id[..2]))).is_ok(), "chunk {id} is in the store");
+    }
     let tree = flist_ok(&[&"tree", &t.join("f.fl"), &"/dir"]);
     assert!(tree.contains("├── rel-link -> ../big.bin") || tree.contains("└── rel-link -> ../big.bin"), "{tree}");
     assert_eq!(flist_ok(&[&"cat", &t.join("f.fl"), &"/dir/small.txt"]), "small file\n");

@@ -5,7 +5,7 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use anyhow::Context;
-use flist::format::{Flist, Inode, InodeData, Kind, Timestamp};
+use flist::format::{Extent, Flist, Inode, InodeData, Kind, Timestamp};
 use flist::read::{copy_range, RouterSource};
 
 use super::{load, print_json, StoreArgs};
@@ -53,6 +53,9 @@ pub(crate) struct StatArgs {
     flist: PathBuf,
     /// Path inside the flist.
     path: String,
+    /// Also list the chunks a file's content is made of (id, offset in the chunk, length).
+    #[arg(long)]
+    chunks: bool,
     /// Print as JSON.
     #[arg(long)]
     json: bool,
@@ -153,6 +156,29 @@ struct Stat {
     #[serde(skip_serializing_if = "Option::is_none")]
     data_regions: Option<Vec<(u64, u64)>>,
     xattrs: std::collections::BTreeMap<String, String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    chunks: Option<Vec<ChunkSpan>>,
+}
+
+/// A piece of a file's content in one chunk.
+#[derive(serde::Serialize)]
+struct ChunkSpan {
+    id: String,
+    offset: u32,
+    len: u32,
+}
+
+/// The chunks of a file's content, in file order (holes left out).
+fn chunk_spans(f: &Flist, inode: &Inode) -> Vec<ChunkSpan> {
+    f.extents(inode, 0, inode.size())
+        .into_iter()
+        .filter_map(|e| match e {
+            Extent::Data { chunk, offset, len } => {
+                Some(ChunkSpan { id: f.chunks.get(chunk as usize)?.id.to_hex(), offset, len })
+            }
+            Extent::Hole { .. } => None,
+        })
+        .collect()
 }
 
 fn time(t: Timestamp) -> String {
@@ -183,6 +209,7 @@ fn stat_of(f: &Flist, entry: u32, inode: &Inode) -> Stat {
             _ => None,
         },
         xattrs: inode.xattrs.iter().map(|(k, v)| (String::from_utf8_lossy(k).into_owned(), hex::encode(v))).collect(),
+        chunks: None,
     }
 }
 
@@ -269,7 +296,8 @@ pub(crate) fn stat(a: StatArgs) -> anyhow::Result<ExitCode> {
     let f = load(&a.flist)?;
     let e = resolve(&f, &a.path)?;
     let inode = f.inode_of(e).context("entry without inode")?;
-    let s = stat_of(&f, e, inode);
+    let mut s = stat_of(&f, e, inode);
+    s.chunks = a.chunks.then(|| chunk_spans(&f, inode));
     if a.json {
         print_json(&s)?;
     } else {
@@ -288,6 +316,9 @@ pub(crate) fn stat(a: StatArgs) -> anyhow::Result<ExitCode> {
         }
         for (k, v) in &s.xattrs {
             println!("  xattr {k} = 0x{v}");
+        }
+        for c in s.chunks.iter().flatten() {
+            println!("  chunk {} +{} {} bytes", c.id, c.offset, c.len);
         }
     }
     Ok(ExitCode::SUCCESS)
