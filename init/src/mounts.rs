@@ -127,8 +127,15 @@ struct Active {
     problem: Option<String>,
 }
 
-/// Mounts `plan`'s flist on a staging directory; `url` is its URL resolved against the manifest's.
-pub fn prepare(cfg: &MountConfig, fetcher: &Fetcher, plan: &FlistPlan, url: &str) -> Result<Prepared, MountError> {
+/// Mounts `plan`'s flist on a staging directory. `url` and `stores` are its URL and store specs
+/// resolved against the manifest's URL; the plan keeps them as written, and that identifies a mount.
+pub fn prepare(
+    cfg: &MountConfig,
+    fetcher: &Fetcher,
+    plan: &FlistPlan,
+    url: &str,
+    stores: &[String],
+) -> Result<Prepared, MountError> {
     let name = &plan.name;
     let hex = plan.digest.to_hex();
     let io = |what: &'static str, path: &Path| {
@@ -155,15 +162,15 @@ pub fn prepare(cfg: &MountConfig, fetcher: &Fetcher, plan: &FlistPlan, url: &str
         }
     };
     let flist = Flist::decode(&bytes).map_err(|source| MountError::Decode { name: name.clone(), source })?;
-    let stores = |why: String| MountError::Stores { name: name.clone(), why };
-    let router = if plan.stores.is_empty() {
+    let bad_stores = |why: String| MountError::Stores { name: name.clone(), why };
+    let router = if stores.is_empty() {
         Router::from_routes(&flist.routes, RetryPolicy::default())
     } else {
-        Router::from_specs(&plan.stores, RetryPolicy::default())
+        Router::from_specs(stores, RetryPolicy::default())
     }
-    .map_err(|e| stores(e.to_string()))?;
+    .map_err(|e| bad_stores(e.to_string()))?;
     if router.is_empty() {
-        return Err(stores("neither the manifest nor the flist names one".into()));
+        return Err(bad_stores("neither the manifest nor the flist names one".into()));
     }
     // A generation number keeps a new staging mount off one still in service with the same digest
     // (when only the mountpoint changes).

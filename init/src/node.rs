@@ -234,9 +234,8 @@ impl Node {
         let mut prepared: Vec<Prepared> = Vec::new();
         for f in &missing {
             let url = resolve(&self.cfg.manifest_url, &f.url);
-            let mut f = f.clone();
-            f.stores = f.stores.iter().map(|s| resolve_store(&self.cfg.manifest_url, s)).collect();
-            match prepare(&self.mount_cfg, &self.fetcher, &f, &url) {
+            let stores: Vec<String> = f.stores.iter().map(|s| resolve_store(&self.cfg.manifest_url, s)).collect();
+            match prepare(&self.mount_cfg, &self.fetcher, f, &url, &stores) {
                 Ok(p) => prepared.push(p),
                 Err(e) => {
                     prepared.into_iter().for_each(Prepared::discard);

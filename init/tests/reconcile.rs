@@ -68,8 +68,9 @@ fn manifests_are_applied_by_diff_and_bad_ones_change_nothing() {
 
     let node_dir = tempfile::tempdir().unwrap();
     let out = node_dir.path().join("out");
+    // The writable flist names its store relative to the manifest's URL.
     let flist = |name: &str, file: &str, digest: &str, writable: bool| {
-        json!({"name": name, "url": file, "digest": digest, "stores": [store],
+        json!({"name": name, "url": file, "digest": digest, "stores": [if writable { "store" } else { &store }],
                "mountpoint": format!("$OUT/mnt/{name}"), "writable": writable})
     };
     let reader = json!({"name": "reader", "root": "app", "exec": ["/bin/sh", "-c", "cat /hello.txt; exec sleep 1000"]});
@@ -114,6 +115,8 @@ fn manifests_are_applied_by_diff_and_bad_ones_change_nothing() {
     assert_eq!(std::fs::read_to_string(out.join("mnt/app/hello.txt")).unwrap(), "v1\n");
     let mounts = node.ctl_json(&["mounts"]);
     assert_eq!(mounts.as_array().unwrap().len(), 2, "{mounts}");
+    let data_mount = |mounts: &Value| mounts.as_array().unwrap().iter().find(|m| m["name"] == "data").cloned();
+    let data_v1 = data_mount(&mounts);
     let steady_pid = node.pid("steady").unwrap();
     let reader_pid = node.pid("reader").unwrap();
     let gone_pid = node.pid("gone").unwrap();
@@ -138,6 +141,7 @@ fn manifests_are_applied_by_diff_and_bad_ones_change_nothing() {
     assert!(!alive(gone_pid as i32), "a removed service still runs");
     node.wait_for("fresh", |n| n.state("fresh")["state"] == "running");
     assert_eq!(std::fs::read_to_string(out.join("mnt/app/hello.txt")).unwrap(), "v2\n");
+    assert_eq!(data_mount(&node.ctl_json(&["mounts"])), data_v1, "an unchanged flist was mounted again");
     let staged = || std::fs::read_dir(dir.path().join("run/flists")).unwrap().count();
     assert_eq!(staged(), 2, "the old version's staging mount is left");
 
