@@ -7,10 +7,10 @@ set -euo pipefail
 out=$1 init=$2 kroot=$3 key=$4 allow=${5:-}
 version=$(ls "$kroot/lib/modules")
 moddir=$kroot/lib/modules/$version
-# Drivers for qemu and common servers, the cache disk's filesystems (and the crc32c they load
+# Drivers for qemu and common servers (NICs, disks, USB sticks), the cache disk's filesystems (and the crc32c they load
 # through soft dependencies), and what init always loads.
 wanted="virtio_net virtio_blk virtio_scsi virtio_rng virtio_console e1000 e1000e igb ixgbe i40e
-  nvme ahci sd_mod ext4 btrfs xfs overlay fuse crc32c_generic crc32c_intel"
+  nvme ahci sd_mod xhci_pci ehci_pci usb_storage uas ext4 btrfs xfs overlay fuse crc32c_generic crc32c_intel"
 work=$(mktemp -d)
 trap 'rm -rf "$work"' EXIT
 root=$work/root

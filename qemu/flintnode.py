@@ -319,6 +319,41 @@ class Demo:
         self.site.publish(manifest)
         return manifest
 
+    def check_up(self, vm, c, manifest, http_port, ssh_port):
+        """Waits for the node to come up and checks it from every side: console, web server and
+        sshd through qemu's forwarded ports, and the boot server's record of it."""
+        vm.wait_for("service web: ready", 600)
+        vm.wait_for("service sshd: ready", 120)
+        c.expect(vm.first("boot: network done"), "network up")
+        c.expect(vm.first(f"manifest version {manifest['version']} applied"), "manifest verified and applied")
+        c.expect(vm.first("flist system: version") and vm.first("mounted on /mnt/system"), "system flist mounted")
+        page = wait_http(f"http://127.0.0.1:{http_port}/", 60)
+        c.expect(page and "flint demo node" in page, f"the web server answers from the host: {page!r}")
+        out = self.ssh(ssh_port, "cat /etc/debian_version; hostname")
+        c.expect(out.returncode == 0 and "flint-demo" in out.stdout, f"ssh with the manifest's key works: {out.stdout!r}")
+        node = self.site.status()["nodes"].get("127.0.0.1", {})
+        stages = [s["stage"] for s in node.get("stages", [])]
+        c.expect(node.get("mac") == "52:54:00:12:34:56", f"the server knows the node's MAC: {node.get('mac')}")
+        c.expect({"network", "manifest", "applied", "service"} <= set(stages), f"the node reported its stages: {stages}")
+        return node
+
+    def reload(self, vm, ssh_port):
+        """SIGHUP to PID 1 from a service over ssh, as an operator would: reconcile now. Returns
+        the console time it was sent at (None if ssh failed)."""
+        t = vm.now()
+        return t if self.ssh(ssh_port, "kill -HUP 1").returncode == 0 else None
+
+    def poweroff(self, vm, c, ssh_port):
+        """Publishes a manifest whose last service runs `init ctl poweroff`, and checks the node
+        stops its services and powers off."""
+        down = self.publish(extra_services=[{"name": "down", "oneshot": True, "after": ["web"],
+                                             "exec": ["/init", "ctl", "poweroff"]}])
+        t = self.reload(vm, ssh_port)
+        vm.wait_for(f"manifest version {down['version']} applied", 120, after=t)
+        vm.wait_for("reboot: Power down", 120, after=t)
+        c.expect(vm.first("every service is stopped", after=t), "init ctl poweroff: services stopped")
+        c.expect(vm.wait_exit(60) == 0, "init ctl poweroff: qemu exited cleanly")
+
     def ssh(self, port, command, timeout=60):
         """Runs command on the node over ssh (forwarded to 127.0.0.1:port); CompletedProcess."""
         return subprocess.run(["ssh", "-q", "-i", self.ssh_key, "-p", str(port), "-o", "StrictHostKeyChecking=no",

@@ -14,7 +14,10 @@ trap 'rm -rf "$work"' EXIT
 printf '%s' "$cmdline" > "$work/cmdline"
 printf 'NAME=flint\nID=flint\n' > "$work/os-release"
 align=$((16#$(objdump -p "$stub" | awk '$1 == "SectionAlignment" {print $2}')))
-offset=$(objdump -h "$stub" | awk 'NF == 7 {end = strtonum("0x"$3) + strtonum("0x"$4)} END {print end}')
+offset=0
+# objdump -h: "Idx Name Size VMA LMA File-off Algn"; the new sections go after the last one.
+while read -r _ _ size vma _; do offset=$(( 16#$size + 16#$vma )); done \
+  < <(objdump -h "$stub" | awk 'NF == 7 && $1 ~ /^[0-9]+$/')
 args=()
 for section in osrel:"$work/os-release" cmdline:"$work/cmdline" linux:"$vmlinuz" initrd:"$initrd"; do
   name=${section%%:*} file=${section#*:}

@@ -142,10 +142,32 @@ fn format(dev: &Path, fs: &str, label: &str) -> Result<(), String> {
     Ok(())
 }
 
+/// Whether a USB mass-storage interface is plugged in: its disk and partitions appear a moment
+/// after its driver binds, so the cache partition may be on its way.
+fn usb_storage_present() -> bool {
+    let Ok(devices) = std::fs::read_dir("/sys/bus/usb/devices") else { return false };
+    devices
+        .flatten()
+        .any(|d| std::fs::read_to_string(d.path().join("bInterfaceClass")).is_ok_and(|class| class.trim() == "08"))
+}
+
+/// The cache partition, waiting (at most `USB_SETTLE`) for a USB stick's partitions to appear.
+fn find_cache_partition(label: &str) -> Option<PathBuf> {
+    const USB_SETTLE: Duration = Duration::from_secs(10);
+    let started = Instant::now();
+    loop {
+        let found = cache_partition(label);
+        if found.is_some() || started.elapsed() > USB_SETTLE || !usb_storage_present() {
+            return found;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
 /// Mounts the cache disk, or a tmpfs when there is none (nothing then survives a reboot). A
 /// blank cache partition is formatted first if the manifest asks for it (`format`).
 fn storage(label: &str, format_as: Option<&str>) -> String {
-    let partition = cache_partition(label);
+    let partition = find_cache_partition(label);
     if let Some(dev) = &partition {
         let source = dev.to_string_lossy().into_owned();
         // The filesystems are modules in a distribution kernel, and there is no modprobe for the

@@ -348,6 +348,10 @@ impl Loader {
             }
             match insert(&path) {
                 Ok(()) => tracing::debug!("loaded {}", path.display()),
+                // ENODEV: the module is for hardware (or CPU features) this machine lacks.
+                Err(ModuleError::Load { path, source }) if source.raw_os_error() == Some(libc::ENODEV) => {
+                    tracing::info!("{}: not for this machine", path.display());
+                }
                 Err(e) => {
                     failures += 1;
                     tracing::warn!("{}", crate::error_chain(&e));

@@ -33,10 +33,10 @@ def main():
     site.serve()
     try:
         with Vm(site, "direct", hostfwd=[(HTTP, 80), (SSH, 22)]) as vm:
-            boot(vm, demo, c, first)
+            demo.check_up(vm, c, first, HTTP, SSH)
             tampered_manifest(vm, demo, c)
             tampered_chunk(vm, demo, c)
-            poweroff(vm, demo, c)
+            demo.poweroff(vm, c, SSH)
         server_down_at_boot(demo, c)
     except TimeoutError as e:
         c.expect(False, str(e))
@@ -45,35 +45,12 @@ def main():
     c.finish(work)
 
 
-def boot(vm, demo, c, manifest):
-    vm.wait_for("service web: ready", 300)
-    vm.wait_for("service sshd: ready", 60)
-    c.expect(vm.first("boot: network done"), "network up")
-    c.expect(vm.first(f"manifest version {manifest['version']} applied"), "manifest verified and applied")
-    c.expect(vm.first("flist system: version") and vm.first("mounted on /mnt/system"), "system flist mounted")
-    page = wait_http(f"http://127.0.0.1:{HTTP}/", 60)
-    c.expect(page and "flint demo node" in page, f"the web server answers from the host: {page!r}")
-    out = demo.ssh(SSH, "cat /etc/debian_version; hostname")
-    c.expect(out.returncode == 0 and "flint-demo" in out.stdout, f"ssh with the manifest's key works: {out.stdout!r}")
-    node = demo.site.status()["nodes"].get("127.0.0.1", {})
-    stages = [s["stage"] for s in node.get("stages", [])]
-    c.expect(node.get("mac") == "52:54:00:12:34:56", f"the server knows the node's MAC: {node.get('mac')}")
-    c.expect({"network", "manifest", "applied", "service"} <= set(stages), f"the node reported its stages: {stages}")
-
-
-def reload(vm, demo):
-    """SIGHUP to PID 1 from a service (as an operator would over ssh): reconcile now."""
-    t = vm.now()
-    out = demo.ssh(SSH, "kill -HUP 1")
-    return t if out.returncode == 0 else None
-
-
 def tampered_manifest(vm, demo, c):
     path = os.path.join(demo.site.srv, "manifest.json")
     manifest = json.load(open(path))
     manifest["services"][2]["exec"] = ["/bin/sh", "-c", "echo owned"]
     json.dump(manifest, open(path, "w"))  # the old signature stays beside it
-    t = reload(vm, demo)
+    t = demo.reload(vm, SSH)
     c.expect(t is not None, "SIGHUP sent to PID 1 over ssh")
     hit = vm.wait_for("refusing the manifest", 120, after=t)
     c.expect("signature" in hit[1], f"the tampered manifest is refused, and the console says why: {hit[1][-120:]}")
@@ -82,7 +59,7 @@ def tampered_manifest(vm, demo, c):
     stages = [s["stage"] for s in demo.site.status()["nodes"]["127.0.0.1"]["stages"]]
     c.expect("error" in stages, "the refusal is reported to the server")
     good = demo.publish()
-    t = reload(vm, demo)
+    t = demo.reload(vm, SSH)
     vm.wait_for(f"manifest version {good['version']} applied", 120, after=t)
     c.expect(True, "the next valid manifest is applied")
 
@@ -93,27 +70,18 @@ def tampered_chunk(vm, demo, c):
                           os.path.join(demo.site.srv, "system.fl"), "/usr/bin/perl"))
     chunk = stat["chunks"][len(stat["chunks"]) // 2]["id"]
     path = os.path.join(demo.site.srv, "store", chunk[:2], chunk)
-    data = bytearray(open(path, "rb").read())
-    data[len(data) // 2] ^= 0xFF
-    open(path, "wb").write(bytes(data))
+    # A well-formed object (zstd, the right length) with one byte changed: only its hash gives it away.
+    plain = bytearray(subprocess.run(["zstd", "-dc", path], check=True, capture_output=True).stdout)
+    plain[len(plain) // 2] ^= 0xFF
+    open(path, "wb").write(subprocess.run(["zstd", "-c"], input=bytes(plain), check=True, capture_output=True).stdout)
     t = vm.now()
     out = demo.ssh(SSH, "md5sum /usr/bin/perl")
     c.expect(out.returncode != 0 and "Input/output error" in out.stderr,
              f"reading a file with a tampered chunk fails with EIO: {out.stderr.strip()!r}")
-    logged = vm.wait_for(chunk[:16], 60, after=t)
+    logged = vm.wait_for(f"chunk {chunk} is corrupt", 60, after=t)
     c.expect(logged, f"the console names the bad chunk: {logged[1][-160:]}")
     ok = demo.ssh(SSH, "md5sum /usr/sbin/sshd")
     c.expect(ok.returncode == 0, "other files still read")
-
-
-def poweroff(vm, demo, c):
-    down = demo.publish(extra_services=[{"name": "down", "oneshot": True, "after": ["web"],
-                                         "exec": ["/init", "ctl", "poweroff"]}])
-    t = reload(vm, demo)
-    vm.wait_for(f"manifest version {down['version']} applied", 120, after=t)
-    vm.wait_for("reboot: Power down", 120, after=t)
-    c.expect(vm.first("every service is stopped", after=t), "init ctl poweroff: services stopped")
-    c.expect(vm.wait_exit(60) == 0, "init ctl poweroff: qemu exited cleanly")
 
 
 def server_down_at_boot(demo, c):
