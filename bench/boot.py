@@ -1,15 +1,97 @@
 #!/usr/bin/env python3
-"""Boots a flint node under qemu (TCG unless KVM really works) and times it: qemu start to PID 1,
-each boot step init logs, PID 1 to every service ready, and PID 1's memory with 3 flists mounted
-and 12 services (9 with readiness checks). Built and served by tests/lib/flintnode.py."""
-import os, re, sys, tempfile
+"""Boot figures under qemu (TCG unless KVM really works), all in one run on this machine:
 
-sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "tests", "lib"))
-from flintnode import Node, first  # noqa: E402
+- baseline: the same Debian kernel with a busybox-only initramfs that prints and powers off;
+- the demo node (Debian system flist, sshd, web server) booted directly, by PXE and from the USB
+  image: qemu start → firmware done → PID 1 → each init step → manifest applied → the web
+  server answering the host; bytes the boot server sent vs the system flist's size;
+- PID 1's memory with 3 flists mounted and 12 services (9 with readiness checks).
+Built and served by qemu/flintnode.py."""
+import os, re, shutil, subprocess, sys, tempfile, threading, time
+
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "qemu"))
+from flintnode import Demo, Site, Vm, http_get  # noqa: E402
+
+HTTP, SSH = 18380 + os.getpid() % 400, 19380 + os.getpid() % 400
 
 
-def main():
-    node = Node(tempfile.mkdtemp(prefix="flint-boot-"), flists=3)
+def busybox_initrd(work):
+    """An initramfs with static busybox as /init: prints the uptime (kernel → init) and powers off."""
+    root = os.path.join(work, "bbroot")
+    os.makedirs(os.path.join(root, "bin"))
+    os.makedirs(os.path.join(root, "dev"))
+    os.makedirs(os.path.join(root, "proc"))
+    shutil.copy("/bin/busybox", os.path.join(root, "bin/busybox"))
+    subprocess.run(["mknod", os.path.join(root, "dev/console"), "c", "5", "1"], check=True)
+    with open(os.path.join(root, "init"), "w") as f:
+        f.write("#!/bin/busybox sh\n/bin/busybox mount -t proc proc /proc\n"
+                "echo BUSYBOX-UP $(/bin/busybox cat /proc/uptime)\n/bin/busybox poweroff -f\n")
+    os.chmod(os.path.join(root, "init"), 0o755)
+    out = os.path.join(work, "busybox.cpio.zst")
+    subprocess.run(f"cd {root} && find . | cpio --quiet -o -H newc -R 0:0 | zstd -q -19 -o {out}", shell=True,
+                   check=True)
+    return out
+
+
+def baseline(site):
+    initrd = busybox_initrd(site.work)
+    t0 = time.monotonic()
+    out = subprocess.run(["qemu-system-x86_64", "-accel", site.accel, "-m", "1024", "-smp", "2", "-nographic",
+                          "-no-reboot", "-kernel", site.vmlinuz, "-initrd", initrd, "-append", "console=ttyS0 quiet"],
+                         capture_output=True, text=True, timeout=300)
+    total = time.monotonic() - t0
+    m = re.search(r"BUSYBOX-UP ([\d.]+)", out.stdout)
+    return {"kernel": float(m.group(1)) if m else None, "total": total}
+
+
+def answered_at(vm, url, stop):
+    """Polls url from the host; sets vm.answered to the console time of the first answer."""
+    while not stop.is_set():
+        if http_get(url, timeout=2):
+            vm.answered = vm.now()
+            return
+        time.sleep(0.2)
+
+
+def timed_boot(demo, mode, usb=None):
+    """Boots the demo node; returns its figures (seconds since qemu start unless said)."""
+    demo.publish()
+    demo.site.stop()
+    demo.site.serve()
+    figures = {}
+    with Vm(demo.site, mode, usb=usb, hostfwd=[(HTTP, 80), (SSH, 22)], log=f"console-{mode}.log") as vm:
+        vm.answered, stop = None, threading.Event()
+        poller = threading.Thread(target=answered_at, args=(vm, f"http://127.0.0.1:{HTTP}/", stop), daemon=True)
+        poller.start()
+        pid1 = vm.wait_for("starting as PID 1", 600)
+        vm.wait_for("service web: ready", 600)
+        poller.join(120)
+        stop.set()
+        kernel = float(re.search(r"([\d.]+) s after the kernel", pid1[1]).group(1))
+        steps = re.search(r"services: (.*) \(init up", vm.first("steps before services")[1]).group(1)
+        figures = {
+            "pid1": pid1[0], "kernel": kernel, "firmware": pid1[0] - kernel, "steps": steps,
+            "applied": vm.first("manifest version")[0] - pid1[0],
+            "web_ready": vm.first("service web: ready")[0] - pid1[0],
+            "answered": vm.answered,
+        }
+        if mode == "pxe":
+            figures["ipxe_script"] = vm.first("flint: node")[0]
+        node = demo.site.status()["nodes"].get("127.0.0.1", {})
+        figures["fetched"] = {k: v["bytes"] for k, v in node.get("by_kind", {}).items()}
+        demo.poweroff(vm, Quiet(), SSH)
+    return figures
+
+
+class Quiet:
+    def expect(self, ok, what):
+        if not ok:
+            print(f"  (note: {what} did not hold)")
+
+
+def memory(work):
+    site = Site(work, port=None).build_initramfs()
+    flists = site.mini_flists(3)
     services = [{"name": f"s{i}", "root": f"sys{i % 3}", "test": ["/bin/cat", "/hello.txt"],
                  "exec": ["/bin/sh", "-c", "exec sleep 100000"]} for i in range(9)]
     services += [
@@ -18,29 +100,61 @@ def main():
          "exec": ["/bin/sh", "-c", "cat /proc/1/status > /dev/console; echo ALL-SERVICES-UP > /dev/console"]},
         {"name": "down", "oneshot": True, "after": ["report"], "exec": ["/init", "ctl", "poweroff"]},
     ]
-    node.publish({"version": 1, "hostname": "bench", "flists": node.flists, "services": services})
+    site.publish({"version": 1, "hostname": "bench", "flists": flists, "services": services})
+    site.serve()
     try:
-        lines = node.boot()
+        with Vm(site, "direct", log="console-memory.log") as vm:
+            vm.wait_for("reboot: Power down", 600)
+            status = {m.group(1): int(m.group(2)) for _, l in vm.lines
+                      for m in [re.match(r"(VmRSS|VmHWM|Threads):\s+(\d+)", l)] if m}
+            pid1, up = vm.first("starting as PID 1"), vm.first("ALL-SERVICES-UP")
     finally:
-        node.close()
-    status = {m.group(1): int(m.group(2)) for _, l in lines for m in [re.match(r"(VmRSS|VmHWM|Threads):\s+(\d+)", l)] if m}
-    print(f"accelerator: {node.accel}; console log: {node.work}/console.log")
-    print(f"static init (stripped): {os.path.getsize(node.stripped):,} bytes; "
-          f"initramfs: {os.path.getsize(node.initrd):,} bytes")
-    pid1, up = first(lines, "starting as PID 1"), first(lines, "ALL-SERVICES-UP")
-    if not pid1 or not up:
-        print("the node did not come up; see the console log")
-        sys.exit(1)
-    steps = re.search(r"services: (.*) \(init up", first(lines, "steps before services")[1]).group(1)
-    applied, off = first(lines, "manifest version"), first(lines, "reboot: Power down")
-    print(f"qemu start -> PID 1:             {pid1[0]:6.2f} s (firmware + kernel)")
-    print(f"PID 1 steps:                     {steps}")
-    print(f"PID 1 -> manifest applied:       {applied[0] - pid1[0]:6.2f} s (fetch, verify, 3 flists mounted)")
-    print(f"PID 1 -> all 9 services ready:   {up[0] - pid1[0]:6.2f} s")
-    if off:
-        print(f"report -> power down:            {off[0] - up[0]:6.2f} s (ctl poweroff, services stopped, unmounted)")
-    print(f"PID 1 memory, 3 flists + 12 services: VmRSS {status.get('VmRSS', 0) / 1024:.1f} MiB, "
-          f"peak {status.get('VmHWM', 0) / 1024:.1f} MiB, {status.get('Threads')} threads")
+        site.stop()
+    return status, up[0] - pid1[0]
+
+
+def mib(b):
+    return f"{b / (1 << 20):.2f} MiB"
+
+
+def main():
+    work = tempfile.mkdtemp(prefix="flint-bench-boot-")
+    demo = Demo(work)
+    site = demo.site
+    print(f"accelerator: {site.accel}; logs in {work}")
+    stripped = os.path.getsize(os.path.join(work, "init"))
+    print(f"static init (stripped): {stripped:,} bytes; initramfs: {os.path.getsize(site.initrd):,} bytes "
+          f"(zstd -19); kernel: {os.path.getsize(site.vmlinuz):,} bytes")
+    base = baseline(site)
+    print(f"\nbaseline, kernel + busybox initramfs: qemu start → power off {base['total']:.2f} s; "
+          f"kernel → busybox init {base['kernel']:.2f} s")
+    system_bytes = demo.system_size
+    usb = site.usb_image(os.path.join(work, "usb.img"))
+    rows = {}
+    for mode in ["direct", "pxe", "usb"]:
+        rows[mode] = timed_boot(demo, mode, usb=usb)
+    print("\n| seconds (qemu start = 0) | " + " | ".join(rows) + " |\n|---|" + "---|" * len(rows))
+    line = lambda name, f: print(f"| {name} | " + " | ".join(f(r) for r in rows.values()) + " |")  # noqa: E731
+    line("firmware (SeaBIOS/iPXE/OVMF) + loading", lambda r: f"{r['firmware']:.2f}")
+    line("kernel → PID 1", lambda r: f"{r['kernel']:.2f}")
+    line("PID 1 starts", lambda r: f"{r['pid1']:.2f}")
+    line("PID 1 → manifest applied, system flist mounted", lambda r: f"+{r['applied']:.2f}")
+    line("PID 1 → web server ready", lambda r: f"+{r['web_ready']:.2f}")
+    line("web server answers the host", lambda r: f"{r['answered']:.2f}" if r["answered"] else "-")
+    for mode, r in rows.items():
+        print(f"{mode}: init steps: {r['steps']}" + (f"; iPXE got the node script at {r['ipxe_script']:.2f} s"
+                                                     if "ipxe_script" in r else ""))
+    for mode, r in rows.items():
+        f = r["fetched"]
+        chunks = f.get("chunk", 0)
+        print(f"{mode}: fetched from the server: chunks {mib(chunks)} ({100 * chunks / system_bytes:.1f}% of the "
+              f"system flist's {mib(system_bytes)}), flist {f.get('flist', 0):,} B, manifest {f.get('manifest', 0):,} B, "
+              f"kernel {mib(f.get('kernel', 0))}, initramfs {mib(f.get('initrd', 0))}")
+    site.stop()
+    status, up = memory(os.path.join(work, "memory"))
+    print(f"\nPID 1 with 3 flists + 12 services (all up {up:.2f} s after PID 1): VmRSS "
+          f"{status.get('VmRSS', 0) / 1024:.1f} MiB, peak {status.get('VmHWM', 0) / 1024:.1f} MiB, "
+          f"{status.get('Threads')} threads")
 
 
 main()

@@ -295,7 +295,7 @@ class Demo:
     def flist_content_size(fl):
         """Bytes of file content the flist describes (what a full download would be)."""
         info = json.loads(run(os.path.join(REL, "flist"), "inspect", fl, "--json"))
-        return info.get("bytes") or info.get("size") or 0
+        return info["data_bytes"]
 
     def manifest(self, extra_services=(), version=None):
         """The demo manifest; each call without a version is newer than the last."""
@@ -340,6 +340,7 @@ class Demo:
     def reload(self, vm, ssh_port):
         """SIGHUP to PID 1 from a service over ssh, as an operator would: reconcile now. Returns
         the console time it was sent at (None if ssh failed)."""
+        vm.wait_for("service sshd: ready", 300)
         t = vm.now()
         return t if self.ssh(ssh_port, "kill -HUP 1").returncode == 0 else None
 

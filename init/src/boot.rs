@@ -309,7 +309,11 @@ pub fn boot() -> ! {
         .with_ansi(false)
         .with_writer(|| ConsoleAndKmsg)
         .try_init();
-    tracing::info!("flint init {} starting as PID 1", env!("CARGO_PKG_VERSION"));
+    tracing::info!(
+        "flint init {} starting as PID 1, {:.2} s after the kernel started",
+        env!("CARGO_PKG_VERSION"),
+        boot_uptime()
+    );
     if let Err(e) = blocked {
         tracing::error!("blocking signals: {e}; service exits may be noticed late");
     }
