@@ -5,7 +5,7 @@ made by initramfs/build.sh with the site's key, flists packed into srv/store and
 manifest. A Vm boots it (the kernel directly, by PXE through qemu's iPXE ROM, or from a USB
 stick under OVMF) and reads its serial console line by line, so tests wait for what the node
 says instead of sleeping. Needs `make static` and `cargo build --release -p netboot -p flist`."""
-import glob, json, os, re, shutil, subprocess, sys, threading, time, urllib.request
+import glob, json, os, re, shutil, subprocess, sys, tempfile, threading, time, urllib.request
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 REL = os.path.join(ROOT, "target/release")
@@ -360,3 +360,24 @@ class Demo:
         return subprocess.run(["ssh", "-q", "-i", self.ssh_key, "-p", str(port), "-o", "StrictHostKeyChecking=no",
                                "-o", "UserKnownHostsFile=/dev/null", "-o", "ConnectTimeout=20", "-o", "BatchMode=yes",
                                "root@127.0.0.1", command], capture_output=True, text=True, timeout=timeout)
+
+
+def demo_boot_test(name, mode, body, usb=False):
+    """One boot of the demo node by `mode` as a test: built in a temporary directory, served,
+    booted with its web server and sshd forwarded, checked by body(vm, demo, checks, manifest,
+    http_port, ssh_port); exits 1 if a check failed."""
+    work = tempfile.mkdtemp(prefix=f"flint-{mode}-")
+    demo = Demo(work)
+    c = Checks(name)
+    image = demo.site.usb_image(os.path.join(work, "usb.img")) if usb else None
+    manifest = demo.publish()
+    demo.site.serve()
+    http, ssh = 18180 + os.getpid() % 800, 19180 + os.getpid() % 800
+    try:
+        with Vm(demo.site, mode, usb=image, hostfwd=[(http, 80), (ssh, 22)]) as vm:
+            body(vm, demo, c, manifest, http, ssh)
+    except TimeoutError as e:
+        c.expect(False, str(e))
+    finally:
+        demo.site.stop()
+    c.finish(work)

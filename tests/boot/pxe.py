@@ -3,36 +3,21 @@
 DHCP boot file), which chains to the node's own script by MAC address; kernel and initramfs come
 over HTTP. The node comes up and answers, the server saw it fetch each piece, and a manifest
 with `init ctl poweroff` powers it off cleanly."""
-import os, sys, tempfile
+import os, sys
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "..", "qemu"))
-from flintnode import Checks, Demo, Vm  # noqa: E402
-
-HTTP, SSH = 18580 + os.getpid() % 400, 19580 + os.getpid() % 400
+from flintnode import demo_boot_test  # noqa: E402
 
 
-def main():
-    work = tempfile.mkdtemp(prefix="flint-pxe-")
-    demo = Demo(work)
-    c = Checks("PXE boot")
-    manifest = demo.publish()
-    demo.site.serve()
-    try:
-        with Vm(demo.site, "pxe", hostfwd=[(HTTP, 80), (SSH, 22)]) as vm:
-            vm.wait_for("flint: node 52:54:00:12:34:56, profile default", 300)
-            c.expect(True, "iPXE fetched the node's script by MAC")
-            node = demo.check_up(vm, c, manifest, HTTP, SSH)
-            kinds = node.get("by_kind", {})
-            for kind, path in [("kernel", "boot/vmlinuz"), ("initrd", "boot/initrd.zst")]:
-                want = os.path.getsize(os.path.join(demo.site.srv, path))
-                got = kinds.get(kind, {}).get("bytes")
-                c.expect(got == want, f"the server sent the whole {kind} over HTTP ({got} of {want} bytes)")
-            demo.poweroff(vm, c, SSH)
-    except TimeoutError as e:
-        c.expect(False, str(e))
-    finally:
-        demo.site.stop()
-    c.finish(work)
+def body(vm, demo, c, manifest, http, ssh):
+    vm.wait_for("flint: node 52:54:00:12:34:56, profile default", 300)
+    c.expect(True, "iPXE fetched the node's script by MAC")
+    node = demo.check_up(vm, c, manifest, http, ssh)
+    for kind, path in [("kernel", "boot/vmlinuz"), ("initrd", "boot/initrd.zst")]:
+        want = os.path.getsize(os.path.join(demo.site.srv, path))
+        got = node.get("by_kind", {}).get(kind, {}).get("bytes")
+        c.expect(got == want, f"the server sent the whole {kind} over HTTP ({got} of {want} bytes)")
+    demo.poweroff(vm, c, ssh)
 
 
-main()
+demo_boot_test("PXE boot", "pxe", body)

@@ -112,3 +112,43 @@ fn empty_response() -> Response<Body> {
     *r.status_mut() = StatusCode::INTERNAL_SERVER_ERROR;
     r
 }
+
+#[cfg(test)]
+mod tests {
+    use proptest::prelude::*;
+
+    fn segment() -> impl Strategy<Value = String> {
+        prop_oneof![
+            Just("..".to_string()),
+            Just(".".to_string()),
+            Just(String::new()),
+            Just("a".to_string()),
+            Just("dir".to_string()),
+            Just("out".to_string()),
+            Just(".hidden".to_string()),
+            "[a-z%./]{1,4}",
+        ]
+    }
+
+    proptest! {
+        /// Whatever path a client sends, what is served lies under the root, is not hidden, and
+        /// is not reached through the symlink that leads out.
+        #[test]
+        fn no_path_leaves_the_root(segments in prop::collection::vec(segment(), 0..6)) {
+            let dir = tempfile::tempdir().unwrap();
+            let root = std::fs::canonicalize(dir.path()).unwrap();
+            std::fs::create_dir_all(root.join("dir")).unwrap();
+            std::fs::write(root.join("a"), b"a").unwrap();
+            std::fs::write(root.join(".hidden"), b"h").unwrap();
+            std::os::unix::fs::symlink("/etc", root.join("out")).unwrap();
+            let path = format!("/{}", segments.join("/"));
+            let runtime = tokio::runtime::Builder::new_current_thread().build().unwrap();
+            if let Some(found) = runtime.block_on(super::resolve(&root, &path)) {
+                let inside = found.strip_prefix(&root);
+                prop_assert!(inside.is_ok(), "{path} -> {}", found.display());
+                let hidden = inside.iter().flat_map(|p| p.iter()).any(|c| c.to_string_lossy().starts_with('.'));
+                prop_assert!(!hidden, "{path} -> {}", found.display());
+            }
+        }
+    }
+}
