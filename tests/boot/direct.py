@@ -4,8 +4,8 @@ console, over the network and on the server's status page:
 
 1. network up, manifest verified, the Debian system flist mounted, sshd and the web server
    answer from the host; the node reported its stages to the server.
-2. A tampered manifest (signature kept, text changed) is refused, the node says so, keeps
-   serving, and applies the next valid one.
+2. A tampered manifest (signature kept, text changed) is refused, the node says so, retries
+   with backoff, keeps serving, and applies the next valid one.
 3. A chunk tampered in the store is never served: reading the file fails with EIO, the console
    says why, and other files still read.
 4. `init ctl poweroff` (a oneshot in a newer manifest) stops everything and powers off cleanly.
@@ -54,6 +54,8 @@ def tampered_manifest(vm, demo, c):
     c.expect(t is not None, "SIGHUP sent to PID 1 over ssh")
     hit = vm.wait_for("refusing the manifest", 120, after=t)
     c.expect("signature" in hit[1], f"the tampered manifest is refused, and the console says why: {hit[1][-120:]}")
+    again = vm.wait_for("refusing the manifest", 60, after=hit[0] + 0.5)
+    c.expect(again, f"init retries by itself (again {again[0] - hit[0]:.1f} s later) and refuses again")
     page = http_get(f"http://127.0.0.1:{HTTP}/")
     c.expect(page and "flint demo node" in page, "the node keeps serving after the refusal")
     stages = [s["stage"] for s in demo.site.status()["nodes"]["127.0.0.1"]["stages"]]
