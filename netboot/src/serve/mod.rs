@@ -51,6 +51,15 @@ struct Server {
     root: PathBuf,
     scheme: &'static str,
     registry: Mutex<Registry>,
+    profiles: Mutex<LoadedProfiles>,
+}
+
+/// `netboot.json` as last read, and the size and time of the file it was read from: every
+/// request classifies its file by profile, so the file is parsed again only when it changes.
+#[derive(Default)]
+struct LoadedProfiles {
+    stamp: Option<(u64, std::time::SystemTime)>,
+    profiles: Option<Arc<Result<Profiles, String>>>,
 }
 
 pub(crate) fn full(bytes: Bytes) -> Body {
@@ -89,6 +98,7 @@ async fn serve(opts: ServeOptions) -> anyhow::Result<()> {
         root,
         scheme: if acceptor.is_some() { "https" } else { "http" },
         registry: Mutex::new(Registry::default()),
+        profiles: Mutex::default(),
     });
     let address = listener.local_addr()?;
     // On stdout, for scripts that start it on port 0.
@@ -130,6 +140,21 @@ impl Server {
         self.registry.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 
+    /// The profiles, read again if `netboot.json` changed (or appeared, or went).
+    fn profiles(&self) -> Arc<Result<Profiles, String>> {
+        let stamp =
+            std::fs::metadata(self.root.join(profiles::CONFIG)).ok().and_then(|m| Some((m.len(), m.modified().ok()?)));
+        let mut loaded = self.profiles.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+        match &loaded.profiles {
+            Some(p) if loaded.stamp == stamp => p.clone(),
+            _ => {
+                let fresh = Arc::new(Profiles::load(&self.root));
+                *loaded = LoadedProfiles { stamp, profiles: Some(fresh.clone()) };
+                fresh
+            }
+        }
+    }
+
     /// The server's URL as the client reached it (what a node's command line must name).
     fn base_url(&self, req: &Request<Incoming>) -> String {
         let host = req.headers().get(header::HOST).and_then(|h| h.to_str().ok()).unwrap_or("localhost");
@@ -140,12 +165,13 @@ impl Server {
         let started = Instant::now();
         let (method, path) = (req.method().clone(), req.uri().path().to_string());
         let ip = peer.ip().to_string();
-        let profiles = Profiles::load(&self.root);
+        let profiles = self.profiles();
+        let profiles = profiles.as_ref();
         let (kind, response) = match (&method, path.as_str()) {
             (&Method::GET | &Method::HEAD, "/") => {
-                let served = status::served(&self.root);
+                let served = self.served().await;
                 let nodes = self.registry().nodes();
-                let page = status::page(&self.root, &profiles, &served, &nodes);
+                let page = status::page(&self.root, profiles, &served, &nodes);
                 ("page", typed(StatusCode::OK, "text/html; charset=utf-8", page))
             }
             (&Method::GET | &Method::HEAD, "/status.json") => {
@@ -153,14 +179,14 @@ impl Server {
                     "root": self.root,
                     "profiles": profiles.as_ref().ok(),
                     "profiles_error": profiles.as_ref().err(),
-                    "served": status::served(&self.root),
+                    "served": self.served().await,
                     "nodes": self.registry().nodes(),
                 });
                 ("page", typed(StatusCode::OK, "application/json", format!("{body:#}\n")))
             }
             (&Method::GET | &Method::HEAD, "/boot.ipxe") => ("script", text(StatusCode::OK, profiles::CHAIN_SCRIPT)),
             (&Method::GET | &Method::HEAD, p) if p.starts_with("/ipxe/") => {
-                ("script", self.node_script(&req, &ip, p.trim_start_matches("/ipxe/"), &profiles))
+                ("script", self.node_script(&req, &ip, p.trim_start_matches("/ipxe/"), profiles))
             }
             (&Method::POST, "/report") => ("report", self.report(req, &ip).await),
             (&Method::GET | &Method::HEAD, p) => {
@@ -213,6 +239,12 @@ impl Server {
         };
         self.registry().saw_mac(ip, &mac);
         text(StatusCode::OK, profiles::node_script(name, profile, &mac, &self.base_url(req)))
+    }
+
+    /// What the root holds, walked off the async threads (a chunk store has many files).
+    async fn served(&self) -> status::Served {
+        let root = self.root.clone();
+        tokio::task::spawn_blocking(move || status::served(&root)).await.unwrap_or_default()
     }
 
     async fn report(&self, req: Request<Incoming>, ip: &str) -> Response<Body> {
