@@ -15,7 +15,8 @@ use crate::store::{FetchError, Router};
 /// One download in progress; followers wait on the condvar for the leader's result.
 #[derive(Default)]
 struct Flight {
-    result: Mutex<Option<Result<Verified, String>>>,
+    /// The chunk, or what each store said (the waiters wrap it in their own error).
+    result: Mutex<Option<Result<Verified, Vec<String>>>>,
     done: Condvar,
 }
 
@@ -187,7 +188,7 @@ impl CachedSource {
             }
             return match result.as_ref() {
                 Some(Ok(v)) => Ok(v.clone()),
-                Some(Err(why)) => Err(FetchError { id: c.id, failures: vec![why.clone()] }),
+                Some(Err(failures)) => Err(FetchError { id: c.id, failures: failures.clone() }),
                 None => Err(FetchError { id: c.id, failures: vec!["download vanished".into()] }),
             };
         }
@@ -203,7 +204,7 @@ impl CachedSource {
         }
         *flight.result.lock().unwrap_or_else(|p| p.into_inner()) = Some(match &result {
             Ok(v) => Ok(v.clone()),
-            Err(e) => Err(e.to_string()),
+            Err(e) => Err(e.failures.clone()),
         });
         flight.done.notify_all();
         self.flights.lock().unwrap_or_else(|p| p.into_inner()).remove(&key);
