@@ -11,7 +11,13 @@ use flist::pack::{pack, Chunking, PackOptions, DEFAULT_AVG_CHUNK, DEFAULT_SMALL_
 use flist::source;
 use flist::store::{parse_route, RetryPolicy, Router};
 
-/// Pack a directory or tar archive into an flist, uploading its chunks to stores.
+/// Pack a directory, a tar archive or a container image into an flist, uploading its chunks to
+/// stores.
+///
+/// A container image is `oci-layout:DIR[:TAG]` (an OCI image layout, as skopeo or umoci write it)
+/// or `docker-archive:FILE[:TAG]` (`docker save`): its layers are applied in order (whiteouts,
+/// opaque directories) and its run configuration becomes `oci.*` tags (entrypoint, cmd, env,
+/// workdir, user, ports, labels).
 ///
 /// Chunks already present in a store are not uploaded again; the summary says how many were new.
 /// The stores are recorded in the flist (credentials never are) so readers know where to fetch
@@ -19,8 +25,12 @@ use flist::store::{parse_route, RetryPolicy, Router};
 /// http://server/store).
 #[derive(clap::Args)]
 pub(crate) struct PackArgs {
-    /// A directory, or a tar archive (plain, .gz or .zst).
+    /// A directory, a tar archive (plain, .gz or .zst), `oci-layout:DIR[:TAG]` or
+    /// `docker-archive:FILE[:TAG]`.
     src: PathBuf,
+    /// The platform to take from a multi-platform image (`os/arch[/variant]`).
+    #[arg(long, default_value = "linux/amd64")]
+    platform: String,
     /// Where to write the flist.
     #[arg(short, long)]
     output: PathBuf,
@@ -83,6 +93,35 @@ struct Summary {
     seconds: f64,
 }
 
+/// `PATH[:TAG]` of an image reference.
+fn split_tag(reference: &str) -> (PathBuf, Option<&str>) {
+    match reference.rsplit_once(':') {
+        Some((path, tag)) if !tag.contains('/') && !tag.is_empty() => (PathBuf::from(path), Some(tag)),
+        _ => (PathBuf::from(reference), None),
+    }
+}
+
+/// The tree to pack and the tags its source brings (an image's run configuration).
+fn read_source(
+    src: &std::path::Path,
+    platform: &str,
+    scratch: &std::path::Path,
+) -> anyhow::Result<(source::Tree, BTreeMap<String, String>)> {
+    let text = src.to_string_lossy();
+    if let Some(reference) = text.strip_prefix("oci-layout:") {
+        let (dir, tag) = split_tag(reference);
+        let image = source::oci::open_layout(&dir, tag, platform)?;
+        return Ok((image.tree, image.config.tags()));
+    }
+    if let Some(reference) = text.strip_prefix("docker-archive:") {
+        let (file, tag) = split_tag(reference);
+        let image = source::oci::open_docker_archive(&file, tag, scratch)?;
+        return Ok((image.tree, image.config.tags()));
+    }
+    let tree = if src.is_dir() { source::dir::scan(src)? } else { source::tar::scan_any(src)? };
+    Ok((tree, BTreeMap::new()))
+}
+
 pub(crate) fn run(a: PackArgs) -> anyhow::Result<ExitCode> {
     let started = std::time::Instant::now();
     let router = Router::from_specs(&a.stores, RetryPolicy::default())?;
@@ -104,7 +143,7 @@ pub(crate) fn run(a: PackArgs) -> anyhow::Result<ExitCode> {
     let avg: u32 = a.chunk_size.parse().context("chunk size")?;
     let chunking = Chunking::around(avg);
     let defaults = PackOptions::default();
-    let opts = PackOptions {
+    let mut opts = PackOptions {
         chunking,
         large_file: u64::from(chunking.min),
         small_chunking: Chunking::around(a.small_files_chunk_size.parse().context("small files chunk size")?),
@@ -115,7 +154,11 @@ pub(crate) fn run(a: PackArgs) -> anyhow::Result<ExitCode> {
         threads: a.threads.unwrap_or(defaults.threads),
     };
 
-    let tree = if a.src.is_dir() { source::dir::scan(&a.src)? } else { source::tar::scan_any(&a.src)? };
+    let scratch = tempfile::tempdir().context("a scratch directory")?;
+    let (tree, image_tags) = read_source(&a.src, &a.platform, scratch.path())?;
+    for (k, v) in image_tags {
+        opts.tags.entry(k).or_insert(v);
+    }
     let total: u64 = tree.nodes.iter().map(|n| n.data_len()).sum();
     let bar = super::progress_bar(total, "packing");
     let report = pack(&tree, &router, &opts, &|n| bar.inc(n)).context("packing")?;

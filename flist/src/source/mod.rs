@@ -1,8 +1,9 @@
 //! What gets packed: an in-memory tree of nodes with their attributes and a way to read each
-//! file's data, built from a directory ([`dir`]) or a tar archive ([`tar`]). Content is never held
-//! in memory: a node only says where its bytes are.
+//! file's data, built from a directory ([`dir`]), a tar archive ([`tar`]) or a container image's
+//! layers ([`oci`]). Content is never held in memory: a node only says where its bytes are.
 
 pub mod dir;
+pub mod oci;
 pub mod tar;
 
 use std::collections::BTreeMap;
@@ -298,6 +299,14 @@ impl Tree {
             {
                 children.remove(name);
             }
+        }
+    }
+
+    /// Empties the directory at `dir`, if there is one (opaque directories of image layers).
+    pub fn clear_dir(&mut self, dir: &[Vec<u8>]) {
+        if let Some(Node { content: Content::Dir(children), .. }) = self.lookup(dir).and_then(|d| self.nodes.get_mut(d))
+        {
+            children.clear();
         }
     }
 

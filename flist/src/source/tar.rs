@@ -51,6 +51,23 @@ fn pax_time(v: &[u8]) -> Option<Timestamp> {
 /// compressed archive is first decompressed to a temporary file in `$TMPDIR`, because the tree
 /// points at byte offsets that packing reads back.
 pub fn scan_any(archive_path: &Path) -> Result<Tree, TarError> {
+    let mut tree = Tree::new(Meta { mode: libc::S_IFDIR | 0o755, ..Meta::default() });
+    apply_any(&mut tree, archive_path, Layer::Whole)?;
+    Ok(tree)
+}
+
+/// How an archive's entries land on a tree.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Layer {
+    /// A whole tree: `.wh.` names are ordinary files.
+    Whole,
+    /// A container image layer over the layers before it: `.wh.NAME` deletes NAME below, and
+    /// `.wh..wh..opq` hides everything the lower layers had in its directory.
+    Overlay,
+}
+
+/// Applies an archive (plain, gzip or zstd) on top of `tree`, as extracting it over the tree would.
+pub fn apply_any(tree: &mut Tree, archive_path: &Path, layer: Layer) -> Result<(), TarError> {
     let name = archive_path.display().to_string();
     let read_err = |source: io::Error| TarError::Read { path: name.clone(), source };
     let mut magic = [0u8; 4];
@@ -63,26 +80,46 @@ pub fn scan_any(archive_path: &Path) -> Result<Tree, TarError> {
         Some([0x28, 0xb5, 0x2f, 0xfd]) => {
             Box::new(zstd::Decoder::new(File::open(archive_path).map_err(read_err)?).map_err(read_err)?)
         }
-        _ => return scan(archive_path),
+        _ => return apply(tree, archive_path, layer),
     };
     let mut spool = tempfile::NamedTempFile::new().map_err(read_err)?;
     io::copy(&mut io::BufReader::new(decoder), &mut spool).map_err(read_err)?;
     let spool = spool.into_temp_path();
-    let mut tree = scan(&spool)?;
+    apply(tree, &spool, layer)?;
     tree.spools.push(std::sync::Arc::new(spool));
-    Ok(tree)
+    Ok(())
 }
 
 /// Scans an uncompressed tar archive into a tree. Later entries replace earlier ones at the same
 /// path, as extraction would.
 pub fn scan(archive_path: &Path) -> Result<Tree, TarError> {
+    let mut tree = Tree::new(Meta { mode: libc::S_IFDIR | 0o755, ..Meta::default() });
+    apply(&mut tree, archive_path, Layer::Whole)?;
+    Ok(tree)
+}
+
+/// The marker of an opaque directory in an image layer.
+const OPAQUE: &[u8] = b".wh..wh..opq";
+/// The prefix of a whiteout in an image layer.
+const WHITEOUT: &[u8] = b".wh.";
+
+/// What one entry of an archive does to the tree.
+enum Change {
+    Put(Vec<Vec<u8>>, Node),
+    Link { path: Vec<Vec<u8>>, target: Vec<Vec<u8>>, shown: String },
+}
+
+/// Applies an uncompressed tar archive on top of `tree`. An image layer's whiteouts apply to
+/// the layers below only, so they all go first, then the entries in archive order.
+fn apply(tree: &mut Tree, archive_path: &Path, layer: Layer) -> Result<(), TarError> {
     let name = archive_path.display().to_string();
     let read_err = |source: io::Error| TarError::Read { path: name.clone(), source };
     let file = File::open(archive_path).map_err(read_err)?;
     let mut archive = tar::Archive::new(BufReader::new(file));
     let default_dir = Meta { mode: libc::S_IFDIR | 0o755, ..Meta::default() };
-    let mut tree = Tree::new(default_dir.clone());
+    let index = tree.archives.len();
     tree.archives.push(archive_path.to_path_buf());
+    let (mut changes, mut hidden, mut opaque) = (Vec::new(), Vec::new(), Vec::new());
 
     for entry in archive.entries().map_err(read_err)? {
         let mut entry = entry.map_err(read_err)?;
@@ -90,6 +127,16 @@ pub fn scan(archive_path: &Path) -> Result<Tree, TarError> {
         let shown = String::from_utf8_lossy(&raw_path).into_owned();
         let path_err = |source| TarError::Path { path: name.clone(), entry: shown.clone(), source };
         let path = components(&raw_path).map_err(path_err)?;
+        if let (Layer::Overlay, Some((last, parent))) = (layer, path.split_last()) {
+            if last.as_slice() == OPAQUE {
+                opaque.push(parent.to_vec());
+                continue;
+            }
+            if let Some(gone) = last.strip_prefix(WHITEOUT) {
+                hidden.push([parent, &[gone.to_vec()]].concat());
+                continue;
+            }
+        }
         let header = entry.header();
         let perm = header.mode().map_err(read_err)? & 0o7777;
         let mut meta = Meta {
@@ -126,7 +173,7 @@ pub fn scan(archive_path: &Path) -> Result<Tree, TarError> {
         let unsupported = |why| TarError::Unsupported { path: name.clone(), entry: shown.clone(), why };
         let (type_bits, content) = match kind {
             EntryType::Regular | EntryType::Continuous => {
-                (libc::S_IFREG, Content::File { size, regions: None, data: Data::Archive { archive: 0, offset } })
+                (libc::S_IFREG, Content::File { size, regions: None, data: Data::Archive { archive: index, offset } })
             }
             EntryType::Directory => (libc::S_IFDIR, Content::Dir(BTreeMap::new())),
             EntryType::Symlink => (libc::S_IFLNK, Content::Symlink(link.unwrap_or_default())),
@@ -135,7 +182,7 @@ pub fn scan(archive_path: &Path) -> Result<Tree, TarError> {
             EntryType::Fifo => (libc::S_IFIFO, Content::Special),
             EntryType::Link => {
                 let target = components(&link.unwrap_or_default()).map_err(path_err)?;
-                tree.hardlink(&path, &target, &default_dir).map_err(path_err)?;
+                changes.push(Change::Link { path, target, shown });
                 continue;
             }
             EntryType::GNUSparse => return Err(unsupported("GNU sparse entries are not supported yet")),
@@ -147,9 +194,25 @@ pub fn scan(archive_path: &Path) -> Result<Tree, TarError> {
         if path.is_empty() && type_bits != libc::S_IFDIR {
             return Err(unsupported("the archive root is not a directory"));
         }
-        tree.insert(&path, Node { meta, content }, &default_dir);
+        changes.push(Change::Put(path, Node { meta, content }));
     }
-    Ok(tree)
+    for dir in &opaque {
+        tree.clear_dir(dir);
+    }
+    for path in &hidden {
+        tree.remove(path);
+    }
+    for change in changes {
+        match change {
+            Change::Put(path, node) => {
+                tree.insert(&path, node, &default_dir);
+            }
+            Change::Link { path, target, shown } => tree
+                .hardlink(&path, &target, &default_dir)
+                .map_err(|source| TarError::Path { path: name.clone(), entry: shown, source })?,
+        }
+    }
+    Ok(())
 }
 
 #[cfg(test)]
@@ -164,5 +227,92 @@ mod tests {
         assert_eq!(pax_time(b"-86400.999999999"), Some(Timestamp { secs: -86401, nanos: 1 }));
         assert_eq!(pax_time(b"-5"), Some(Timestamp { secs: -5, nanos: 0 }));
         assert_eq!(pax_time(b"x"), None);
+    }
+}
+
+#[cfg(test)]
+mod layer_tests {
+    use super::*;
+
+    /// A layer from (path, kind) entries: "file:TEXT", "dir", "link:TARGET" (hardlink), or an
+    /// empty file for whiteouts.
+    fn layer(dir: &Path, name: &str, entries: &[(&str, &str)]) -> std::path::PathBuf {
+        let path = dir.join(name);
+        let mut b = tar::Builder::new(File::create(&path).unwrap());
+        for (p, kind) in entries {
+            let mut h = tar::Header::new_gnu();
+            h.set_mode(0o644);
+            h.set_uid(0);
+            h.set_gid(0);
+            h.set_mtime(1_600_000_000);
+            if *kind == "dir" {
+                h.set_entry_type(EntryType::Directory);
+                h.set_size(0);
+                b.append_data(&mut h, p, io::empty()).unwrap();
+            } else if let Some(target) = kind.strip_prefix("link:") {
+                h.set_entry_type(EntryType::Link);
+                h.set_size(0);
+                b.append_link(&mut h, p, target).unwrap();
+            } else {
+                let text = kind.strip_prefix("file:").unwrap_or("");
+                h.set_size(text.len() as u64);
+                b.append_data(&mut h, p, text.as_bytes()).unwrap();
+            }
+        }
+        b.finish().unwrap();
+        path
+    }
+
+    fn names(tree: &Tree, path: &str) -> Vec<String> {
+        let id = tree.lookup(&components(path.as_bytes()).unwrap()).unwrap();
+        match &tree.nodes[id].content {
+            Content::Dir(children) => children.keys().map(|k| String::from_utf8_lossy(k).into_owned()).collect(),
+            _ => panic!("{path} is not a directory"),
+        }
+    }
+
+    #[test]
+    fn image_layers_apply_whiteouts_opaque_dirs_and_cross_layer_hardlinks() {
+        let dir = tempfile::tempdir().unwrap();
+        let lower = layer(
+            dir.path(),
+            "1.tar",
+            &[
+                ("d", "dir"),
+                ("d/a", "file:a"),
+                ("d/b", "file:b"),
+                ("keep", "dir"),
+                ("keep/x", "file:x"),
+                ("gone", "file:g"),
+                ("h", "file:shared"),
+                (".wh.literal", "file:"),
+            ],
+        );
+        let upper = layer(
+            dir.path(),
+            "2.tar",
+            &[
+                ("d", "dir"),
+                ("d/c", "file:c"),
+                ("d/.wh..wh..opq", "file:"),
+                (".wh.gone", "file:"),
+                ("keep/y", "file:y"),
+                ("hl", "link:h"),
+                ("keep/.wh.nothing", "file:"),
+            ],
+        );
+        let mut tree = Tree::new(Meta { mode: libc::S_IFDIR | 0o755, ..Meta::default() });
+        apply(&mut tree, &lower, Layer::Overlay).unwrap();
+        assert_eq!(names(&tree, "/"), ["d", "gone", "h", "keep"], "a whiteout in the first layer hides nothing");
+        apply(&mut tree, &upper, Layer::Overlay).unwrap();
+        assert_eq!(names(&tree, "/d"), ["c"], "the opaque dir keeps only this layer's entries, whatever their order");
+        assert_eq!(names(&tree, "/keep"), ["x", "y"], "a plain directory merges");
+        assert_eq!(names(&tree, "/"), ["d", "h", "hl", "keep"], "the whiteout removed gone");
+        let h = tree.lookup(&components(b"h").unwrap());
+        assert_eq!(h, tree.lookup(&components(b"hl").unwrap()), "a hardlink to a lower layer's file");
+
+        // Read as a plain archive, whiteouts are files like any other.
+        let whole = scan(&lower).unwrap();
+        assert!(names(&whole, "/").contains(&".wh.literal".to_string()));
     }
 }
