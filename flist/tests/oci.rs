@@ -1,0 +1,150 @@
+//! Container images made by the real tools: umoci builds an OCI image layout in two layers (the
+//! second deletes a file, replaces a directory, adds a hardlink to a file of the first, and sets
+//! the run configuration), skopeo turns it into a `docker save` archive. `flist pack` of either
+//! unpacks to exactly what `umoci unpack` gives, carries the configuration as tags, and the
+//! second image sharing the base uploads only its own chunks.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic, clippy::indexing_slicing)]
+
+mod util;
+
+use std::path::Path;
+use std::process::Command;
+
+use util::{assert_same_tree, flist_ok, noise, write, TestDir};
+
+fn tool(program: &str, args: &[&dyn AsRef<std::ffi::OsStr>]) {
+    let out = Command::new(program)
+        .args(args)
+        .output()
+        .unwrap_or_else(|e| panic!("{program} must be installed (make deps): {e}"));
+    assert!(out.status.success(), "{program}: {}", String::from_utf8_lossy(&out.stderr));
+}
+
+fn pack(t: &TestDir, src: &str, out: &str) -> serde_json::Value {
+    let summary = flist_ok(&[&"pack", &src, &"-o", &t.join(out), &"--store", &t.store("store"), &"--json"]);
+    serde_json::from_str(&summary).unwrap()
+}
+
+fn base_tree(root: &Path) {
+    write(&root.join("etc/os-release"), b"NAME=test\n");
+    write(&root.join("usr/bin/big"), &noise(3 << 20, 1));
+    write(&root.join("usr/lib/shared"), &noise(1 << 20, 2));
+    write(&root.join("gone"), b"deleted by the second layer\n");
+    write(&root.join("op/old1"), b"hidden by the opaque directory\n");
+    write(&root.join("op/old2"), b"also hidden\n");
+    std::fs::hard_link(root.join("usr/lib/shared"), root.join("usr/lib/shared.link")).unwrap();
+    std::os::unix::fs::symlink("../lib/shared", root.join("usr/bin/lib")).unwrap();
+}
+
+#[test]
+fn images_from_umoci_and_skopeo_pack_to_what_umoci_unpacks() {
+    let t = TestDir::new();
+    let layout = t.join("layout");
+    tool("umoci", &[&"init", &"--layout", &layout]);
+    tool("umoci", &[&"new", &"--image", &format!("{}:base", layout.display())]);
+    tool("umoci", &[&"unpack", &"--image", &format!("{}:base", layout.display()), &t.join("b")]);
+    base_tree(&t.join("b/rootfs"));
+    tool("umoci", &[&"repack", &"--image", &format!("{}:base", layout.display()), &t.join("b")]);
+
+    tool("umoci", &[&"unpack", &"--image", &format!("{}:base", layout.display()), &t.join("c")]);
+    let c = t.join("c/rootfs");
+    std::fs::remove_file(c.join("gone")).unwrap();
+    std::fs::remove_dir_all(c.join("op")).unwrap();
+    write(&c.join("op/new"), b"the directory's only entry now\n");
+    write(&c.join("usr/bin/app"), &noise(1 << 20, 3));
+    std::fs::hard_link(c.join("usr/bin/big"), c.join("usr/bin/big.again")).unwrap();
+    tool("umoci", &[&"repack", &"--image", &format!("{}:v2", layout.display()), &t.join("c")]);
+    tool(
+        "umoci",
+        &[
+            &"config",
+            &"--image",
+            &format!("{}:v2", layout.display()),
+            &"--config.entrypoint",
+            &"/usr/bin/app",
+            &"--config.cmd",
+            &"--serve",
+            &"--config.env",
+            &"MODE=demo",
+            &"--config.workingdir",
+            &"/srv",
+            &"--config.user",
+            &"1000:1000",
+            &"--config.exposedports",
+            &"8080/tcp",
+            &"--config.label",
+            &"org.flint.test=yes",
+        ],
+    );
+    tool("umoci", &[&"unpack", &"--image", &format!("{}:v2", layout.display()), &t.join("ref")]);
+
+    let base = pack(&t, &format!("oci-layout:{}:base", layout.display()), "base.fl");
+    let v2 = pack(&t, &format!("oci-layout:{}:v2", layout.display()), "v2.fl");
+    assert!(
+        v2["new_chunks"].as_u64().unwrap() * 2 < v2["chunks"].as_u64().unwrap(),
+        "the second image shares the base's chunks: {v2} after {base}"
+    );
+    flist_ok(&[&"unpack", &t.join("v2.fl"), &t.join("out")]);
+    assert_same_tree(&t.join("ref/rootfs"), &t.join("out"));
+
+    let info: serde_json::Value = serde_json::from_str(&flist_ok(&[&"inspect", &"--json", &t.join("v2.fl")])).unwrap();
+    let tags = &info["tags"];
+    assert_eq!(tags["oci.entrypoint"], r#"["/usr/bin/app"]"#);
+    assert_eq!(tags["oci.cmd"], r#"["--serve"]"#);
+    assert!(tags["oci.env"].as_str().unwrap().contains("MODE=demo"), "{tags}");
+    assert_eq!(tags["oci.workdir"], "/srv");
+    assert_eq!(tags["oci.user"], "1000:1000");
+    assert_eq!(tags["oci.ports"], "8080/tcp");
+    assert_eq!(tags["oci.label.org.flint.test"], "yes");
+
+    // The same image as `docker save` writes it.
+    let archive = t.join("v2.tar");
+    tool(
+        "skopeo",
+        &[
+            &"copy",
+            &"--quiet",
+            &format!("oci:{}:v2", layout.display()),
+            &format!("docker-archive:{}:flint/test:v2", archive.display()),
+        ],
+    );
+    pack(&t, &format!("docker-archive:{}", archive.display()), "docker.fl");
+    flist_ok(&[&"unpack", &t.join("docker.fl"), &t.join("out-docker")]);
+    assert_same_tree(&t.join("ref/rootfs"), &t.join("out-docker"));
+    let info: serde_json::Value =
+        serde_json::from_str(&flist_ok(&[&"inspect", &"--json", &t.join("docker.fl")])).unwrap();
+    assert_eq!(info["tags"]["oci.entrypoint"], r#"["/usr/bin/app"]"#);
+}
+
+#[test]
+fn a_tampered_blob_is_refused() {
+    let t = TestDir::new();
+    let layout = t.join("layout");
+    tool("umoci", &[&"init", &"--layout", &layout]);
+    tool("umoci", &[&"new", &"--image", &format!("{}:base", layout.display())]);
+    tool("umoci", &[&"unpack", &"--image", &format!("{}:base", layout.display()), &t.join("b")]);
+    write(&t.join("b/rootfs/file"), b"content");
+    tool("umoci", &[&"repack", &"--image", &format!("{}:base", layout.display()), &t.join("b")]);
+    // The biggest blob is the layer: change one byte.
+    let blobs = t.join("layout/blobs/sha256");
+    let layer = std::fs::read_dir(&blobs)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .max_by_key(|p| std::fs::metadata(p).unwrap().len())
+        .unwrap();
+    let mut bytes = std::fs::read(&layer).unwrap();
+    let middle = bytes.len() / 2;
+    bytes[middle] ^= 1;
+    std::fs::write(&layer, bytes).unwrap();
+    let out = util::flist(&[
+        &"pack",
+        &format!("oci-layout:{}:base", layout.display()),
+        &"-o",
+        &t.join("x.fl"),
+        &"--store",
+        &t.store("store"),
+    ]);
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("its sha256 is"), "{err}");
+}
