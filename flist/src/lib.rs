@@ -10,7 +10,8 @@
 //!   and opening them again, verified.
 //! - [`store`]: where stored objects live (`dir://`, `http(s)://`, `s3://`) and the router that
 //!   picks replicas, retries and fails over.
-//! - [`source`] and [`pack`]: turning a directory or tar archive into chunks and an flist.
+//! - [`source`] and [`pack`]: turning a directory, a tar archive or a container image into chunks
+//!   and an flist; [`registry`] pulls images from OCI registries.
 //! - [`read`]: reading files of an flist through a router; [`unpack`], [`verify`] and [`diff`]
 //!   build on it.
 #![deny(missing_docs)]
@@ -25,6 +26,7 @@ pub mod fuse;
 pub mod overlay;
 pub mod pack;
 pub mod read;
+pub mod registry;
 pub mod source;
 pub mod store;
 pub mod unpack;

@@ -2,7 +2,8 @@
 //! second deletes a file, replaces a directory, adds a hardlink to a file of the first, and sets
 //! the run configuration), skopeo turns it into a `docker save` archive. `flist pack` of either
 //! unpacks to exactly what `umoci unpack` gives, carries the configuration as tags, and the
-//! second image sharing the base uploads only its own chunks.
+//! second image sharing the base uploads only its own chunks. The same image pushed by skopeo to
+//! Debian's docker-registry is pulled by `flist pack oci:REF`.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic, clippy::indexing_slicing)]
 
 mod util;
@@ -20,8 +21,14 @@ fn tool(program: &str, args: &[&dyn AsRef<std::ffi::OsStr>]) {
     assert!(out.status.success(), "{program}: {}", String::from_utf8_lossy(&out.stderr));
 }
 
+/// `flist pack SRC` (a local registry is plain HTTP).
 fn pack(t: &TestDir, src: &str, out: &str) -> serde_json::Value {
-    let summary = flist_ok(&[&"pack", &src, &"-o", &t.join(out), &"--store", &t.store("store"), &"--json"]);
+    let (store, output) = (t.store("store"), t.join(out));
+    let mut args: Vec<&dyn AsRef<std::ffi::OsStr>> = vec![&"pack", &src, &"-o", &output, &"--store", &store, &"--json"];
+    if src.starts_with("oci:") {
+        args.push(&"--insecure");
+    }
+    let summary = flist_ok(&args);
     serde_json::from_str(&summary).unwrap()
 }
 
@@ -36,9 +43,9 @@ fn base_tree(root: &Path) {
     std::os::unix::fs::symlink("../lib/shared", root.join("usr/bin/lib")).unwrap();
 }
 
-#[test]
-fn images_from_umoci_and_skopeo_pack_to_what_umoci_unpacks() {
-    let t = TestDir::new();
+/// An OCI image layout with `base` (one layer) and `v2` (a second layer and a run
+/// configuration), and `ref/rootfs`: v2 as `umoci unpack` gives it.
+fn two_layer_image(t: &TestDir) -> std::path::PathBuf {
     let layout = t.join("layout");
     tool("umoci", &[&"init", &"--layout", &layout]);
     tool("umoci", &[&"new", &"--image", &format!("{}:base", layout.display())]);
@@ -78,6 +85,13 @@ fn images_from_umoci_and_skopeo_pack_to_what_umoci_unpacks() {
     );
     tool("umoci", &[&"unpack", &"--image", &format!("{}:v2", layout.display()), &t.join("ref")]);
 
+    layout
+}
+
+#[test]
+fn images_from_umoci_and_skopeo_pack_to_what_umoci_unpacks() {
+    let t = TestDir::new();
+    let layout = two_layer_image(&t);
     let base = pack(&t, &format!("oci-layout:{}:base", layout.display()), "base.fl");
     let v2 = pack(&t, &format!("oci-layout:{}:v2", layout.display()), "v2.fl");
     assert!(
@@ -147,4 +161,83 @@ fn a_tampered_blob_is_refused() {
     assert!(!out.status.success());
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("its sha256 is"), "{err}");
+}
+
+/// Debian's docker-registry on a free port of 127.0.0.1, storing in `dir`.
+struct Registry {
+    child: std::process::Child,
+    address: String,
+}
+
+impl Drop for Registry {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn registry(dir: &Path) -> Registry {
+    let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    let address = format!("127.0.0.1:{port}");
+    let config = dir.join("registry.yml");
+    std::fs::create_dir_all(dir).unwrap();
+    std::fs::write(
+        &config,
+        format!(
+            "version: 0.1\nstorage:\n  filesystem:\n    rootdirectory: {}\nhttp:\n  addr: {address}\n",
+            dir.join("data").display()
+        ),
+    )
+    .unwrap();
+    let child = Command::new("docker-registry")
+        .arg("serve")
+        .arg(&config)
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .expect("docker-registry must be installed (make deps)");
+    let started = std::time::Instant::now();
+    while std::net::TcpStream::connect(&address).is_err() {
+        assert!(started.elapsed().as_secs() < 30, "docker-registry did not start");
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+    Registry { child, address }
+}
+
+#[test]
+fn images_are_pulled_from_a_registry() {
+    let t = TestDir::new();
+    let layout = two_layer_image(&t);
+    let reg = registry(&t.join("registry"));
+    tool(
+        "skopeo",
+        &[
+            &"copy",
+            &"--quiet",
+            &"--dest-tls-verify=false",
+            &format!("oci:{}:v2", layout.display()),
+            &format!("docker://{}/flint/test:v2", reg.address),
+        ],
+    );
+    pack(&t, &format!("oci:{}/flint/test:v2", reg.address), "pulled.fl");
+    flist_ok(&[&"unpack", &t.join("pulled.fl"), &t.join("out")]);
+    assert_same_tree(&t.join("ref/rootfs"), &t.join("out"));
+    let info: serde_json::Value =
+        serde_json::from_str(&flist_ok(&[&"inspect", &"--json", &t.join("pulled.fl")])).unwrap();
+    assert_eq!(info["tags"]["oci.entrypoint"], r#"["/usr/bin/app"]"#);
+    let missing = util::flist(&[
+        &"pack",
+        &format!("oci:{}/flint/none:v9", reg.address),
+        &"--insecure",
+        &"-o",
+        &t.join("x.fl"),
+        &"--store",
+        &t.store("store"),
+    ]);
+    assert!(!missing.status.success());
+    assert!(
+        String::from_utf8_lossy(&missing.stderr).contains("HTTP 404"),
+        "{}",
+        String::from_utf8_lossy(&missing.stderr)
+    );
 }

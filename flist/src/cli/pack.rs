@@ -14,8 +14,9 @@ use flist::store::{parse_route, RetryPolicy, Router};
 /// Pack a directory, a tar archive or a container image into an flist, uploading its chunks to
 /// stores.
 ///
-/// A container image is `oci-layout:DIR[:TAG]` (an OCI image layout, as skopeo or umoci write it)
-/// or `docker-archive:FILE[:TAG]` (`docker save`): its layers are applied in order (whiteouts,
+/// A container image is `oci:REGISTRY/REPO[:TAG|@DIGEST]` (pulled from a registry),
+/// `oci-layout:DIR[:TAG]` (an OCI image layout, as skopeo or umoci write it) or
+/// `docker-archive:FILE[:TAG]` (`docker save`): its layers are applied in order (whiteouts,
 /// opaque directories) and its run configuration becomes `oci.*` tags (entrypoint, cmd, env,
 /// workdir, user, ports, labels).
 ///
@@ -25,12 +26,18 @@ use flist::store::{parse_route, RetryPolicy, Router};
 /// http://server/store).
 #[derive(clap::Args)]
 pub(crate) struct PackArgs {
-    /// A directory, a tar archive (plain, .gz or .zst), `oci-layout:DIR[:TAG]` or
+    /// A directory, a tar archive (plain, .gz or .zst), `oci:REF`, `oci-layout:DIR[:TAG]` or
     /// `docker-archive:FILE[:TAG]`.
     src: PathBuf,
     /// The platform to take from a multi-platform image (`os/arch[/variant]`).
     #[arg(long, default_value = "linux/amd64")]
     platform: String,
+    /// Talk plain HTTP to the registry (a local one).
+    #[arg(long)]
+    insecure: bool,
+    /// Registry credentials as USER:PASSWORD (default: $FLIST_REGISTRY_AUTH, else anonymous).
+    #[arg(long, value_name = "USER:PASSWORD")]
+    creds: Option<String>,
     /// Where to write the flist.
     #[arg(short, long)]
     output: PathBuf,
@@ -102,12 +109,23 @@ fn split_tag(reference: &str) -> (PathBuf, Option<&str>) {
 }
 
 /// The tree to pack and the tags its source brings (an image's run configuration).
-fn read_source(
-    src: &std::path::Path,
-    platform: &str,
-    scratch: &std::path::Path,
-) -> anyhow::Result<(source::Tree, BTreeMap<String, String>)> {
+fn read_source(a: &PackArgs, scratch: &std::path::Path) -> anyhow::Result<(source::Tree, BTreeMap<String, String>)> {
+    let (src, platform) = (&a.src, a.platform.as_str());
     let text = src.to_string_lossy();
+    if let Some(reference) = text.strip_prefix("oci:") {
+        let reference = flist::registry::Reference::parse(reference)?;
+        let creds = a.creds.clone().or_else(|| std::env::var("FLIST_REGISTRY_AUTH").ok());
+        let creds = creds
+            .map(|c| c.split_once(':').map(|(u, p)| (u.to_string(), p.to_string())).context("--creds is USER:PASSWORD"))
+            .transpose()?;
+        let client = flist::registry::Client::new(a.insecure, creds);
+        let layout = scratch.join("layout");
+        let bar = super::progress_bar(0, "pulling");
+        client.pull(&reference, platform, &layout, &|n| bar.inc(n)).with_context(|| format!("pulling {text}"))?;
+        bar.finish_and_clear();
+        let image = source::oci::open_layout(&layout, Some(&reference.tag()), platform)?;
+        return Ok((image.tree, image.config.tags()));
+    }
     if let Some(reference) = text.strip_prefix("oci-layout:") {
         let (dir, tag) = split_tag(reference);
         let image = source::oci::open_layout(&dir, tag, platform)?;
@@ -155,7 +173,7 @@ pub(crate) fn run(a: PackArgs) -> anyhow::Result<ExitCode> {
     };
 
     let scratch = tempfile::tempdir().context("a scratch directory")?;
-    let (tree, image_tags) = read_source(&a.src, &a.platform, scratch.path())?;
+    let (tree, image_tags) = read_source(&a, scratch.path())?;
     for (k, v) in image_tags {
         opts.tags.entry(k).or_insert(v);
     }
