@@ -11,7 +11,8 @@
 //! - [`store`]: where stored objects live (`dir://`, `http(s)://`, `s3://`) and the router that
 //!   picks replicas, retries and fails over.
 //! - [`source`] and [`pack`]: turning a directory, a tar archive or a container image into chunks
-//!   and an flist; [`registry`] pulls images from OCI registries.
+//!   and an flist; [`registry`] pulls images from OCI registries; [`replicate`] copies an
+//!   flist's chunks between stores.
 //! - [`read`]: reading files of an flist through a router; [`unpack`], [`verify`] and [`diff`]
 //!   build on it.
 #![deny(missing_docs)]
@@ -27,6 +28,7 @@ pub mod overlay;
 pub mod pack;
 pub mod read;
 pub mod registry;
+pub mod replicate;
 pub mod source;
 pub mod store;
 pub mod unpack;

@@ -313,3 +313,46 @@ fn bad_input_gets_a_clear_error() {
     assert!(err.contains("locked") && err.contains("Permission denied"), "{err}");
     assert!(!t.join("secret.fl").exists());
 }
+
+#[test]
+fn store_copy_copies_only_what_is_missing_and_never_a_tampered_chunk() {
+    let t = TestDir::new();
+    util::write(&t.join("src/a.bin"), &util::noise(2 << 20, 7));
+    util::write(&t.join("src/b.txt"), b"small");
+    pack_json(&t.join("src"), &t.join("f.fl"), &["--store", &t.store("a")]);
+    let copy = |to: &str| {
+        let out = util::flist(&[
+            &"store",
+            &"copy",
+            &t.join("f.fl"),
+            &"--from",
+            &t.store("a"),
+            &"--to",
+            &t.store(to),
+            &"--json",
+        ]);
+        let report: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+        (out.status.success(), report)
+    };
+    let (ok, first) = copy("b");
+    assert!(ok, "{first}");
+    assert!(first["copied"].as_u64().unwrap() > 1, "{first}");
+    assert_eq!(first["copied"], first["chunks"]);
+    let (ok, again) = copy("b");
+    assert!(ok && again["copied"] == 0 && again["present"] == first["chunks"], "{again}");
+    flist_ok(&[&"verify", &t.join("f.fl"), &"--store", &t.store("b")]);
+
+    // One object of the source altered: reported, not copied, the rest is.
+    let objects = util::store_objects(&t.join("a"));
+    let victim = &objects[0];
+    let mut bytes = fs::read(victim).unwrap();
+    let middle = bytes.len() / 2;
+    bytes[middle] ^= 1;
+    fs::write(victim, bytes).unwrap();
+    let (ok, report) = copy("c");
+    assert!(!ok, "a failure is an error exit");
+    assert_eq!(report["failures"].as_object().unwrap().len(), 1, "{report}");
+    assert_eq!(report["copied"].as_u64().unwrap() + 1, report["chunks"].as_u64().unwrap());
+    let id = victim.file_name().unwrap();
+    assert!(!t.join("c").join(&id.to_string_lossy()[..2]).join(id).exists(), "the tampered object was copied");
+}

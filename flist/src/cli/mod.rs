@@ -4,6 +4,7 @@ mod data;
 mod mount;
 mod pack;
 mod show;
+mod store;
 
 use std::path::Path;
 use std::process::ExitCode;
@@ -27,6 +28,8 @@ use flist::Flist;
 ///   flist unpack os.fl /tmp/os
 ///   flist verify os.fl
 ///   flist mount os.fl /mnt/os --cache /var/cache/flist
+///   flist pack oci:registry.example/app:1.2 -o app.fl --store dir:///srv/store
+///   flist store copy os.fl --from dir:///srv/store --to s3://KEY:SECRET@host/bucket
 #[derive(Parser)]
 #[command(name = "flist", version, verbatim_doc_comment)]
 pub(crate) struct Cli {
@@ -51,6 +54,7 @@ enum Command {
     Mount(mount::MountArgs),
     Umount(mount::UmountArgs),
     Cache(mount::CacheArgs),
+    Store(store::StoreCmd),
 }
 
 /// Stores to read from: the ones given, else the ones the flist records.
@@ -111,6 +115,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Ls(a) => show::ls(a),
         Command::Tree(a) => show::tree(a),
         Command::Stat(a) => show::stat(a),
+        Command::Store(a) => store::run(a),
         Command::Cat(a) => show::cat(a),
         Command::Unpack(a) => data::unpack(a),
         Command::Verify(a) => data::verify(a),
