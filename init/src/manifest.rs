@@ -134,8 +134,13 @@ pub struct RawFlist {
 pub struct RawService {
     /// Unique name.
     pub name: String,
-    /// Program and arguments.
+    /// Program and arguments; with `image`, empty means the image's entrypoint and cmd.
+    #[serde(default)]
     pub exec: Vec<String>,
+    /// A container image's flist (by name) to run in, with the run configuration its `oci.*`
+    /// tags carry (entrypoint, cmd, env, workdir, user); the service's own fields win.
+    #[serde(default)]
+    pub image: Option<String>,
     /// Services that must be up (or, for oneshots, done) first.
     #[serde(default)]
     pub after: Vec<String>,
@@ -227,12 +232,53 @@ pub struct ServicePlan {
     pub group: Option<String>,
     /// The flist it runs in.
     pub root: Option<String>,
+    /// `root` is a container image whose run configuration fills what the service leaves out
+    /// (see [`ServicePlan::with_image_config`]).
+    pub image: bool,
     /// Stop signal.
     pub stop_signal: Signal,
     /// Grace before SIGKILL.
     pub stop_timeout: Duration,
     /// Output.
     pub log: LogTarget,
+}
+
+impl ServicePlan {
+    /// The service with what it leaves out taken from its image's run configuration (the
+    /// `oci.*` tags `flist pack` writes for container images): argv from entrypoint and cmd,
+    /// the image's environment under the service's, its working directory and user.
+    pub fn with_image_config(&self, tags: &BTreeMap<String, String>) -> Result<ServicePlan, String> {
+        let list = |key: &str| -> Result<Vec<String>, String> {
+            tags.get(key).map_or(Ok(Vec::new()), |v| serde_json::from_str(v).map_err(|e| format!("tag {key}: {e}")))
+        };
+        let mut out = self.clone();
+        if out.exec.is_empty() {
+            out.exec = list("oci.entrypoint")?.into_iter().chain(list("oci.cmd")?).map(OsString::from).collect();
+            if out.exec.is_empty() || out.exec.iter().any(|a| a.as_encoded_bytes().contains(&0)) {
+                return Err(format!(
+                    "service {}: the image has no entrypoint or cmd, and the service no exec",
+                    self.name
+                ));
+            }
+        }
+        let mut env: Vec<(OsString, OsString)> = list("oci.env")?
+            .iter()
+            .filter_map(|kv| kv.split_once('='))
+            .filter(|(k, _)| !self.env.iter().any(|(own, _)| own == k))
+            .map(|(k, v)| (k.into(), v.into()))
+            .collect();
+        env.extend(self.env.iter().cloned());
+        out.env = env;
+        out.dir = out.dir.or_else(|| tags.get("oci.workdir").map(PathBuf::from));
+        if out.user.is_none() {
+            if let Some(user) = tags.get("oci.user") {
+                let (u, g) = user.split_once(':').map_or((user.as_str(), None), |(u, g)| (u, Some(g)));
+                out.user = Some(u.to_string());
+                out.group = out.group.or(g.map(String::from));
+            }
+        }
+        Ok(out)
+    }
 }
 
 /// A verified, validated manifest: what the node should be running.
@@ -297,13 +343,17 @@ impl Plan {
             if !valid_name(name) {
                 return Err(invalid(format!("service name {name:?} is invalid")));
             }
-            if s.exec.is_empty() || s.exec.iter().any(|a| a.contains('\0')) {
+            if (s.exec.is_empty() && s.image.is_none()) || s.exec.iter().any(|a| a.contains('\0')) {
                 return Err(invalid(format!("service {name}: exec must be a non-empty argv without NULs")));
             }
+            if s.image.is_some() && s.root.is_some() {
+                return Err(invalid(format!("service {name}: image and root both name the flist to run in")));
+            }
+            let root = s.image.clone().or_else(|| s.root.clone());
             if let Some(dep) = s.after.iter().find(|d| !names.contains(d.as_str())) {
                 return Err(invalid(format!("service {name}: unknown dependency {dep:?}")));
             }
-            if let Some(root) = s.root.as_ref().filter(|r| !flist_names.contains(*r)) {
+            if let Some(root) = root.as_ref().filter(|r| !flist_names.contains(*r)) {
                 return Err(invalid(format!("service {name}: unknown root flist {root:?}")));
             }
             let stop_signal = match s.stop_signal.as_deref() {
@@ -330,7 +380,8 @@ impl Plan {
                 dir: s.dir.as_ref().map(PathBuf::from),
                 user: s.user.clone(),
                 group: s.group.clone(),
-                root: s.root.clone(),
+                root,
+                image: s.image.is_some(),
                 stop_signal,
                 stop_timeout: seconds("stop_timeout", s.stop_timeout, 10.0)?,
                 log,

@@ -114,6 +114,7 @@ impl MountConfig {
 /// A flist mounted on its staging directory, not yet visible at its mountpoint.
 pub struct Prepared {
     plan: FlistPlan,
+    tags: BTreeMap<String, String>,
     staging: PathBuf,
     session: fuser::BackgroundSession,
 }
@@ -121,6 +122,7 @@ pub struct Prepared {
 /// A flist in service.
 struct Active {
     plan: FlistPlan,
+    tags: BTreeMap<String, String>,
     staging: PathBuf,
     session: fuser::BackgroundSession,
     /// Why its mountpoint is not in place, if it is not.
@@ -179,11 +181,12 @@ pub fn prepare(
     std::fs::create_dir_all(&staging).map_err(io("creating", &staging))?;
     let source = CachedSource::new(router, cfg.cache.clone(), cfg.memory);
     source.start_prefetchers(cfg.threads);
+    let tags = flist.tags.clone();
     let fs = FlistFs::new(Arc::new(flist), source, FsOptions::default());
     let session = flist::fuse::mount(fs, &staging, &MountOptions { threads: cfg.threads, allow_other: true })
         .map_err(io("mounting on", &staging))?;
     std::fs::metadata(&staging).map_err(io("the mount does not answer at", &staging))?;
-    Ok(Prepared { plan: plan.clone(), staging, session })
+    Ok(Prepared { plan: plan.clone(), tags, staging, session })
 }
 
 /// Writes `bytes` to `path` whole or not at all.
@@ -222,6 +225,11 @@ impl Prepared {
     pub fn name(&self) -> &str {
         &self.plan.name
     }
+
+    /// The flist's tags (a container image's run configuration among them).
+    pub fn tags(&self) -> &BTreeMap<String, String> {
+        &self.tags
+    }
 }
 
 /// The flists in service.
@@ -239,6 +247,11 @@ impl Mounts {
     /// The flists of `wanted` that are not in service exactly as planned: these need [`prepare`].
     pub fn missing<'a>(&self, wanted: &'a [FlistPlan]) -> Vec<&'a FlistPlan> {
         wanted.iter().filter(|f| self.active.get(&f.name).is_none_or(|a| a.plan != **f)).collect()
+    }
+
+    /// The tags of the flist `name` in service.
+    pub fn tags(&self, name: &str) -> Option<&BTreeMap<String, String>> {
+        self.active.get(name).map(|a| &a.tags)
     }
 
     /// Makes `wanted` the flists in service: retires the ones it no longer names or names
@@ -275,8 +288,8 @@ impl Mounts {
                     p.plan.mountpoint.display()
                 );
             }
-            let Prepared { plan, staging, session } = p;
-            self.active.insert(plan.name.clone(), Active { plan, staging, session, problem });
+            let Prepared { plan, tags, staging, session } = p;
+            self.active.insert(plan.name.clone(), Active { plan, tags, staging, session, problem });
         }
     }
 

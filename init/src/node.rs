@@ -20,7 +20,7 @@ use serde_json::{json, Value};
 
 use crate::error_chain;
 use crate::fetch::{with_suffix, FetchError, Fetcher};
-use crate::manifest::{verify, ManifestError, Plan};
+use crate::manifest::{verify, ManifestError, Plan, ServicePlan};
 use crate::mounts::{prepare, MountConfig, MountError, Mounts, Prepared};
 use crate::supervisor::{Call, Request, Update};
 
@@ -43,6 +43,9 @@ pub enum NodeError {
     /// A flist it names could not be mounted; nothing was changed.
     #[error("mounting the manifest's flists; the node keeps its current state")]
     Mount(#[from] MountError),
+    /// A service cannot be run as its image says; nothing was changed.
+    #[error("refusing the manifest: {0}")]
+    Image(String),
     /// The supervisor is shutting down.
     #[error("the supervisor is shutting down")]
     ShuttingDown,
@@ -243,6 +246,13 @@ impl Node {
                 }
             }
         }
+        let services = match self.with_images(&plan, &prepared) {
+            Ok(s) => s,
+            Err(e) => {
+                prepared.into_iter().for_each(Prepared::discard);
+                return Err(e);
+            }
+        };
         let changed: BTreeSet<&str> = prepared.iter().map(|p| p.name()).collect();
         let restart = plan
             .services
@@ -254,7 +264,7 @@ impl Node {
         let (mounts, flists) = (self.mounts.clone(), plan.flists.clone());
         let (done_tx, done) = crossbeam_channel::bounded(1);
         let update = Update {
-            services: plan.services.clone(),
+            services,
             restart,
             roots,
             switch: Box::new(move || lock(&mounts).switch(&flists, prepared)),
@@ -283,6 +293,27 @@ impl Node {
         );
         self.applied = Some(plan);
         Ok(true)
+    }
+
+    /// The plan's services, those running a container image completed from its run
+    /// configuration (the flist's tags: freshly prepared, or of the mount in service).
+    fn with_images(&self, plan: &Plan, prepared: &[Prepared]) -> Result<Vec<ServicePlan>, NodeError> {
+        let mounts = lock(&self.mounts);
+        plan.services
+            .iter()
+            .map(|s| match (s.image, &s.root) {
+                (true, Some(image)) => {
+                    let tags = prepared
+                        .iter()
+                        .find(|p| p.name() == image)
+                        .map(Prepared::tags)
+                        .or_else(|| mounts.tags(image))
+                        .ok_or_else(|| NodeError::Image(format!("service {}: image {image} is not mounted", s.name)))?;
+                    s.with_image_config(tags).map_err(NodeError::Image)
+                }
+                _ => Ok(s.clone()),
+            })
+            .collect()
     }
 
     /// One reconcile, logged; falls back to the kept manifest while nothing runs yet.

@@ -34,9 +34,18 @@ fn mini_root(root: &Path, hello: &str) {
 
 /// Packs `tree` into `store` and writes the flist to `out`; returns its digest.
 fn pack_flist(tree: &Path, store: &Path, out: &Path) -> String {
+    pack_tagged(tree, store, out, &[])
+}
+
+/// [`pack_flist`] with tags.
+fn pack_tagged(tree: &Path, store: &Path, out: &Path, tags: &[(&str, &str)]) -> String {
     let tree = flist::source::dir::scan(tree).unwrap();
     let router = Router::from_specs(&[store.to_str().unwrap()], RetryPolicy::default()).unwrap();
-    let report = pack(&tree, &router, &PackOptions::default(), &|_| {}).unwrap();
+    let opts = PackOptions {
+        tags: tags.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect(),
+        ..PackOptions::default()
+    };
+    let report = pack(&tree, &router, &opts, &|_| {}).unwrap();
     std::fs::write(out, &report.bytes).unwrap();
     report.flist.digest().to_hex()
 }
@@ -181,5 +190,52 @@ fn manifests_are_applied_by_diff_and_bad_ones_change_nothing() {
     assert_eq!(std::fs::read_to_string(out.join("mnt/data/new.txt")).unwrap(), "seed", "the upper layer was lost");
     let manifest = node.ctl_json(&["manifest"]);
     assert!(manifest["last_error"].as_str().is_some_and(|e| e.contains("fetching")), "{manifest}");
+    assert!(node.terminate().success());
+}
+
+#[test]
+fn a_container_image_runs_with_its_run_configuration() {
+    let dir = tempfile::tempdir().unwrap();
+    let srv = dir.path().join("srv");
+    mini_root(&dir.path().join("image"), "from the image");
+    // What `flist pack oci:…` writes for an image's configuration.
+    let tags = [
+        ("oci.entrypoint", r#"["/bin/sh", "-c"]"#),
+        ("oci.cmd", r#"["echo $GREETING $OWN $(pwd); exec sleep 1000"]"#),
+        ("oci.env", r#"["GREETING=hello", "OWN=image", "PATH=/bin"]"#),
+        ("oci.workdir", "/bin"),
+    ];
+    let app = pack_tagged(&dir.path().join("image"), &srv.join("store"), &srv.join("app.fl"), &tags);
+    let bare = pack_flist(&dir.path().join("image"), &srv.join("store"), &srv.join("bare.fl"));
+    let server = http_server(&srv);
+    let node_dir = tempfile::tempdir().unwrap();
+    let out = node_dir.path().join("out");
+    let flist = |name: &str, digest: &str| {
+        json!({"name": name, "url": format!("{name}.fl"), "digest": digest,
+        "stores": ["store"], "mountpoint": format!("$OUT/mnt/{name}")})
+    };
+    let v1 = json!({"version": 1, "flists": [flist("app", &app)],
+        "services": [{"name": "app", "image": "app", "env": {"OWN": "mine"}}]});
+    publish(&srv, &v1, &out);
+    let manifest_url = format!("http://127.0.0.1:{}/manifest.json", server.port);
+    let cache = dir.path().join("cache");
+    let run = dir.path().join("run");
+    let key = hex_key();
+    let args: [&dyn AsRef<std::ffi::OsStr>; 8] =
+        [&"--manifest", &manifest_url, &"--key", &key, &"--cache", &cache, &"--run-dir", &run];
+    let mut node = start(node_dir, &args);
+    node.wait_for("the image's command", |n| n.log("app").iter().any(|l| l.contains("hello")));
+    assert!(node.log("app").contains(&"hello mine /bin".to_string()), "{:?}", node.log("app"));
+
+    // An image without a command, for a service that gives none: refused, nothing changes.
+    let mut v2 = v1.clone();
+    v2["version"] = json!(2);
+    v2["flists"] = json!([flist("app", &app), flist("bare", &bare)]);
+    v2["services"] =
+        json!([{"name": "app", "image": "app", "env": {"OWN": "mine"}}, {"name": "bare", "image": "bare"}]);
+    publish(&srv, &v2, &out);
+    let refused = reload(&node);
+    assert!(refused["error"].as_str().unwrap().contains("no entrypoint or cmd"), "{refused}");
+    assert_eq!(node.version(), Some(1));
     assert!(node.terminate().success());
 }

@@ -114,3 +114,47 @@ fn inconsistent_manifests_are_refused_with_a_reason() {
     );
     check(serde_json::json!({"version": 1, "surprise": true}), "parsing");
 }
+
+#[test]
+fn an_image_service_takes_what_it_leaves_out_from_the_image() {
+    let k = key(1);
+    let bytes = serde_json::to_vec(&serde_json::json!({
+        "version": 1,
+        "flists": [{"name": "nginx", "url": "n.fl", "digest": "ab".repeat(32), "mountpoint": "/mnt/n"}],
+        "services": [{"name": "web", "image": "nginx", "env": {"A": "service"}},
+                     {"name": "own", "image": "nginx", "exec": ["/bin/true"], "user": "www", "dir": "/srv"}]
+    }))
+    .unwrap();
+    let plan = verify(&bytes, Some(sign(&bytes, &k).as_bytes()), &k.verifying_key()).unwrap();
+    let tags: BTreeMap<String, String> = [
+        ("oci.entrypoint", r#"["/docker-entrypoint.sh"]"#),
+        ("oci.cmd", r#"["nginx", "-g", "daemon off;"]"#),
+        ("oci.env", r#"["A=image", "B=image"]"#),
+        ("oci.workdir", "/app"),
+        ("oci.user", "101:102"),
+    ]
+    .into_iter()
+    .map(|(k, v)| (k.to_string(), v.to_string()))
+    .collect();
+    let web = plan.services[0].with_image_config(&tags).unwrap();
+    assert_eq!(web.root.as_deref(), Some("nginx"));
+    assert_eq!(web.exec, ["/docker-entrypoint.sh", "nginx", "-g", "daemon off;"]);
+    assert_eq!(web.env, [("B".into(), "image".into()), ("A".into(), "service".into())]);
+    assert_eq!(web.dir, Some(PathBuf::from("/app")));
+    assert_eq!((web.user.as_deref(), web.group.as_deref()), (Some("101"), Some("102")));
+    let own = plan.services[1].with_image_config(&tags).unwrap();
+    assert_eq!(own.exec, ["/bin/true"]);
+    assert_eq!(
+        (own.user.as_deref(), own.group.as_deref(), own.dir.clone()),
+        (Some("www"), None, Some(PathBuf::from("/srv")))
+    );
+    assert!(plan.services[0].with_image_config(&BTreeMap::new()).unwrap_err().contains("no entrypoint or cmd"));
+
+    let both = serde_json::to_vec(&serde_json::json!({"version": 1,
+        "flists": [{"name": "nginx", "url": "n.fl", "digest": "ab".repeat(32), "mountpoint": "/mnt/n"}],
+        "services": [{"name": "web", "image": "nginx", "root": "nginx"}]}))
+    .unwrap();
+    assert!(verify(&both, Some(sign(&both, &k).as_bytes()), &k.verifying_key()).is_err());
+    let neither = serde_json::to_vec(&serde_json::json!({"version": 1, "services": [{"name": "web"}]})).unwrap();
+    assert!(verify(&neither, Some(sign(&neither, &k).as_bytes()), &k.verifying_key()).is_err());
+}
