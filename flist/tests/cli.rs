@@ -356,3 +356,37 @@ fn store_copy_copies_only_what_is_missing_and_never_a_tampered_chunk() {
     let id = victim.file_name().unwrap();
     assert!(!t.join("c").join(&id.to_string_lossy()[..2]).join(id).exists(), "the tampered object was copied");
 }
+
+#[test]
+fn store_gc_keeps_what_kept_flists_name_and_deletes_only_when_asked() {
+    let t = TestDir::new();
+    let server = s3_server(&t.join("s3"));
+    let s3 = format!("s3+http://{S3_KEY}:{S3_SECRET}@127.0.0.1:{}/collected", server.port);
+    flist::store::create_bucket(&s3).unwrap();
+    util::write(&t.join("one/a.bin"), &util::noise(1 << 20, 11));
+    util::write(&t.join("two/b.bin"), &util::noise(1 << 20, 12));
+    for store in [t.store("dir"), s3.clone()] {
+        pack_json(&t.join("one"), &t.join("one.fl"), &["--store", &store]);
+        pack_json(&t.join("two"), &t.join("two.fl"), &["--store", &store]);
+        let one = t.join("one.fl");
+        let gc = |delete: bool| {
+            let mut args: Vec<&dyn AsRef<std::ffi::OsStr>> =
+                vec![&"store", &"gc", &"--store", &store, &"--keep", &one, &"--json"];
+            if delete {
+                args.push(&"--delete");
+            }
+            let report: serde_json::Value = serde_json::from_str(&flist_ok(&args)).unwrap();
+            report
+        };
+        let dry = gc(false);
+        let garbage = dry["garbage"].as_array().unwrap().len();
+        assert!(garbage > 0 && dry["kept"].as_u64().unwrap() > 0, "{store}: {dry}");
+        assert_eq!(dry["deleted"], 0);
+        flist_ok(&[&"verify", &t.join("two.fl"), &"--store", &store]);
+        let done = gc(true);
+        assert_eq!(done["deleted"].as_u64().unwrap() as usize, garbage, "{store}: {done}");
+        flist_ok(&[&"verify", &t.join("one.fl"), &"--store", &store]);
+        assert!(!util::flist(&[&"verify", &t.join("two.fl"), &"--store", &store]).status.success(), "{store}");
+        assert_eq!(gc(false)["garbage"].as_array().unwrap().len(), 0);
+    }
+}

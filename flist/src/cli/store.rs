@@ -20,6 +20,28 @@ enum StoreOp {
     /// Each object is checked against the flist before it is written: a tampered source object
     /// is reported (exit code 1) and never copied.
     Copy(CopyArgs),
+    /// Find the objects of a store that none of the kept flists names (mark and sweep). A dry
+    /// run unless --delete: it lists what would go.
+    Gc(GcArgs),
+}
+
+#[derive(clap::Args)]
+struct GcArgs {
+    /// The store (dir:// or s3://).
+    #[arg(long, value_name = "URL")]
+    store: String,
+    /// Flists whose chunks stay; every flist still in use must be named.
+    #[arg(long, value_name = "FLIST", required = true)]
+    keep: Vec<PathBuf>,
+    /// Delete the garbage (default: only report it).
+    #[arg(long)]
+    delete: bool,
+    /// Parallel deletions.
+    #[arg(long, default_value_t = 16)]
+    threads: usize,
+    /// Print the report as JSON.
+    #[arg(long)]
+    json: bool,
 }
 
 #[derive(clap::Args)]
@@ -44,6 +66,7 @@ struct CopyArgs {
 pub(crate) fn run(cmd: StoreCmd) -> anyhow::Result<ExitCode> {
     match cmd.op {
         StoreOp::Copy(a) => copy(a),
+        StoreOp::Gc(a) => gc(a),
     }
 }
 
@@ -67,6 +90,29 @@ fn copy(a: CopyArgs) -> anyhow::Result<ExitCode> {
             report.copied,
             report.bytes,
             report.failures.len()
+        );
+        for (id, why) in &report.failures {
+            println!("  {id}: {why}");
+        }
+    }
+    Ok(if report.failures.is_empty() { ExitCode::SUCCESS } else { ExitCode::FAILURE })
+}
+
+fn gc(a: GcArgs) -> anyhow::Result<ExitCode> {
+    let keep = a.keep.iter().map(|p| load(p)).collect::<anyhow::Result<Vec<_>>>()?;
+    let store = flist::store::open(&a.store).with_context(|| format!("opening {}", a.store))?;
+    let report = flist::replicate::gc(&keep, store.as_ref(), a.delete, a.threads)?;
+    if a.json {
+        print_json(&report)?;
+    } else {
+        let verb = if a.delete { "deleted" } else { "would be deleted (dry run; --delete to delete)" };
+        println!(
+            "{}: {} objects, {} kept, {} garbage, {} {verb}",
+            store.url(),
+            report.objects,
+            report.kept,
+            report.garbage.len(),
+            if a.delete { report.deleted } else { report.garbage.len() }
         );
         for (id, why) in &report.failures {
             println!("  {id}: {why}");

@@ -53,4 +53,32 @@ impl Store for DirStore {
     fn url(&self) -> &str {
         &self.url
     }
+
+    /// Objects in the fan-out directories; anything else (temporary files of writers) is not one.
+    fn list(&self) -> Result<Vec<Hash>, StoreError> {
+        let mut ids = Vec::new();
+        let fans = match fs::read_dir(&self.root) {
+            Ok(f) => f,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(ids),
+            Err(e) => return Err(self.failed(e)),
+        };
+        for fan in fans {
+            let fan = fan.map_err(|e| self.failed(e))?;
+            if !fan.file_type().map_err(|e| self.failed(e))?.is_dir() {
+                continue;
+            }
+            for object in fs::read_dir(fan.path()).map_err(|e| self.failed(e))? {
+                let object = object.map_err(|e| self.failed(e))?;
+                ids.extend(super::id_of_name(&object.file_name().to_string_lossy()));
+            }
+        }
+        Ok(ids)
+    }
+
+    fn delete(&self, id: &Hash) -> Result<(), StoreError> {
+        match fs::remove_file(self.root.join(object_path(id))) {
+            Err(e) if e.kind() != std::io::ErrorKind::NotFound => Err(self.failed(e)),
+            _ => Ok(()),
+        }
+    }
 }

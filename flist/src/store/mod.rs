@@ -57,6 +57,20 @@ pub trait Store: Send + Sync {
     fn put(&self, id: &Hash, bytes: &[u8]) -> Result<(), StoreError>;
     /// The URL, without credentials.
     fn url(&self) -> &str;
+    /// Every object id in the store (garbage collection); not every backend can.
+    fn list(&self) -> Result<Vec<Hash>, StoreError> {
+        Err(StoreError::Failed { store: self.url().to_string(), why: "this store cannot list its objects".into() })
+    }
+    /// Deletes an object; one already gone is not an error.
+    fn delete(&self, id: &Hash) -> Result<(), StoreError> {
+        let _ = id;
+        Err(StoreError::ReadOnly(self.url().to_string()))
+    }
+}
+
+/// The id of an object named `ab/abcdef…` (or just `abcdef…`), if the name is one.
+pub fn id_of_name(name: &str) -> Option<Hash> {
+    Hash::from_hex(name.rsplit('/').next()?)
 }
 
 /// Where an object lives relative to a store's root.

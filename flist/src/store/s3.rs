@@ -102,6 +102,43 @@ impl Store for S3Store {
     fn url(&self) -> &str {
         &self.url
     }
+
+    /// ListObjectsV2 under the prefix, page by page.
+    fn list(&self) -> Result<Vec<Hash>, StoreError> {
+        let mut ids = Vec::new();
+        let mut token: Option<String> = None;
+        loop {
+            let mut action = self.bucket.list_objects_v2(self.credentials.as_ref());
+            action.with_prefix(self.prefix.as_str());
+            if let Some(t) = &token {
+                action.with_continuation_token(t.as_str());
+            }
+            let url = action.sign(SIGNATURE_LIFETIME);
+            let resp = self.agent.get(url.as_str()).call().map_err(|e| transport(&self.url, e))?;
+            let code = resp.status().as_u16();
+            let text = String::from_utf8_lossy(&body(&self.url, resp)?).into_owned();
+            if code != 200 {
+                return Err(StoreError::Failed { store: self.url.clone(), why: format!("listing: HTTP {code}") });
+            }
+            let page = rusty_s3::actions::ListObjectsV2::parse_response(&text)
+                .map_err(|e| StoreError::Failed { store: self.url.clone(), why: format!("listing: {e}") })?;
+            ids.extend(page.contents.iter().filter_map(|o| super::id_of_name(&o.key)));
+            match page.next_continuation_token {
+                Some(t) => token = Some(t),
+                None => return Ok(ids),
+            }
+        }
+    }
+
+    fn delete(&self, id: &Hash) -> Result<(), StoreError> {
+        let key = self.key(id);
+        let url = self.bucket.delete_object(self.credentials.as_ref(), &key).sign(SIGNATURE_LIFETIME);
+        let resp = self.agent.delete(url.as_str()).call().map_err(|e| transport(&self.url, e))?;
+        match resp.status().as_u16() {
+            200 | 204 | 404 => Ok(()),
+            code => Err(status(&self.url, id, code)),
+        }
+    }
 }
 
 /// Creates the bucket an `s3://` URL names (tests and first-time setup).
