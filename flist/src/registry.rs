@@ -338,6 +338,23 @@ fn file_sha256(path: &Path) -> Option<String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use proptest::prelude::*;
+
+    proptest! {
+        /// What a registry sends in WWW-Authenticate, and what a user types as a reference,
+        /// never panics; a challenge made of quoted pairs reads back as those pairs.
+        #[test]
+        fn outside_text_never_panics(header in ".{0,80}", reference in "[a-z0-9:/@._-]{0,40}") {
+            let _ = challenge(&header);
+            let _ = Reference::parse(&reference);
+        }
+
+        #[test]
+        fn quoted_challenges_read_back(pairs in prop::collection::btree_map("[a-z]{1,8}", "[a-z0-9:/,. -]{0,20}", 1..4)) {
+            let header = format!("Bearer {}", pairs.iter().map(|(k, v)| format!("{k}=\"{v}\"")).collect::<Vec<_>>().join(","));
+            prop_assert_eq!(challenge(&header).unwrap(), pairs);
+        }
+    }
 
     #[test]
     fn references_parse_as_docker_does() {
