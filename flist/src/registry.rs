@@ -77,6 +77,21 @@ impl Reference {
     }
 }
 
+type Response = ureq::http::Response<ureq::Body>;
+
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Method {
+    Get,
+    Head,
+    Post,
+    Put,
+}
+
+/// The media type of an flist pushed to a registry (as the artifact's single layer).
+pub const FLIST_MEDIA_TYPE: &str = "application/vnd.flint.flist.v1";
+/// OCI's empty config (`{}`), for artifacts.
+const EMPTY_CONFIG: &[u8] = b"{}";
+
 /// Talks to one registry.
 pub struct Client {
     agent: ureq::Agent,
@@ -87,6 +102,8 @@ pub struct Client {
 
 #[derive(Deserialize)]
 struct Descriptor {
+    #[serde(rename = "mediaType", default)]
+    media_type: String,
     digest: String,
     #[serde(default)]
     size: u64,
@@ -150,35 +167,63 @@ impl Client {
         Some(format!("Basic {}", base64::engine::general_purpose::STANDARD.encode(format!("{user}:{password}"))))
     }
 
-    /// A GET with the current authorization; on 401, authenticates as the challenge says and
-    /// asks once more.
-    fn get(&self, url: &str, accept: &str) -> Result<ureq::http::Response<ureq::Body>, RegistryError> {
+    /// The Authorization header to send, if any.
+    fn authorization(&self) -> Option<String> {
+        let token = self.token.lock().unwrap_or_else(|p| p.into_inner()).clone();
+        token.map(|t| format!("Bearer {t}")).or_else(|| self.basic())
+    }
+
+    /// A request with the current authorization; on 401, authenticates as the challenge says
+    /// and sends it once more. Any other answer is the caller's to judge.
+    fn send(
+        &self,
+        method: Method,
+        url: &str,
+        headers: &[(&str, &str)],
+        body: &[u8],
+    ) -> Result<Response, RegistryError> {
         let failed = |why: String| RegistryError::Http { url: url.to_string(), why };
         for attempt in 0..2 {
-            let mut req = self.agent.get(url).header("Accept", accept);
-            let token = self.token.lock().unwrap_or_else(|p| p.into_inner()).clone();
-            if let Some(t) = token {
-                req = req.header("Authorization", &format!("Bearer {t}"));
-            } else if let Some(b) = self.basic() {
-                req = req.header("Authorization", &b);
-            }
-            let resp = req.call().map_err(|e| failed(e.to_string()))?;
-            match resp.status().as_u16() {
-                200 => return Ok(resp),
-                401 if attempt == 0 => {
-                    let header = resp.headers().get("www-authenticate").and_then(|h| h.to_str().ok()).unwrap_or("");
-                    match challenge(header) {
-                        Some(params) => self.fetch_token(&params)?,
-                        None if self.credentials.is_some() && header.starts_with("Basic") => {
-                            return Err(failed("the credentials were refused".into()))
-                        }
-                        None => return Err(failed(format!("authentication required ({header})"))),
+            let auth = self.authorization();
+            let resp = match method {
+                Method::Get | Method::Head => {
+                    let mut req = if method == Method::Get { self.agent.get(url) } else { self.agent.head(url) };
+                    for (k, v) in headers.iter().chain(auth.as_deref().map(|a| ("Authorization", a)).iter()) {
+                        req = req.header(*k, *v);
                     }
+                    req.call()
                 }
-                code => return Err(failed(format!("HTTP {code}"))),
+                Method::Post | Method::Put => {
+                    let mut req = if method == Method::Post { self.agent.post(url) } else { self.agent.put(url) };
+                    for (k, v) in headers.iter().chain(auth.as_deref().map(|a| ("Authorization", a)).iter()) {
+                        req = req.header(*k, *v);
+                    }
+                    req.send(body)
+                }
+            }
+            .map_err(|e| failed(e.to_string()))?;
+            if resp.status().as_u16() != 401 || attempt > 0 {
+                return Ok(resp);
+            }
+            let header = resp.headers().get("www-authenticate").and_then(|h| h.to_str().ok()).unwrap_or("");
+            match challenge(header) {
+                Some(params) => self.fetch_token(&params)?,
+                None if self.credentials.is_some() && header.starts_with("Basic") => {
+                    return Err(failed("the credentials were refused".into()))
+                }
+                None => return Err(failed(format!("authentication required ({header})"))),
             }
         }
         Err(failed("authentication failed".into()))
+    }
+
+    /// A GET that must answer 200.
+    fn get(&self, url: &str, accept: &str) -> Result<Response, RegistryError> {
+        let resp = self.send(Method::Get, url, &[("Accept", accept)], &[])?;
+        match resp.status().as_u16() {
+            200 => Ok(resp),
+            code => Err(RegistryError::Http { url: url.to_string(), why: format!("HTTP {code}") }),
+        }
     }
 
     fn fetch_token(&self, params: &BTreeMap<String, String>) -> Result<(), RegistryError> {
@@ -317,6 +362,91 @@ impl Client {
         });
         write(layout.join("oci-layout"), br#"{"imageLayoutVersion":"1.0.0"}"#)?;
         write(layout.join("index.json"), index.to_string().as_bytes())
+    }
+}
+
+impl Client {
+    /// Uploads `bytes` as a blob of `r`'s repository, unless it is there already.
+    fn push_blob(&self, r: &Reference, bytes: &[u8]) -> Result<String, RegistryError> {
+        let digest = format!("sha256:{}", sha256_hex(bytes));
+        let blob_url = self.url(r, "blobs", &digest);
+        if self.send(Method::Head, &blob_url, &[], &[])?.status().as_u16() == 200 {
+            return Ok(digest);
+        }
+        let uploads = format!("{}://{}/v2/{}/blobs/uploads/", self.scheme, r.registry, r.repository);
+        let started = self.send(Method::Post, &uploads, &[], &[])?;
+        let failed = |url: &str, why: String| RegistryError::Http { url: url.to_string(), why };
+        if started.status().as_u16() != 202 {
+            return Err(failed(&uploads, format!("starting an upload: HTTP {}", started.status().as_u16())));
+        }
+        let location = started.headers().get("location").and_then(|l| l.to_str().ok()).unwrap_or_default();
+        let base = url::Url::parse(&uploads).map_err(|e| failed(&uploads, e.to_string()))?;
+        let mut target = base.join(location).map_err(|e| failed(location, e.to_string()))?;
+        target.query_pairs_mut().append_pair("digest", &digest);
+        let done = self.send(Method::Put, target.as_str(), &[("Content-Type", "application/octet-stream")], bytes)?;
+        match done.status().as_u16() {
+            201 | 204 => Ok(digest),
+            code => Err(failed(target.as_str(), format!("uploading: HTTP {code}"))),
+        }
+    }
+
+    /// Pushes an flist file to `r` as an OCI artifact: the flist as its one layer, `annotations`
+    /// (the flist's tags, its BLAKE3 digest) on the manifest. Returns the manifest's digest.
+    pub fn push_flist(
+        &self,
+        r: &Reference,
+        flist: &[u8],
+        title: &str,
+        annotations: &BTreeMap<String, String>,
+    ) -> Result<String, RegistryError> {
+        let config = self.push_blob(r, EMPTY_CONFIG)?;
+        let layer = self.push_blob(r, flist)?;
+        let manifest = serde_json::json!({
+            "schemaVersion": 2,
+            "mediaType": "application/vnd.oci.image.manifest.v1+json",
+            "artifactType": FLIST_MEDIA_TYPE,
+            "config": {"mediaType": "application/vnd.oci.empty.v1+json", "digest": config, "size": EMPTY_CONFIG.len()},
+            "layers": [{"mediaType": FLIST_MEDIA_TYPE, "digest": layer, "size": flist.len(),
+                        "annotations": {"org.opencontainers.image.title": title}}],
+            "annotations": annotations,
+        })
+        .to_string();
+        let url = self.url(r, "manifests", &r.reference);
+        let resp = self.send(
+            Method::Put,
+            &url,
+            &[("Content-Type", "application/vnd.oci.image.manifest.v1+json")],
+            manifest.as_bytes(),
+        )?;
+        match resp.status().as_u16() {
+            201 | 204 => Ok(format!("sha256:{}", sha256_hex(manifest.as_bytes()))),
+            code => Err(RegistryError::Http { url, why: format!("pushing the manifest: HTTP {code}") }),
+        }
+    }
+
+    /// The flist file pushed to `r` by [`Client::push_flist`], checked against its digest.
+    pub fn pull_flist(&self, r: &Reference) -> Result<Vec<u8>, RegistryError> {
+        let (bytes, _) = self.manifest(r, &r.reference)?;
+        let listing: Listing =
+            serde_json::from_slice(&bytes).map_err(|e| RegistryError::Image(format!("manifest: {e}")))?;
+        let layer = listing
+            .layers
+            .iter()
+            .find(|l| l.media_type == FLIST_MEDIA_TYPE)
+            .ok_or_else(|| RegistryError::Image(format!("{}:{} is not an flist", r.repository, r.reference)))?;
+        let url = self.url(r, "blobs", &layer.digest);
+        let mut resp = self.get(&url, "*/*")?;
+        let data = resp
+            .body_mut()
+            .with_config()
+            .limit(u64::from(crate::format::MAX_BODY_LEN))
+            .read_to_vec()
+            .map_err(|e| RegistryError::Http { url: url.clone(), why: e.to_string() })?;
+        let actual = format!("sha256:{}", sha256_hex(&data));
+        if actual != layer.digest {
+            return Err(RegistryError::Digest { url, expected: layer.digest.clone(), actual });
+        }
+        Ok(data)
     }
 }
 

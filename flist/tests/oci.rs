@@ -3,7 +3,8 @@
 //! the run configuration), skopeo turns it into a `docker save` archive. `flist pack` of either
 //! unpacks to exactly what `umoci unpack` gives, carries the configuration as tags, and the
 //! second image sharing the base uploads only its own chunks. The same image pushed by skopeo to
-//! Debian's docker-registry is pulled by `flist pack oci:REF`.
+//! Debian's docker-registry is pulled by `flist pack oci:REF`, and the flist goes through the
+//! same registry as an artifact (`flist push`, `flist pull`).
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic, clippy::indexing_slicing)]
 
 mod util;
@@ -225,6 +226,18 @@ fn images_are_pulled_from_a_registry() {
     let info: serde_json::Value =
         serde_json::from_str(&flist_ok(&[&"inspect", &"--json", &t.join("pulled.fl")])).unwrap();
     assert_eq!(info["tags"]["oci.entrypoint"], r#"["/usr/bin/app"]"#);
+    // The flist itself through the registry, as an artifact.
+    let flists = format!("oci:{}/flint/flists:v2", reg.address);
+    flist_ok(&[&"push", &t.join("pulled.fl"), &flists, &"--insecure"]);
+    flist_ok(&[&"pull", &flists, &"-o", &t.join("back.fl"), &"--insecure"]);
+    assert_eq!(std::fs::read(t.join("back.fl")).unwrap(), std::fs::read(t.join("pulled.fl")).unwrap());
+    let image =
+        util::flist(&[&"pull", &format!("oci:{}/flint/test:v2", reg.address), &"-o", &t.join("no.fl"), &"--insecure"]);
+    assert!(
+        String::from_utf8_lossy(&image.stderr).contains("is not an flist"),
+        "{}",
+        String::from_utf8_lossy(&image.stderr)
+    );
     let missing = util::flist(&[
         &"pack",
         &format!("oci:{}/flint/none:v9", reg.address),

@@ -1,6 +1,7 @@
 //! Argument parsing and dispatch; each command lives in its own module and returns an exit code.
 
 mod data;
+mod hub;
 mod mount;
 mod pack;
 mod show;
@@ -30,6 +31,7 @@ use flist::Flist;
 ///   flist mount os.fl /mnt/os --cache /var/cache/flist
 ///   flist pack oci:registry.example/app:1.2 -o app.fl --store dir:///srv/store
 ///   flist store copy os.fl --from dir:///srv/store --to s3://KEY:SECRET@host/bucket
+///   flist push os.fl oci:registry.example/flists/os:1   (and flist pull … -o os.fl)
 #[derive(Parser)]
 #[command(name = "flist", version, verbatim_doc_comment)]
 pub(crate) struct Cli {
@@ -55,6 +57,37 @@ enum Command {
     Umount(mount::UmountArgs),
     Cache(mount::CacheArgs),
     Store(store::StoreCmd),
+    Push(hub::PushArgs),
+    Pull(hub::PullArgs),
+}
+
+/// How to reach an OCI registry.
+#[derive(clap::Args, Clone)]
+pub(crate) struct RegistryArgs {
+    /// Talk plain HTTP to the registry (a local one).
+    #[arg(long)]
+    insecure: bool,
+    /// Registry credentials as USER:PASSWORD (default: $FLIST_REGISTRY_AUTH, else anonymous).
+    #[arg(long, value_name = "USER:PASSWORD")]
+    creds: Option<String>,
+}
+
+impl RegistryArgs {
+    pub(crate) fn client(&self) -> anyhow::Result<flist::registry::Client> {
+        let creds = self.creds.clone().or_else(|| std::env::var("FLIST_REGISTRY_AUTH").ok());
+        let creds = creds
+            .map(|c| {
+                c.split_once(':').map(|(u, p)| (u.to_string(), p.to_string())).context("credentials are USER:PASSWORD")
+            })
+            .transpose()?;
+        Ok(flist::registry::Client::new(self.insecure, creds))
+    }
+}
+
+/// `oci:REF` as a registry reference.
+pub(crate) fn oci_reference(text: &str) -> anyhow::Result<flist::registry::Reference> {
+    let reference = text.strip_prefix("oci:").with_context(|| format!("{text:?}: a registry reference is oci:REF"))?;
+    Ok(flist::registry::Reference::parse(reference)?)
 }
 
 /// Stores to read from: the ones given, else the ones the flist records.
@@ -116,6 +149,8 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Tree(a) => show::tree(a),
         Command::Stat(a) => show::stat(a),
         Command::Store(a) => store::run(a),
+        Command::Push(a) => hub::push(a),
+        Command::Pull(a) => hub::pull(a),
         Command::Cat(a) => show::cat(a),
         Command::Unpack(a) => data::unpack(a),
         Command::Verify(a) => data::verify(a),

@@ -32,12 +32,8 @@ pub(crate) struct PackArgs {
     /// The platform to take from a multi-platform image (`os/arch[/variant]`).
     #[arg(long, default_value = "linux/amd64")]
     platform: String,
-    /// Talk plain HTTP to the registry (a local one).
-    #[arg(long)]
-    insecure: bool,
-    /// Registry credentials as USER:PASSWORD (default: $FLIST_REGISTRY_AUTH, else anonymous).
-    #[arg(long, value_name = "USER:PASSWORD")]
-    creds: Option<String>,
+    #[command(flatten)]
+    registry: super::RegistryArgs,
     /// Where to write the flist.
     #[arg(short, long)]
     output: PathBuf,
@@ -112,13 +108,9 @@ fn split_tag(reference: &str) -> (PathBuf, Option<&str>) {
 fn read_source(a: &PackArgs, scratch: &std::path::Path) -> anyhow::Result<(source::Tree, BTreeMap<String, String>)> {
     let (src, platform) = (&a.src, a.platform.as_str());
     let text = src.to_string_lossy();
-    if let Some(reference) = text.strip_prefix("oci:") {
-        let reference = flist::registry::Reference::parse(reference)?;
-        let creds = a.creds.clone().or_else(|| std::env::var("FLIST_REGISTRY_AUTH").ok());
-        let creds = creds
-            .map(|c| c.split_once(':').map(|(u, p)| (u.to_string(), p.to_string())).context("--creds is USER:PASSWORD"))
-            .transpose()?;
-        let client = flist::registry::Client::new(a.insecure, creds);
+    if text.starts_with("oci:") {
+        let reference = super::oci_reference(&text)?;
+        let client = a.registry.client()?;
         let layout = scratch.join("layout");
         let bar = super::progress_bar(0, "pulling");
         client.pull(&reference, platform, &layout, &|n| bar.inc(n)).with_context(|| format!("pulling {text}"))?;

@@ -1,0 +1,57 @@
+//! `flist push` and `flist pull`: an flist file to and from an OCI registry, as an artifact
+//! (media type `application/vnd.flint.flist.v1`), so a registry can be the hub nodes and
+//! builders share. The chunks stay in the stores; only the small metadata file travels.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use anyhow::Context;
+
+use super::{load, oci_reference, RegistryArgs};
+
+/// Push an flist file to an OCI registry as an artifact (its tags and digest as annotations).
+#[derive(clap::Args)]
+pub(crate) struct PushArgs {
+    /// The flist file.
+    flist: PathBuf,
+    /// Where: oci:REGISTRY/REPO:TAG.
+    reference: String,
+    #[command(flatten)]
+    registry: RegistryArgs,
+}
+
+/// Pull an flist file pushed with `flist push`, checked against its digest.
+#[derive(clap::Args)]
+pub(crate) struct PullArgs {
+    /// oci:REGISTRY/REPO[:TAG|@DIGEST].
+    reference: String,
+    /// Where to write the flist.
+    #[arg(short, long)]
+    output: PathBuf,
+    #[command(flatten)]
+    registry: RegistryArgs,
+}
+
+pub(crate) fn push(a: PushArgs) -> anyhow::Result<ExitCode> {
+    let reference = oci_reference(&a.reference)?;
+    let flist = load(&a.flist)?;
+    let bytes = std::fs::read(&a.flist).with_context(|| format!("reading {}", a.flist.display()))?;
+    let mut annotations: std::collections::BTreeMap<String, String> =
+        flist.tags.iter().map(|(k, v)| (format!("org.flint.tag.{k}"), v.clone())).collect();
+    annotations.insert("org.flint.digest".into(), flist.digest().to_hex());
+    let title = a.flist.file_name().map_or("flist.fl".into(), |n| n.to_string_lossy().into_owned());
+    let digest = a.registry.client()?.push_flist(&reference, &bytes, &title, &annotations)?;
+    println!("{} pushed as {}/{}@{digest}", a.flist.display(), reference.registry, reference.repository);
+    Ok(ExitCode::SUCCESS)
+}
+
+pub(crate) fn pull(a: PullArgs) -> anyhow::Result<ExitCode> {
+    let reference = oci_reference(&a.reference)?;
+    let bytes = a.registry.client()?.pull_flist(&reference)?;
+    let flist = flist::format::Flist::decode(&bytes).context("the pulled artifact is not an flist")?;
+    let tmp = a.output.with_extension("fl.tmp");
+    std::fs::write(&tmp, &bytes).with_context(|| format!("writing {}", tmp.display()))?;
+    std::fs::rename(&tmp, &a.output).with_context(|| format!("writing {}", a.output.display()))?;
+    println!("{}: flist {}", a.output.display(), flist.digest());
+    Ok(ExitCode::SUCCESS)
+}
