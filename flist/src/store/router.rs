@@ -2,9 +2,13 @@
 //! in which order to try them, how often to retry, and verification of what comes back. A
 //! corrupt or missing object on one replica is logged and the next replica is tried; nothing
 //! unverified ever leaves [`Router::fetch`].
+//!
+//! Each store has a health record: a store that keeps failing with transient errors (down,
+//! timing out) is tried after the healthy replicas for a cool-off that grows while it stays
+//! down, so a dead replica does not cost every read its retries; one success heals it.
 
-use std::sync::Arc;
-use std::time::Duration;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
 use super::{display_url, open, parse_route, Store, StoreError};
 use crate::chunk::{self, Sealed, Verified};
@@ -67,6 +71,55 @@ struct Routed {
     start: u8,
     end: u8,
     store: Arc<dyn Store>,
+    health: Mutex<Health>,
+}
+
+/// Consecutive transient failures of one store, and until when it counts as down.
+#[derive(Debug, Default, Clone)]
+struct Health {
+    failures: u32,
+    down_until: Option<Instant>,
+}
+
+/// Failed fetches (each already retried) before a store counts as down.
+const DOWN_AFTER: u32 = 2;
+/// The first cool-off; it doubles while the store keeps failing, up to `MAX_COOL_OFF`.
+const COOL_OFF: Duration = Duration::from_secs(5);
+const MAX_COOL_OFF: Duration = Duration::from_secs(300);
+
+/// A store's health as reported by [`Router::health`].
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct StoreHealth {
+    /// The store.
+    pub url: String,
+    /// Consecutive transient failures.
+    pub failures: u32,
+    /// Whether it is tried last for now.
+    pub down: bool,
+}
+
+impl Routed {
+    fn is_down(&self) -> bool {
+        let h = self.health.lock().unwrap_or_else(|p| p.into_inner());
+        h.down_until.is_some_and(|t| Instant::now() < t)
+    }
+
+    fn record(&self, transient_failure: bool) {
+        let mut h = self.health.lock().unwrap_or_else(|p| p.into_inner());
+        if !transient_failure {
+            *h = Health::default();
+            return;
+        }
+        h.failures = h.failures.saturating_add(1);
+        if h.failures >= DOWN_AFTER {
+            let doublings = (h.failures - DOWN_AFTER).min(10);
+            let cool_off = COOL_OFF.saturating_mul(1 << doublings).min(MAX_COOL_OFF);
+            if h.down_until.is_none_or(|t| t <= Instant::now()) {
+                tracing::warn!("store {} is failing; trying it last for {cool_off:?}", self.store.url());
+            }
+            h.down_until = Some(Instant::now() + cool_off);
+        }
+    }
 }
 
 /// Stores by id prefix, with replicas and retries.
@@ -83,7 +136,7 @@ impl Router {
 
     /// Adds a store for ids whose first byte is in `start..=end`.
     pub fn add(&mut self, start: u8, end: u8, store: Arc<dyn Store>) {
-        self.routes.push(Routed { start, end, store });
+        self.routes.push(Routed { start, end, store, health: Mutex::default() });
     }
 
     /// A router from `--store` arguments (`URL` or `START-END=URL`).
@@ -115,23 +168,46 @@ impl Router {
         self.routes.is_empty()
     }
 
-    /// The stores that should hold `id`, in the order to try them.
-    pub fn stores_for<'a>(&'a self, id: &Hash) -> impl Iterator<Item = &'a Arc<dyn Store>> + 'a {
+    fn routed_for<'a>(&'a self, id: &Hash) -> impl Iterator<Item = &'a Routed> + 'a {
         let first = id.0[0];
-        self.routes.iter().filter(move |r| (r.start..=r.end).contains(&first)).map(|r| &r.store)
+        self.routes.iter().filter(move |r| (r.start..=r.end).contains(&first))
     }
 
-    /// Fetches and verifies a chunk, trying each replica in turn.
+    /// The stores that should hold `id`, in route order.
+    pub fn stores_for<'a>(&'a self, id: &Hash) -> impl Iterator<Item = &'a Arc<dyn Store>> + 'a {
+        self.routed_for(id).map(|r| &r.store)
+    }
+
+    /// Every store's health.
+    pub fn health(&self) -> Vec<StoreHealth> {
+        self.routes
+            .iter()
+            .map(|r| {
+                let failures = r.health.lock().unwrap_or_else(|p| p.into_inner()).failures;
+                StoreHealth { url: display_url(r.store.url()), failures, down: r.is_down() }
+            })
+            .collect()
+    }
+
+    /// Fetches and verifies a chunk, trying each replica in turn: healthy ones first, in route
+    /// order, then those that are down.
     pub fn fetch(&self, chunk: &ChunkRef) -> Result<Verified, FetchError> {
+        let mut replicas: Vec<&Routed> = self.routed_for(&chunk.id).collect();
+        replicas.sort_by_key(|r| r.is_down());
         let mut failures = Vec::new();
-        for store in self.stores_for(&chunk.id) {
-            match self.fetch_from(store.as_ref(), chunk) {
-                Ok(v) => return Ok(v),
-                Err(why) => {
-                    tracing::warn!("chunk {} from {}: {why}", chunk.id, store.url());
-                    failures.push(why);
-                }
-            }
+        for routed in replicas {
+            let store = routed.store.as_ref();
+            let got = self.policy.run(|| store.get(&chunk.id));
+            routed.record(got.as_ref().err().is_some_and(StoreError::is_transient));
+            let why = match got {
+                Ok(bytes) => match chunk::open(chunk, &bytes) {
+                    Ok(v) => return Ok(v),
+                    Err(e) => e.to_string(),
+                },
+                Err(e) => e.to_string(),
+            };
+            tracing::warn!("chunk {} from {}: {why}", chunk.id, store.url());
+            failures.push(why);
         }
         Err(FetchError { id: chunk.id, failures })
     }
@@ -158,5 +234,35 @@ impl Router {
             return Err(StoreError::Failed { store: "router".into(), why: format!("no store serves chunk {id}") });
         }
         Ok(PutOutcome { new })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used, clippy::indexing_slicing)]
+    use super::*;
+
+    #[test]
+    fn a_dead_replica_is_tried_last_once_it_keeps_failing() {
+        let dir = tempfile::tempdir().unwrap();
+        let sealed = chunk::seal(b"some chunk", false, 3).unwrap();
+        let good = open(&format!("dir://{}", dir.path().display())).unwrap();
+        good.put(&sealed.chunk.id, &sealed.bytes).unwrap();
+        // A port nothing listens on: connections are refused, a transient failure.
+        let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+        let dead = open(&format!("http://127.0.0.1:{port}/store")).unwrap();
+        let policy =
+            RetryPolicy { attempts: 2, first_backoff: Duration::from_millis(1), max_backoff: Duration::from_millis(1) };
+        let mut router = Router::new(policy);
+        router.add(0, 255, dead);
+        router.add(0, 255, good);
+
+        for expected_failures in 1..=DOWN_AFTER {
+            router.fetch(&sealed.chunk).unwrap();
+            assert_eq!(router.health()[0].failures, expected_failures, "the dead store is tried first while healthy");
+        }
+        assert!(router.health()[0].down && !router.health()[1].down, "{:?}", router.health());
+        router.fetch(&sealed.chunk).unwrap();
+        assert_eq!(router.health()[0].failures, DOWN_AFTER, "a store that is down is not tried while another serves");
     }
 }
