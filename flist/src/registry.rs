@@ -13,6 +13,8 @@ use std::time::Duration;
 use serde::Deserialize;
 use sha2::{Digest, Sha256};
 
+use crate::source::oci::{platform_matches, Descriptor};
+
 /// Why a pull failed.
 #[derive(Debug, thiserror::Error)]
 #[allow(missing_docs)]
@@ -98,17 +100,6 @@ pub struct Client {
     scheme: &'static str,
     credentials: Option<(String, String)>,
     token: Mutex<Option<String>>,
-}
-
-#[derive(Deserialize)]
-struct Descriptor {
-    #[serde(rename = "mediaType", default)]
-    media_type: String,
-    digest: String,
-    #[serde(default)]
-    size: u64,
-    #[serde(default)]
-    platform: Option<BTreeMap<String, serde_json::Value>>,
 }
 
 #[derive(Deserialize)]
@@ -322,19 +313,10 @@ impl Client {
             serde_json::from_slice(&bytes).map_err(|e| RegistryError::Image(format!("manifest: {e}")))?;
         if !listing.manifests.is_empty() || listing.media_type.contains("index") || listing.media_type.contains("list")
         {
-            let mut parts = platform.split('/');
-            let (os, arch, variant) = (parts.next(), parts.next(), parts.next());
-            let field = |d: &Descriptor, k: &str| {
-                d.platform.as_ref().and_then(|p| p.get(k)).and_then(|v| v.as_str().map(String::from))
-            };
             let chosen = listing
                 .manifests
                 .iter()
-                .find(|d| {
-                    field(d, "os").as_deref() == os
-                        && field(d, "architecture").as_deref() == arch
-                        && (variant.is_none() || field(d, "variant").as_deref() == variant)
-                })
+                .find(|d| d.platform.as_ref().is_some_and(|p| platform_matches(p, platform)))
                 .ok_or_else(|| RegistryError::Image(format!("{}: no {platform} image", r.repository)))?;
             let wanted = chosen.digest.clone();
             (bytes, digest) = self.manifest(r, &wanted)?;

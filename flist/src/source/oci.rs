@@ -103,19 +103,23 @@ pub struct Image {
     pub config: RunConfig,
 }
 
+/// A content descriptor of the OCI image spec (also what registries answer with).
 #[derive(Deserialize)]
-struct Descriptor {
+pub(crate) struct Descriptor {
     #[serde(rename = "mediaType", default)]
-    media_type: String,
-    digest: String,
+    pub(crate) media_type: String,
+    pub(crate) digest: String,
     #[serde(default)]
-    annotations: BTreeMap<String, String>,
+    pub(crate) size: u64,
     #[serde(default)]
-    platform: Option<Platform>,
+    pub(crate) annotations: BTreeMap<String, String>,
+    #[serde(default)]
+    pub(crate) platform: Option<Platform>,
 }
 
+/// The platform of one image of a multi-platform index.
 #[derive(Deserialize)]
-struct Platform {
+pub(crate) struct Platform {
     os: String,
     architecture: String,
     #[serde(default)]
@@ -177,8 +181,8 @@ fn check_digest(path: &Path, digest: &str) -> Result<(), OciError> {
     Ok(())
 }
 
-/// The wanted platform as `os/arch[/variant]` (default `linux/amd64`).
-fn platform_matches(p: &Platform, wanted: &str) -> bool {
+/// Whether `p` is the wanted platform, `os/arch[/variant]`.
+pub(crate) fn platform_matches(p: &Platform, wanted: &str) -> bool {
     let mut parts = wanted.split('/');
     let (os, arch, variant) = (parts.next(), parts.next(), parts.next());
     Some(p.os.as_str()) == os
