@@ -254,3 +254,79 @@ fn images_are_pulled_from_a_registry() {
         String::from_utf8_lossy(&missing.stderr)
     );
 }
+
+/// Adds `multi` to the layout: an index of v2 as linux/amd64 and base as linux/arm64.
+fn add_multi_platform_index(layout: &Path) {
+    use sha2::Digest;
+    let index_path = layout.join("index.json");
+    let mut index: serde_json::Value = serde_json::from_slice(&std::fs::read(&index_path).unwrap()).unwrap();
+    let by_tag = |tag: &str| {
+        index["manifests"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|d| d["annotations"]["org.opencontainers.image.ref.name"] == tag)
+            .unwrap()
+            .clone()
+    };
+    let mut amd64 = by_tag("v2");
+    amd64["platform"] = serde_json::json!({"os": "linux", "architecture": "amd64"});
+    let mut arm64 = by_tag("base");
+    arm64["platform"] = serde_json::json!({"os": "linux", "architecture": "arm64", "variant": "v8"});
+    for d in [&mut amd64, &mut arm64] {
+        d.as_object_mut().unwrap().remove("annotations");
+    }
+    let nested = serde_json::json!({"schemaVersion": 2, "mediaType": "application/vnd.oci.image.index.v1+json",
+        "manifests": [arm64, amd64]})
+    .to_string();
+    let digest = hex::encode(sha2::Sha256::digest(nested.as_bytes()));
+    std::fs::write(layout.join("blobs/sha256").join(&digest), &nested).unwrap();
+    index["manifests"].as_array_mut().unwrap().push(serde_json::json!({
+        "mediaType": "application/vnd.oci.image.index.v1+json", "digest": format!("sha256:{digest}"),
+        "size": nested.len(), "annotations": {"org.opencontainers.image.ref.name": "multi"}}));
+    std::fs::write(&index_path, index.to_string()).unwrap();
+}
+
+#[test]
+fn a_multi_platform_image_gives_the_asked_platform() {
+    let t = TestDir::new();
+    let layout = two_layer_image(&t);
+    add_multi_platform_index(&layout);
+    let reg = registry(&t.join("registry"));
+    tool(
+        "skopeo",
+        &[
+            &"copy",
+            &"--quiet",
+            &"--all",
+            &"--dest-tls-verify=false",
+            &format!("oci:{}:multi", layout.display()),
+            &format!("docker://{}/flint/multi:1", reg.address),
+        ],
+    );
+    for (source, name) in [
+        (format!("oci-layout:{}:multi", layout.display()), "layout"),
+        (format!("oci:{}/flint/multi:1", reg.address), "registry"),
+    ] {
+        pack(&t, &source, &format!("{name}-amd64.fl"));
+        flist_ok(&[&"unpack", &t.join(&format!("{name}-amd64.fl")), &t.join(&format!("{name}-amd64"))]);
+        assert_same_tree(&t.join("ref/rootfs"), &t.join(&format!("{name}-amd64")));
+        let (arm, store) = (t.join(&format!("{name}-arm64.fl")), t.store("store"));
+        let mut args: Vec<&dyn AsRef<std::ffi::OsStr>> =
+            vec![&"pack", &source, &"-o", &arm, &"--store", &store, &"--platform", &"linux/arm64/v8"];
+        if name == "registry" {
+            args.push(&"--insecure");
+        }
+        flist_ok(&args);
+        let ls = flist_ok(&[&"ls", &arm, &"/"]);
+        assert!(ls.contains("gone"), "linux/arm64 is the base image ({name}): {ls}");
+        let mut missing = args.clone();
+        missing[7] = &"linux/s390x";
+        let out = util::flist(&missing);
+        assert!(
+            String::from_utf8_lossy(&out.stderr).contains("no linux/s390x image"),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+}
