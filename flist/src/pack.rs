@@ -120,6 +120,8 @@ pub struct PackReport {
     pub new_bytes: u64,
     /// Stored bytes of all chunks, new or not.
     pub stored_bytes: u64,
+    /// Chunks each replica failed to take (the others did): `flist store copy` repairs it.
+    pub replica_misses: BTreeMap<String, u64>,
 }
 
 /// Progress callbacks: bytes of data read so far.
@@ -293,6 +295,7 @@ pub fn pack(tree: &Tree, router: &Router, opts: &PackOptions, progress: Progress
     type Sealed = Option<(ChunkRef, bool, u64)>;
     let results: Mutex<Vec<Sealed>> = Mutex::new(Vec::new());
     let failure: Mutex<Option<PackError>> = Mutex::new(None);
+    let misses: Mutex<BTreeMap<String, u64>> = Mutex::new(BTreeMap::new());
     let failed = AtomicBool::new(false);
     let fail = |e: PackError| {
         failed.store(true, Ordering::Relaxed);
@@ -304,7 +307,7 @@ pub fn pack(tree: &Tree, router: &Router, opts: &PackOptions, progress: Progress
     std::thread::scope(|scope| {
         for _ in 0..opts.threads.max(1) {
             let rx = rx.clone();
-            let (results, fail, failed) = (&results, &fail, &failed);
+            let (results, fail, failed, misses) = (&results, &fail, &failed, &misses);
             scope.spawn(move || {
                 for (index, data) in rx {
                     if failed.load(Ordering::Relaxed) {
@@ -318,7 +321,14 @@ pub fn pack(tree: &Tree, router: &Router, opts: &PackOptions, progress: Progress
                         }
                     };
                     match router.put(&sealed) {
-                        Ok(outcome) => {
+                        Ok((outcome, missed)) => {
+                            if let Some(missed) = missed {
+                                let mut m = misses.lock().unwrap_or_else(|p| p.into_inner());
+                                for (store, why) in missed.stores {
+                                    tracing::warn!("chunk {} not written to {store}: {why}", sealed.chunk.id);
+                                    *m.entry(store).or_default() += 1;
+                                }
+                            }
                             let mut r = results.lock().unwrap_or_else(|p| p.into_inner());
                             if r.len() <= index {
                                 r.resize(index + 1, None);
@@ -376,5 +386,6 @@ pub fn pack(tree: &Tree, router: &Router, opts: &PackOptions, progress: Progress
     let routes = opts.routes.clone().unwrap_or_else(|| router.routes());
     let (flist, bytes) =
         Flist::build(opts.tags.clone(), routes, opts.encrypt, chunks, entries, inodes).map_err(PackError::Build)?;
-    Ok(PackReport { flist, bytes, new_chunks, new_bytes, stored_bytes })
+    let replica_misses = misses.into_inner().unwrap_or_else(|p| p.into_inner());
+    Ok(PackReport { flist, bytes, new_chunks, new_bytes, stored_bytes, replica_misses })
 }

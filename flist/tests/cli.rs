@@ -390,3 +390,19 @@ fn store_gc_keeps_what_kept_flists_name_and_deletes_only_when_asked() {
         assert_eq!(gc(false)["garbage"].as_array().unwrap().len(), 0);
     }
 }
+
+#[test]
+fn a_replica_that_cannot_be_written_degrades_the_pack_and_store_copy_repairs_it() {
+    let t = TestDir::new();
+    util::write(&t.join("src/a.bin"), &util::noise(1 << 20, 21));
+    // A store under a regular file: every write fails, as on a full or broken disk.
+    util::write(&t.join("blocker"), b"not a directory");
+    let broken = format!("dir://{}/store", t.join("blocker").display());
+    let summary = pack_json(&t.join("src"), &t.join("f.fl"), &["--store", &t.store("good"), "--store", &broken]);
+    let chunks = summary["chunks"].as_u64().unwrap();
+    assert_eq!(summary["replica_misses"][&broken], chunks, "{summary}");
+    flist_ok(&[&"verify", &t.join("f.fl"), &"--store", &t.store("good")]);
+    // With no store taking the chunks, packing fails.
+    let none = util::flist(&[&"pack", &t.join("src"), &"-o", &t.join("g.fl"), &"--store", &broken]);
+    assert!(!none.status.success());
+}

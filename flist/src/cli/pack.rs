@@ -93,6 +93,8 @@ struct Summary {
     data_bytes: u64,
     stored_bytes: u64,
     new_stored_bytes: u64,
+    #[serde(skip_serializing_if = "BTreeMap::is_empty")]
+    replica_misses: BTreeMap<String, u64>,
     seconds: f64,
 }
 
@@ -192,6 +194,7 @@ pub(crate) fn run(a: PackArgs) -> anyhow::Result<ExitCode> {
         data_bytes: f.stream_len(),
         stored_bytes: report.stored_bytes,
         new_stored_bytes: report.new_bytes,
+        replica_misses: report.replica_misses.clone(),
         seconds: started.elapsed().as_secs_f64(),
     };
     if a.json {
@@ -209,6 +212,11 @@ pub(crate) fn run(a: PackArgs) -> anyhow::Result<ExitCode> {
             summary.metadata_bytes as f64 / summary.entries.max(1) as f64,
             summary.seconds
         );
+        for (store, missed) in &summary.replica_misses {
+            println!(
+                "warning: {store} missed {missed} chunks (the other replicas have them; `flist store copy` repairs it)"
+            );
+        }
     }
     Ok(ExitCode::SUCCESS)
 }

@@ -18,7 +18,7 @@ pub use s3::create_bucket;
 
 use std::sync::Arc;
 
-pub use router::{FetchError, PutOutcome, RetryPolicy, Router};
+pub use router::{FetchError, Missed, PutOutcome, RetryPolicy, Router, StoreHealth};
 
 use crate::format::Hash;
 

@@ -67,6 +67,13 @@ pub struct PutOutcome {
     pub new: bool,
 }
 
+/// A write that some replicas missed: the chunk is stored, but not everywhere it routes to.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Missed {
+    /// The stores that failed to take it, and why.
+    pub stores: Vec<(String, String)>,
+}
+
 struct Routed {
     start: u8,
     end: u8,
@@ -218,22 +225,42 @@ impl Router {
         chunk::open(chunk, &bytes).map_err(|e| e.to_string())
     }
 
-    /// Writes a sealed chunk to every store its id routes to, skipping those that have it.
-    pub fn put(&self, sealed: &Sealed) -> Result<PutOutcome, StoreError> {
+    /// Writes a sealed chunk to every store its id routes to, skipping those that have it. A
+    /// replica that fails is reported in the second value (and its health recorded) as long as
+    /// another one took the chunk: writes degrade with a replica down, and `store copy` repairs
+    /// it later. Only when no store holds the chunk is it an error.
+    pub fn put(&self, sealed: &Sealed) -> Result<(PutOutcome, Option<Missed>), StoreError> {
         let id = &sealed.chunk.id;
-        let mut new = false;
-        let mut any = false;
-        for store in self.stores_for(id) {
-            any = true;
-            if !self.policy.run(|| store.has(id))? {
-                self.policy.run(|| store.put(id, &sealed.bytes))?;
-                new = true;
+        let (mut new, mut stored) = (false, false);
+        let mut missed = Vec::new();
+        let mut last_error = None;
+        for routed in self.routed_for(id) {
+            let store = &routed.store;
+            let result = self.policy.run(|| store.has(id)).and_then(|has| {
+                if !has {
+                    self.policy.run(|| store.put(id, &sealed.bytes))?;
+                }
+                Ok(!has)
+            });
+            routed.record(result.as_ref().err().is_some_and(StoreError::is_transient));
+            match result {
+                Ok(added) => {
+                    new |= added;
+                    stored = true;
+                }
+                Err(e) => {
+                    missed.push((display_url(store.url()), e.to_string()));
+                    last_error = Some(e);
+                }
             }
         }
-        if !any {
-            return Err(StoreError::Failed { store: "router".into(), why: format!("no store serves chunk {id}") });
+        match (stored, last_error) {
+            (true, _) => Ok((PutOutcome { new }, (!missed.is_empty()).then_some(Missed { stores: missed }))),
+            (false, Some(e)) => Err(e),
+            (false, None) => {
+                Err(StoreError::Failed { store: "router".into(), why: format!("no store serves chunk {id}") })
+            }
         }
-        Ok(PutOutcome { new })
     }
 }
 
