@@ -32,6 +32,14 @@ def mini_root(root):
     open(os.path.join(root, "hello.txt"), "w").write("hello from the flist\n")
 
 
+def flist_entry(name, digest, mountpoint, writable=False):
+    """The manifest entry of srv/NAME.fl, its chunks in srv/store (both relative to the manifest)."""
+    entry = {"name": name, "url": f"{name}.fl", "digest": digest, "stores": ["store"], "mountpoint": mountpoint}
+    if writable:
+        entry["writable"] = True
+    return entry
+
+
 class Site:
     """A served netboot root with its signing key, kernel and initramfs."""
 
@@ -72,11 +80,7 @@ class Site:
         out = json.loads(run(os.path.join(REL, "flist"), "pack", source, "-o", os.path.join(self.srv, f"{name}.fl"),
                              "--store", os.path.join(self.srv, "store"), "--record", f"{self.url}/store",
                              "--tag", f"name={name}", "--json"))
-        entry = {"name": name, "url": f"{name}.fl", "digest": out["digest"], "stores": ["store"],
-                 "mountpoint": mountpoint}
-        if writable:
-            entry["writable"] = True
-        return entry
+        return flist_entry(name, out["digest"], mountpoint, writable)
 
     def mini_flists(self, count=1):
         """`count` flists of a small root (dash, cat, sleep, /hello.txt) named sys0, sys1, …"""
@@ -283,8 +287,7 @@ class Demo:
         if not os.path.exists(digest_file) or os.path.getmtime(tarball) > os.path.getmtime(system_fl):
             entry = self.site.pack("system", tarball, "/mnt/system", writable=True)
             open(digest_file, "w").write(entry["digest"])
-        self.system = {"name": "system", "url": "system.fl", "digest": open(digest_file).read().strip(),
-                       "stores": ["store"], "mountpoint": "/mnt/system", "writable": True}
+        self.system = flist_entry("system", open(digest_file).read().strip(), "/mnt/system", writable=True)
         self.system_size = self.flist_content_size(system_fl)
         self.ssh_key = os.path.join(work, "ssh_key")
         if not os.path.exists(self.ssh_key):

@@ -13,7 +13,7 @@ use std::time::Duration;
 use serde::Deserialize;
 use sha2::{Digest, Sha256};
 
-use crate::source::oci::{platform_matches, Descriptor};
+use crate::source::oci::{file_sha256, platform_matches, Descriptor};
 
 /// Why a pull failed.
 #[derive(Debug, thiserror::Error)]
@@ -267,7 +267,7 @@ impl Client {
     /// Streams a blob into `layout`'s blob directory (unless already there and intact).
     fn blob(&self, r: &Reference, d: &Descriptor, layout: &Path, progress: &dyn Fn(u64)) -> Result<(), RegistryError> {
         let path = blob_path(layout, &d.digest)?;
-        if path.exists() && file_sha256(&path).is_some_and(|h| format!("sha256:{h}") == d.digest) {
+        if path.exists() && file_sha256(&path).is_ok_and(|h| format!("sha256:{h}") == d.digest) {
             progress(d.size);
             return Ok(());
         }
@@ -438,13 +438,6 @@ fn blob_path(layout: &Path, digest: &str) -> Result<PathBuf, RegistryError> {
         .filter(|h| h.len() == 64 && h.chars().all(|c| c.is_ascii_hexdigit()))
         .ok_or_else(|| RegistryError::Image(format!("unsupported digest {digest:?}")))?;
     Ok(layout.join("blobs/sha256").join(hex))
-}
-
-fn file_sha256(path: &Path) -> Option<String> {
-    let mut file = std::fs::File::open(path).ok()?;
-    let mut hasher = Sha256::new();
-    std::io::copy(&mut file, &mut hasher).ok()?;
-    Some(hex::encode(hasher.finalize()))
 }
 
 #[cfg(test)]

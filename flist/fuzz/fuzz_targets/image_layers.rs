@@ -14,7 +14,7 @@ fuzz_target!(|data: &[u8]| {
     let at = rest.len() * usize::from(split) / 255;
     let (lower, upper) = rest.split_at(at.min(rest.len()));
     let Ok(dir) = tempfile::tempdir() else { return };
-    let mut tree = Tree::new(Meta { mode: libc::S_IFDIR | 0o755, ..Meta::default() });
+    let mut tree = Tree::new(Meta::default_dir());
     for (name, layer) in [("lower.tar", lower), ("upper.tar", upper)] {
         let path = dir.path().join(name);
         if std::fs::write(&path, layer).is_err() || apply_any(&mut tree, &path, Layer::Overlay).is_err() {

@@ -33,6 +33,13 @@ pub struct Meta {
     pub xattrs: BTreeMap<Vec<u8>, Vec<u8>>,
 }
 
+impl Meta {
+    /// A root-owned `rwxr-xr-x` directory: parents an archive does not list, and image roots.
+    pub fn default_dir() -> Meta {
+        Meta { mode: libc::S_IFDIR | 0o755, ..Meta::default() }
+    }
+}
+
 /// Where a file's data bytes (its regions, holes left out, concatenated) can be read.
 #[derive(Clone, Debug)]
 pub enum Data {

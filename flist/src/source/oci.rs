@@ -5,7 +5,7 @@
 //! configuration becomes the flist's tags ([`RunConfig::tags`]).
 
 use std::collections::BTreeMap;
-use std::io::{self, Read};
+use std::io;
 use std::path::{Path, PathBuf};
 
 use serde::Deserialize;
@@ -160,21 +160,18 @@ fn read_json<T: for<'de> Deserialize<'de>>(path: &Path) -> Result<T, OciError> {
     serde_json::from_slice(&bytes).map_err(|source| OciError::Json { path: path.display().to_string(), source })
 }
 
+/// The sha256 of a file, in hex, read as a stream.
+pub(crate) fn file_sha256(path: &Path) -> io::Result<String> {
+    let mut hasher = Sha256::new();
+    io::copy(&mut std::fs::File::open(path)?, &mut hasher)?;
+    Ok(hex::encode(hasher.finalize()))
+}
+
 /// Checks that the file at `path` has the sha256 `digest` (`sha256:HEX`).
 fn check_digest(path: &Path, digest: &str) -> Result<(), OciError> {
     let expected =
         digest.strip_prefix("sha256:").ok_or_else(|| OciError::Image(format!("unsupported digest {digest}")))?;
-    let mut file = std::fs::File::open(path).map_err(read_err(path))?;
-    let mut hasher = Sha256::new();
-    let mut buf = vec![0u8; 1 << 20];
-    loop {
-        let n = file.read(&mut buf).map_err(read_err(path))?;
-        if n == 0 {
-            break;
-        }
-        hasher.update(buf.get(..n).unwrap_or_default());
-    }
-    let actual = hex::encode(hasher.finalize());
+    let actual = file_sha256(path).map_err(read_err(path))?;
     if actual != expected {
         return Err(OciError::Digest { path: path.display().to_string(), expected: expected.into(), actual });
     }
@@ -292,7 +289,7 @@ pub fn open_docker_archive(file: &Path, tag: Option<&str>, scratch: &Path) -> Re
 }
 
 fn build(layers: &[PathBuf], config: RunConfig) -> Result<Image, OciError> {
-    let mut tree = Tree::new(Meta { mode: libc::S_IFDIR | 0o755, ..Meta::default() });
+    let mut tree = Tree::new(Meta::default_dir());
     for path in layers {
         apply_any(&mut tree, path, Layer::Overlay)
             .map_err(|source| OciError::Layer { layer: path.display().to_string(), source })?;

@@ -51,7 +51,7 @@ fn pax_time(v: &[u8]) -> Option<Timestamp> {
 /// compressed archive is first decompressed to a temporary file in `$TMPDIR`, because the tree
 /// points at byte offsets that packing reads back.
 pub fn scan_any(archive_path: &Path) -> Result<Tree, TarError> {
-    let mut tree = Tree::new(Meta { mode: libc::S_IFDIR | 0o755, ..Meta::default() });
+    let mut tree = Tree::new(Meta::default_dir());
     apply_any(&mut tree, archive_path, Layer::Whole)?;
     Ok(tree)
 }
@@ -93,7 +93,7 @@ pub fn apply_any(tree: &mut Tree, archive_path: &Path, layer: Layer) -> Result<(
 /// Scans an uncompressed tar archive into a tree. Later entries replace earlier ones at the same
 /// path, as extraction would.
 pub fn scan(archive_path: &Path) -> Result<Tree, TarError> {
-    let mut tree = Tree::new(Meta { mode: libc::S_IFDIR | 0o755, ..Meta::default() });
+    let mut tree = Tree::new(Meta::default_dir());
     apply(&mut tree, archive_path, Layer::Whole)?;
     Ok(tree)
 }
@@ -116,7 +116,7 @@ fn apply(tree: &mut Tree, archive_path: &Path, layer: Layer) -> Result<(), TarEr
     let read_err = |source: io::Error| TarError::Read { path: name.clone(), source };
     let file = File::open(archive_path).map_err(read_err)?;
     let mut archive = tar::Archive::new(BufReader::new(file));
-    let default_dir = Meta { mode: libc::S_IFDIR | 0o755, ..Meta::default() };
+    let default_dir = Meta::default_dir();
     let index = tree.archives.len();
     tree.archives.push(archive_path.to_path_buf());
     let (mut changes, mut hidden, mut opaque) = (Vec::new(), Vec::new(), Vec::new());
@@ -301,7 +301,7 @@ mod layer_tests {
                 ("keep/.wh.nothing", "file:"),
             ],
         );
-        let mut tree = Tree::new(Meta { mode: libc::S_IFDIR | 0o755, ..Meta::default() });
+        let mut tree = Tree::new(Meta::default_dir());
         apply(&mut tree, &lower, Layer::Overlay).unwrap();
         assert_eq!(names(&tree, "/"), ["d", "gone", "h", "keep"], "a whiteout in the first layer hides nothing");
         apply(&mut tree, &upper, Layer::Overlay).unwrap();
