@@ -11,7 +11,7 @@ APT_PACKAGES := musl-tools debootstrap squashfs-tools squashfuse casync zstd att
   openssl openssh-client fdisk e2fsprogs busybox-static curl ca-certificates gcc umoci skopeo docker-registry
 FUZZ_SECONDS ?= 600
 
-.PHONY: help deps build static test test-unit test-rootfs test-boot-steps static-check fuzz bench qemu qemu-pxe qemu-usb usb initramfs test-boot test-boot-direct test-vm clean
+.PHONY: help deps build static test test-unit test-rootfs test-boot-steps static-check fuzz bench qemu qemu-pxe qemu-usb usb initramfs test-boot test-boot-direct test-vm vm-deps clean
 
 help:
 	@echo "make qemu     build everything and boot the demo node under qemu (see README)"
@@ -22,6 +22,8 @@ help:
 	@echo "make test     install test dependencies, build, run the test suite"
 	@echo "make bench    run the benchmarks in bench/ side by side with their peers"
 	@echo "make fuzz     run every fuzz target for FUZZ_SECONDS (default 600) each"
+	@echo "make test-boot  boot nodes under qemu by every path (direct, PXE, USB)"
+	@echo "make test-vm  run VMs from flists under the supervisor (qemu + virtiofsd)"
 
 # Debian packages and Rust pieces, installed only when missing.
 deps:
@@ -94,8 +96,17 @@ test-boot: deps build static
 test-boot-direct: deps build static
 	@for t in tests/boot/cache_disk.py tests/boot/direct.py; do echo "== $$t"; python3 $$t || exit 1; done
 
-test-vm:
-	@echo "make $@: not yet (issue 7)."
+# VMs from flists (tests/vm/vm.py): qemu guests whose root is an flist shared by virtiofsd, from
+# crates.io (it builds against libseccomp and libcap-ng).
+VIRTIOFSD_VERSION := 1.14.0
+vm-deps: deps
+	@missing=$$(for p in libseccomp-dev libcap-ng-dev xz-utils procps; do dpkg -s $$p >/dev/null 2>&1 || echo $$p; done); \
+	if [ -n "$$missing" ]; then DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $$missing >/dev/null; fi
+	@command -v virtiofsd >/dev/null || { echo "installing virtiofsd $(VIRTIOFSD_VERSION)"; \
+	  cargo install --locked $(QUIET) virtiofsd --version $(VIRTIOFSD_VERSION); }
+
+test-vm: vm-deps build
+	python3 tests/vm/vm.py
 
 clean:
 	cargo clean

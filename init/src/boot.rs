@@ -395,8 +395,15 @@ fn run(params: BootParams, started: Instant) -> Result<Power, String> {
             set_hostname: true,
         },
         trust,
-        mounts: MountConfig::new(crate::mounts::RUN_DIR.into(), Some(state), cache),
-        supervisor: Options { backoff: Backoff::default(), log_dir: "/var/log".into(), roots: Default::default() },
+        mounts: MountConfig::new(crate::mounts::RUN_DIR.into(), Some(state.clone()), cache),
+        supervisor: Options {
+            backoff: Backoff::default(),
+            log_dir: "/var/log".into(),
+            roots: Default::default(),
+            vm_state: state.join("vms"),
+            vm_run: Path::new(crate::mounts::RUN_DIR).join("vm"),
+            vm_tools: crate::vm::Tools::find(),
+        },
         socket: crate::control::SOCKET.into(),
         pid1: true,
     };

@@ -28,6 +28,7 @@ pub mod report;
 pub mod runtime;
 pub mod supervisor;
 pub mod time;
+pub mod vm;
 
 /// An error and its causes on one line (`what: why: deeper why`), for logs and control answers.
 pub fn error_chain(e: &dyn std::error::Error) -> String {

@@ -36,6 +36,20 @@ enum Command {
     Ctl(CtlArgs),
     /// Bring the network up once, as the boot step does, and print what each NIC got.
     Net(NetArgs),
+    /// Run one virtual machine (what the supervisor starts for each VM of the manifest).
+    #[command(subcommand)]
+    Vm(VmCommand),
+}
+
+#[derive(Subcommand)]
+enum VmCommand {
+    /// Boot a VM from a resolved spec and stay with it until it ends: exit 0 when the guest
+    /// powered off or was stopped (SIGTERM asks it to shut down), 1 when it failed.
+    Run {
+        /// The spec, as JSON (what the supervisor passes), or @FILE.
+        #[arg(long)]
+        spec: String,
+    },
 }
 
 #[derive(clap::Args)]
@@ -151,6 +165,32 @@ enum CtlAction {
     Reboot,
     /// Stop every service, unmount, sync and power off.
     Poweroff,
+    /// The virtual machines.
+    #[command(subcommand)]
+    Vm(VmAction),
+}
+
+#[derive(Subcommand)]
+enum VmAction {
+    /// Every VM and its state.
+    List,
+    /// One VM in detail.
+    Status { name: String },
+    /// Attach to a VM's serial console (ctrl-] leaves).
+    Console { name: String },
+    /// A VM's console output and what its runner said.
+    Log {
+        name: String,
+        /// Keep printing new lines.
+        #[arg(short, long)]
+        follow: bool,
+    },
+    /// Ask a VM's guest to shut down (then quit it after its grace period); it stays down.
+    Stop { name: String },
+    /// Start a stopped VM.
+    Start { name: String },
+    /// Stop a VM and start it again.
+    Restart { name: String },
 }
 
 fn main() -> ExitCode {
@@ -163,12 +203,15 @@ fn main() -> ExitCode {
     tracing_subscriber::fmt()
         .with_env_filter(tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()))
         .with_writer(std::io::stderr)
+        // Services' (and VM runners') output is captured into logs: colours only on a terminal.
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .init();
     let cli = Cli::parse();
     let result = match cli.command {
         Command::Run(a) => run(a),
         Command::Ctl(a) => ctl(a),
         Command::Net(a) => net(a),
+        Command::Vm(VmCommand::Run { spec }) => vm_run(&spec),
     };
     match result {
         Ok(code) => code,
@@ -225,6 +268,9 @@ fn run(a: RunArgs) -> anyhow::Result<ExitCode> {
             },
             log_dir: a.log_dir.clone(),
             roots: Default::default(),
+            vm_state: a.state.as_ref().unwrap_or(&a.run_dir).join("vms"),
+            vm_run: a.run_dir.join("vm"),
+            vm_tools: flint_init::vm::Tools::find(),
         },
         socket: a.socket.clone(),
         pid1: false,
@@ -262,8 +308,107 @@ fn net(a: NetArgs) -> anyhow::Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
+fn vm_run(spec: &str) -> anyhow::Result<ExitCode> {
+    let text = match spec.strip_prefix('@') {
+        Some(file) => std::fs::read_to_string(file).with_context(|| format!("reading {file}"))?,
+        None => spec.to_string(),
+    };
+    let spec: flint_init::vm::RunSpec = serde_json::from_str(&text).context("the VM spec")?;
+    let code = flint_init::vm::runner::run(&spec)?;
+    Ok(ExitCode::from(u8::try_from(code).unwrap_or(1)))
+}
+
+/// `init ctl vm ...`: services requests about a VM, refused for a name that is not one.
+fn ctl_vm(a: &CtlArgs, action: &VmAction) -> anyhow::Result<ExitCode> {
+    let call = |r: &Request| control::call(&a.socket, r).with_context(|| format!("talking to {}", a.socket.display()));
+    let listed = call(&Request::List)?;
+    let vms: Vec<&serde_json::Value> =
+        listed.as_array().into_iter().flatten().filter(|r| r.get("vm").is_some_and(|v| !v.is_null())).collect();
+    let find =
+        |name: &str| vms.iter().copied().find(|r| r["name"] == name).with_context(|| format!("no VM named {name:?}"));
+    let (name, request) = match action {
+        VmAction::List => {
+            if a.json {
+                println!("{}", serde_json::Value::Array(vms.iter().copied().cloned().collect()));
+            }
+            for r in vms.iter().filter(|_| !a.json) {
+                println!(
+                    "{}  {} vCPU {:>5} MiB  root {}",
+                    state_line(r),
+                    r.pointer("/vm/vcpus").unwrap_or(&serde_json::Value::Null),
+                    r.pointer("/vm/memory_mib").unwrap_or(&serde_json::Value::Null),
+                    r.pointer("/vm/root").and_then(|v| v.as_str()).unwrap_or("")
+                );
+            }
+            return Ok(ExitCode::SUCCESS);
+        }
+        VmAction::Status { name } => {
+            let row = find(name)?;
+            println!("{}", if a.json { row.to_string() } else { serde_json::to_string_pretty(row)? });
+            return Ok(ExitCode::SUCCESS);
+        }
+        VmAction::Console { name } => {
+            let socket = find(name)?
+                .pointer("/vm/console")
+                .and_then(|v| v.as_str())
+                .map(PathBuf::from)
+                .context("no console socket")?;
+            flint_init::vm::console::attach(&socket)
+                .with_context(|| format!("the console of {name} ({}): is it running?", socket.display()))?;
+            return Ok(ExitCode::SUCCESS);
+        }
+        VmAction::Log { name, follow } => {
+            find(name)?;
+            return print_log(&call, Some(name.clone()), *follow);
+        }
+        VmAction::Stop { name } => (name, Request::Stop { name: name.clone() }),
+        VmAction::Start { name } => (name, Request::Start { name: name.clone() }),
+        VmAction::Restart { name } => (name, Request::Restart { name: name.clone() }),
+    };
+    find(name)?;
+    let answer = call(&request)?;
+    if let Some(err) = answer.get("error").and_then(|e| e.as_str()) {
+        anyhow::bail!("{err}");
+    }
+    println!("{answer}");
+    Ok(ExitCode::SUCCESS)
+}
+
+/// A service's or VM's name, state, pid and start count, in columns.
+fn state_line(r: &serde_json::Value) -> String {
+    let pid = r["pid"].as_i64().map_or("-".to_string(), |p| p.to_string());
+    let (name, state) = (r["name"].as_str().unwrap_or(""), r["state"].as_str().unwrap_or(""));
+    format!("{name:20} {state:9} pid {pid:>7}  starts {:>3}", r["starts"])
+}
+
+/// Prints log lines (`since` 0 on), and with `follow` new ones as they come.
+fn print_log(
+    call: &dyn Fn(&Request) -> anyhow::Result<serde_json::Value>,
+    name: Option<String>,
+    follow: bool,
+) -> anyhow::Result<ExitCode> {
+    let mut since = 0;
+    loop {
+        let answer = call(&Request::Log { name: name.clone(), since })?;
+        if let Some(err) = answer.get("error").and_then(|e| e.as_str()) {
+            anyhow::bail!("{err}");
+        }
+        for l in answer.get("lines").and_then(|l| l.as_array()).into_iter().flatten() {
+            println!("{}: {}", l["service"].as_str().unwrap_or(""), l["line"].as_str().unwrap_or(""));
+        }
+        if !follow {
+            return Ok(ExitCode::SUCCESS);
+        }
+        since = answer.get("next").and_then(|n| n.as_u64()).unwrap_or(since);
+        std::thread::sleep(Duration::from_millis(300));
+    }
+}
+
 fn ctl(a: CtlArgs) -> anyhow::Result<ExitCode> {
+    let call = |r: &Request| control::call(&a.socket, r).with_context(|| format!("talking to {}", a.socket.display()));
     let request = match &a.action {
+        CtlAction::Vm(action) => return ctl_vm(&a, action),
+        CtlAction::Log { name, follow } if !a.json => return print_log(&call, name.clone(), *follow),
         CtlAction::List => Request::List,
         CtlAction::Status { name } => Request::Status { name: name.clone() },
         CtlAction::Start { name } => Request::Start { name: name.clone() },
@@ -278,7 +423,6 @@ fn ctl(a: CtlArgs) -> anyhow::Result<ExitCode> {
         CtlAction::Reboot => Request::Reboot,
         CtlAction::Poweroff => Request::Poweroff,
     };
-    let call = |r: &Request| control::call(&a.socket, r).with_context(|| format!("talking to {}", a.socket.display()));
     let answer = call(&request)?;
     if let Some(err) = answer.get("error").and_then(|e| e.as_str()) {
         anyhow::bail!("{err}");
@@ -290,29 +434,7 @@ fn ctl(a: CtlArgs) -> anyhow::Result<ExitCode> {
     match (&a.action, &answer) {
         (CtlAction::List, serde_json::Value::Array(rows)) => {
             for r in rows {
-                let pid = r["pid"].as_i64().map_or("-".to_string(), |p| p.to_string());
-                println!(
-                    "{:20} {:9} pid {:>7}  starts {}",
-                    r["name"].as_str().unwrap_or(""),
-                    r["state"].as_str().unwrap_or(""),
-                    pid,
-                    r["starts"]
-                );
-            }
-        }
-        (CtlAction::Log { name, follow }, first) => {
-            let mut answer = first.clone();
-            let mut since = 0;
-            loop {
-                for l in answer.get("lines").and_then(|l| l.as_array()).into_iter().flatten() {
-                    println!("{}: {}", l["service"].as_str().unwrap_or(""), l["line"].as_str().unwrap_or(""));
-                }
-                if !follow {
-                    break;
-                }
-                since = answer.get("next").and_then(|n| n.as_u64()).unwrap_or(since);
-                std::thread::sleep(Duration::from_millis(300));
-                answer = call(&Request::Log { name: name.clone(), since })?;
+                println!("{}", state_line(r));
             }
         }
         _ => println!("{answer}"),

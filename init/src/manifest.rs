@@ -17,6 +17,9 @@ use flist::Hash;
 use nix::sys::signal::Signal;
 use serde::{Deserialize, Serialize};
 
+use crate::supervisor::state::RestartPolicy;
+use crate::vm::{RawVm, VmPlan};
+
 /// Why a manifest was refused.
 #[derive(Debug, thiserror::Error)]
 pub enum ManifestError {
@@ -92,6 +95,9 @@ pub struct RawManifest {
     /// Services to run.
     #[serde(default)]
     pub services: Vec<RawService>,
+    /// Virtual machines to run, their root filesystems flists.
+    #[serde(default)]
+    pub vms: Vec<RawVm>,
 }
 
 /// What to do with the cache disk (the GPT partition named `flint-cache`).
@@ -177,6 +183,9 @@ pub struct RawService {
     /// `ring` (default: memory only), `file` (also /var/log/NAME.log) or `null`.
     #[serde(default)]
     pub log: Option<String>,
+    /// `always` (default), `on-failure` or `never`: whether it starts again once it ended.
+    #[serde(default)]
+    pub restart: Option<String>,
 }
 
 /// Where a service's output goes.
@@ -241,9 +250,50 @@ pub struct ServicePlan {
     pub stop_timeout: Duration,
     /// Output.
     pub log: LogTarget,
+    /// Whether it starts again once it ended.
+    pub restart: RestartPolicy,
+    /// A virtual machine: the process is its runner (`init vm run`), made from this plan when
+    /// it starts; `exec` is empty.
+    pub vm: Option<Box<VmPlan>>,
 }
 
 impl ServicePlan {
+    /// The flists it runs from (its root, or a VM's root, kernel and initrd): a new version of
+    /// one restarts it.
+    pub fn flists(&self) -> Vec<&str> {
+        let mut names: Vec<&str> = match &self.vm {
+            Some(vm) => vm.flists().collect(),
+            None => self.root.iter().map(String::as_str).collect(),
+        };
+        names.sort_unstable();
+        names.dedup();
+        names
+    }
+
+    /// The service that runs a VM.
+    fn for_vm(vm: VmPlan) -> ServicePlan {
+        ServicePlan {
+            name: vm.name.clone(),
+            exec: Vec::new(),
+            after: Vec::new(),
+            oneshot: false,
+            test: None,
+            test_timeout: Duration::from_secs(60),
+            env: Vec::new(),
+            dir: None,
+            user: None,
+            group: None,
+            root: None,
+            image: false,
+            stop_signal: Signal::SIGTERM,
+            // The runner's own grace, then its quit and kill steps.
+            stop_timeout: vm.stop_timeout.saturating_add(Duration::from_secs(15)),
+            log: LogTarget::File,
+            restart: vm.restart,
+            vm: Some(Box::new(vm)),
+        }
+    }
+
     /// The service with what it leaves out taken from its image's run configuration (the
     /// `oci.*` tags `flist pack` writes for container images): argv from entrypoint and cmd,
     /// the image's environment under the service's, its working directory and user.
@@ -333,9 +383,10 @@ impl Plan {
                 writable: f.writable,
             });
         }
-        let names: BTreeSet<&str> = raw.services.iter().map(|s| s.name.as_str()).collect();
-        if names.len() != raw.services.len() {
-            return Err(invalid("service names repeat".into()));
+        let names: BTreeSet<&str> =
+            raw.services.iter().map(|s| s.name.as_str()).chain(raw.vms.iter().map(|v| v.name.as_str())).collect();
+        if names.len() != raw.services.len() + raw.vms.len() {
+            return Err(invalid("service and VM names repeat".into()));
         }
         let mut services = Vec::new();
         for s in &raw.services {
@@ -385,7 +436,22 @@ impl Plan {
                 stop_signal,
                 stop_timeout: seconds("stop_timeout", s.stop_timeout, 10.0)?,
                 log,
+                restart: RestartPolicy::parse(s.restart.as_deref())
+                    .map_err(|e| invalid(format!("service {name}: {e}")))?,
+                vm: None,
             });
+        }
+        let mountpoints: BTreeMap<String, PathBuf> =
+            flists.iter().map(|f| (f.name.clone(), f.mountpoint.clone())).collect();
+        for v in &raw.vms {
+            if !valid_name(&v.name) {
+                return Err(invalid(format!("vm name {:?} is invalid", v.name)));
+            }
+            if let Some(dep) = v.after.iter().find(|d| !names.contains(d.as_str())) {
+                return Err(invalid(format!("vm {}: unknown dependency {dep:?}", v.name)));
+            }
+            let plan = VmPlan::from_raw(v, &mountpoints).map_err(invalid)?;
+            services.push(ServicePlan { after: v.after.clone(), ..ServicePlan::for_vm(plan) });
         }
         if let Some(cycle) = dependency_cycle(&services) {
             return Err(invalid(format!("services depend on each other in a cycle through {cycle}")));

@@ -257,7 +257,7 @@ impl Node {
         let restart = plan
             .services
             .iter()
-            .filter(|s| s.root.as_deref().is_some_and(|r| changed.contains(r)))
+            .filter(|s| s.flists().iter().any(|f| changed.contains(f)))
             .map(|s| s.name.clone())
             .collect();
         let roots = plan.flists.iter().map(|f| (f.name.clone(), f.mountpoint.clone())).collect();

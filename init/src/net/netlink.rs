@@ -1,5 +1,6 @@
 //! The few rtnetlink requests the node needs: list links, bring one up, add an address, set a
-//! default route. Synchronous, on one socket, each request acknowledged by the kernel.
+//! default route, put a VM's tap on a bridge. Synchronous, on one socket, each request
+//! acknowledged by the kernel.
 
 use std::io;
 use std::net::{IpAddr, Ipv4Addr};
@@ -120,6 +121,14 @@ impl Netlink {
         m.header.index = index;
         m.header.flags = LinkFlags::Up;
         m.header.change_mask = LinkFlags::Up;
+        self.request(RouteNetlinkMessage::SetLink(m), 0).map(drop)
+    }
+
+    /// Makes an interface a port of a bridge (its controller).
+    pub fn set_controller(&mut self, index: u32, controller: u32) -> io::Result<()> {
+        let mut m = LinkMessage::default();
+        m.header.index = index;
+        m.attributes.push(LinkAttribute::Controller(controller));
         self.request(RouteNetlinkMessage::SetLink(m), 0).map(drop)
     }
 

@@ -6,6 +6,7 @@ pub mod spawn;
 pub mod state;
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::ffi::OsString;
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -18,6 +19,7 @@ use serde_json::{json, Value};
 
 use crate::logring::Ring;
 use crate::manifest::{LogTarget, ServicePlan};
+use crate::vm::{Tools, VmPlan};
 use state::{step, Action, Backoff, Event, Spec, State};
 
 /// A control request, answered on its channel.
@@ -125,6 +127,7 @@ impl Service {
                 test_timeout: plan.test_timeout,
                 stop_signal: plan.stop_signal,
                 stop_timeout: plan.stop_timeout,
+                restart: plan.restart,
             },
             state: State::default(),
             ring: Arc::new(Ring::default()),
@@ -140,8 +143,14 @@ pub struct Options {
     pub backoff: Backoff,
     /// Directory for `log: file` services.
     pub log_dir: PathBuf,
-    /// Mount points of flists, by name, for services with a `root`.
+    /// Mount points of flists, by name, for services with a `root` and VMs.
     pub roots: BTreeMap<String, PathBuf>,
+    /// Where VMs keep what lasts (overlay upper layers, disk images), a directory each.
+    pub vm_state: PathBuf,
+    /// Where VMs' sockets go (console, QMP, virtio-fs), a directory each.
+    pub vm_run: PathBuf,
+    /// The programs VMs run with.
+    pub vm_tools: Tools,
 }
 
 /// The supervisor: owns every service.
@@ -245,7 +254,23 @@ impl Supervisor {
         match action {
             Action::Spawn | Action::SpawnTest => {
                 let test = action == Action::SpawnTest;
-                let argv = if test { svc.plan.test.as_deref().unwrap_or_default() } else { &svc.plan.exec };
+                let vm_argv = match svc.plan.vm.as_deref().filter(|_| !test) {
+                    Some(vm) => match self.vm_argv(vm) {
+                        Ok(argv) => Some(argv),
+                        Err(e) => {
+                            tracing::error!("vm {}: {e}", svc.plan.name);
+                            self.apply(i, Event::SpawnFailed);
+                            return;
+                        }
+                    },
+                    None => None,
+                };
+                let Some(svc) = self.services.get(i) else { return };
+                let argv = match &vm_argv {
+                    Some(argv) => argv,
+                    None if test => svc.plan.test.as_deref().unwrap_or_default(),
+                    None => &svc.plan.exec,
+                };
                 let log_file =
                     (svc.plan.log == LogTarget::File).then(|| self.opts.log_dir.join(format!("{}.log", svc.plan.name)));
                 let ring = if svc.plan.log == LogTarget::Null { Arc::new(Ring::default()) } else { svc.ring.clone() };
@@ -282,6 +307,14 @@ impl Supervisor {
                 svc.ring.push(format!("[init] {what}"));
             }
         }
+    }
+
+    /// The runner's command line for `vm`: this very program (`init vm run`) with the VM's
+    /// plan resolved against the flists in force.
+    fn vm_argv(&self, vm: &VmPlan) -> Result<Vec<OsString>, String> {
+        let spec = vm.resolve(&self.opts.roots, &self.opts.vm_state, &self.opts.vm_run, &self.opts.vm_tools)?;
+        let json = serde_json::to_string(&spec).map_err(|e| e.to_string())?;
+        Ok(["/proc/self/exe", "vm", "run", "--spec", &json].into_iter().map(OsString::from).collect())
     }
 
     /// Re-evaluates every service until nothing moves (a service coming up can start others).
@@ -389,6 +422,16 @@ impl Supervisor {
             "failures": s.state.failures,
             "after": s.plan.after,
             "oneshot": s.plan.oneshot,
+            "restart": s.plan.restart,
+            "vm": s.plan.vm.as_ref().map(|vm| json!({
+                "vcpus": vm.vcpus,
+                "memory_mib": vm.memory_mib,
+                "root": vm.root,
+                "writable": vm.writable,
+                "machine": vm.machine,
+                "network": vm.network,
+                "console": self.opts.vm_run.join(&vm.name).join("console.sock"),
+            })),
         })
     }
 

@@ -145,14 +145,18 @@ pub fn start(l: Launch<'_>) -> io::Result<i32> {
             Ok(())
         });
     }
-    let mut child = cmd.spawn()?;
-    let pid = i32::try_from(child.id()).map_err(|_| io::Error::other("pid out of range"))?;
+    // Opened before the spawn: a failure leaves no process behind.
     let file = match &l.log_file {
         Some(path) => {
+            if let Some(dir) = path.parent() {
+                std::fs::create_dir_all(dir)?;
+            }
             Some(Arc::new(std::sync::Mutex::new(std::fs::OpenOptions::new().create(true).append(true).open(path)?)))
         }
         None => None,
     };
+    let mut child = cmd.spawn()?;
+    let pid = i32::try_from(child.id()).map_err(|_| io::Error::other("pid out of range"))?;
     let out: [Option<Box<dyn io::Read + Send>>; 2] = [
         child.stdout.take().map(|s| Box::new(s) as Box<dyn io::Read + Send>),
         child.stderr.take().map(|s| Box::new(s) as Box<dyn io::Read + Send>),

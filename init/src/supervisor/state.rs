@@ -5,6 +5,7 @@
 use std::time::{Duration, Instant};
 
 use nix::sys::signal::Signal;
+use serde::{Deserialize, Serialize};
 
 /// Restart pacing: doubling delays, forgotten once a service has run long enough.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -35,6 +36,30 @@ impl Backoff {
     pub fn delay(&self, failures: u32) -> Duration {
         let factor = 1u32.checked_shl(failures.saturating_sub(1).min(20)).unwrap_or(u32::MAX);
         self.first.saturating_mul(factor).min(self.max)
+    }
+}
+
+/// Whether a service or VM that ended starts again (a oneshot's success always ends it).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum RestartPolicy {
+    /// Started again in every case, with backoff.
+    Always,
+    /// Started again only when it failed; a clean exit (a guest's power-off) leaves it done.
+    OnFailure,
+    /// Never started again by itself.
+    Never,
+}
+
+impl RestartPolicy {
+    /// From the manifest's word.
+    pub fn parse(word: Option<&str>) -> Result<RestartPolicy, String> {
+        match word {
+            None | Some("always") => Ok(RestartPolicy::Always),
+            Some("on-failure") => Ok(RestartPolicy::OnFailure),
+            Some("never") => Ok(RestartPolicy::Never),
+            Some(other) => Err(format!("restart {other:?} is not always, on-failure or never")),
+        }
     }
 }
 
@@ -149,6 +174,8 @@ pub struct Spec {
     pub stop_signal: Signal,
     /// Grace before SIGKILL.
     pub stop_timeout: Duration,
+    /// Whether it starts again once it ended.
+    pub restart: RestartPolicy,
 }
 
 /// How often a stuck kill is repeated.
@@ -238,6 +265,14 @@ pub fn step(
             let s = if now.duration_since(since) >= backoff.stable { State { failures: 0, ..s } } else { s };
             let (st, more) = if spec.oneshot && success {
                 (State { phase: Done, failures: 0, ..s }, vec![Action::Note("completed")])
+            } else if success && spec.restart != RestartPolicy::Always {
+                (
+                    State { phase: Done, failures: 0, ..s },
+                    vec![Action::Note("exited; not started again (restart policy)")],
+                )
+            } else if spec.restart == RestartPolicy::Never {
+                let s = State { failures: s.failures.saturating_add(1), ..s };
+                (State { phase: Stopped, ..s }, vec![Action::Note("failed; not started again (restart: never)")])
             } else if success {
                 failed(s, "exited")
             } else {

@@ -8,6 +8,7 @@ const SPEC: Spec = Spec {
     test_timeout: Duration::from_secs(10),
     stop_signal: Signal::SIGTERM,
     stop_timeout: Duration::from_secs(3),
+    restart: RestartPolicy::Always,
 };
 
 fn bo() -> Backoff {
@@ -184,4 +185,29 @@ fn stray_events_change_nothing() {
         let (s2, a) = step(running, e, Instant::now(), true, &SPEC, &bo());
         assert_eq!((s2, a), (running, vec![]), "{e:?}");
     }
+}
+
+#[test]
+fn restart_policies_decide_what_an_exit_leads_to() {
+    let exit = |restart, success| {
+        let mut r = Run::new(Spec { restart, ..SPEC });
+        r.ev(Event::Tick);
+        r.ev(Event::Spawned(7));
+        r.ev(Event::Exited { pid: 7, success });
+        r.s
+    };
+    use RestartPolicy::*;
+    assert!(matches!(exit(Always, true).phase, Phase::Backoff { .. }), "always: a clean exit starts again");
+    assert!(matches!(exit(Always, false).phase, Phase::Backoff { .. }));
+    assert_eq!(exit(OnFailure, true).phase, Phase::Done, "on-failure: a clean exit (power-off) is the end");
+    assert!(matches!(exit(OnFailure, false).phase, Phase::Backoff { .. }), "on-failure: a crash starts again");
+    assert_eq!(exit(Never, true).phase, Phase::Done);
+    let failed = exit(Never, false);
+    assert_eq!((failed.phase, failed.failures), (Phase::Stopped, 1), "never: a crash stays down, counted");
+    // An operator's start still works after either.
+    let mut r = Run::new(Spec { restart: Never, ..SPEC });
+    r.ev(Event::Tick);
+    r.ev(Event::Spawned(7));
+    r.ev(Event::Exited { pid: 7, success: false });
+    assert_eq!(r.ev(Event::Start), vec![Action::Spawn]);
 }
