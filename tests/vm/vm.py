@@ -8,7 +8,8 @@ off or serves: a web page through user-mode NAT, a shell on the console, and a p
 handler (busybox acpid) so that a stop is a clean ACPI shutdown.
 
 Checked: the console line of each guest in the VM's log; a guest powering off (restart
-on-failure) ends done; the web page through a forwarded port; typing on `init ctl vm console`;
+on-failure) ends done; the web page through a forwarded port (user-mode NAT) and through a
+bridge of the host (a tap on it); typing on `init ctl vm console`;
 a killed hypervisor restarted with backoff, its writable root's changes kept; `init ctl vm stop`
 shuts the guest down cleanly within the grace period, `start` boots it again; a manifest that
 adds a VM starts it, one that changes a VM restarts it (a wiped writable root), one that drops
@@ -29,7 +30,8 @@ boots=-
 if touch /var/.writable 2>/dev/null; then boots=$(( $(cat /var/boots 2>/dev/null || echo 0) + 1 )); echo $boots > /var/boots; fi
 echo "flint-guest: hello from the flist ($mode, boot $boots, Linux $(uname -r))"
 if [ "$mode" = poweroff ]; then echo "flint-guest: powering off"; poweroff -f; fi
-ip link set lo up; ip link set eth0 up; ip addr add 10.0.2.15/24 dev eth0; ip route add default via 10.0.2.2
+addr=$(sed -n 's/.*flint.ip=\([0-9./]*\).*/\1/p' /proc/cmdline)
+ip link set lo up; ip link set eth0 up; ip addr add ${addr:-10.0.2.15/24} dev eth0; ip route add default via 10.0.2.2
 mkdir -p /tmp/www; echo "flint guest, boot $boots" > /tmp/www/index.html
 httpd -p 80 -h /tmp/www
 acpid -f -l /tmp/acpid.log -c /etc/acpi &
@@ -185,12 +187,21 @@ def main():
            "cmdline": "console=ttyS0 quiet flint.guest=serve", "stop_timeout": 30,
            "network": {"mode": "user", "forward": [f"tcp:127.0.0.1:{http_port}-:80"]}}
 
+    # A bridge of the host, as a node's uplink bridge would be, for a VM on a tap.
+    bridge = "flintbr%d" % (os.getpid() % 1000)
+    for cmd in (["link", "add", bridge, "type", "bridge"], ["addr", "add", "10.99.0.1/24", "dev", bridge],
+                ["link", "set", bridge, "up"]):
+        subprocess.run(["ip", *cmd], check=True)
+    bridged = {"name": "br", "kernel": site.vmlinuz, "root": "guest", "memory": 192,
+               "cmdline": "console=ttyS0 quiet flint.guest=serve flint.ip=10.99.0.2/24",
+               "network": {"mode": "bridge", "bridge": bridge}}
+
     def publish(version, vms):
         site.publish({"version": version, "flists": [guest, boot], "vms": vms})
 
     c = Checks("vm")
     figures = {}
-    publish(1, [hello, web])
+    publish(1, [hello, web, bridged])
     site.serve()
     node = Node(site, work)
     try:
@@ -205,6 +216,11 @@ def main():
         page = http_get(f"http://127.0.0.1:{http_port}/", timeout=30)
         c.expect("flint guest, boot 1" in page, f"web: its page through the forwarded port ({page.strip()!r})")
         figures["memory"] = memory(node, "web")
+        c.expect(node.wait_log("br", r"flint-guest: serving") is not None, "br: the guest on the bridge serves")
+        ports = os.listdir(f"/sys/class/net/{bridge}/brif")
+        c.expect(len(ports) == 1 and ports[0].startswith("fl-"), f"br: its tap is a port of the bridge ({ports})")
+        page = http_get("http://10.99.0.2/", timeout=30) or ""
+        c.expect("flint guest" in page, "br: its page from the host, across the bridge")
 
         # The console: typed input reaches the guest's shell, its output comes back.
         con = subprocess.Popen([INIT, "ctl", "--socket", node.socket, "vm", "console", "web"],
@@ -242,7 +258,8 @@ def main():
         log = node.log("web")
         c.expect("flint-guest: power button: shutting down" in log, "web: the guest shut down on the power button")
         c.expect("did not shut down in time" not in log, "web: within its grace period")
-        c.expect(not pids_of("flint-vm-web") and not pids_of("virtiofsd"), "web: no qemu or virtiofsd left")
+        web_fs = subprocess.run(["pgrep", "-f", "run/vm/web/fs.sock"], capture_output=True, text=True).stdout
+        c.expect(not pids_of("flint-vm-web") and not web_fs.strip(), "web: no qemu or virtiofsd left")
         node.ctl("vm", "start", "web")
         c.expect(node.wait_log("web", r"flint-guest: serving", count=3) is not None, "web: `start` boots it again")
 
@@ -266,12 +283,15 @@ def main():
         c.expect(open(web_file).read().count("flint-guest: serving") == 4, "v2: the changed VM restarted")
         c.expect("flint guest, boot 1" in http_get(f"http://127.0.0.1:{http_port}/", timeout=30),
                  "v2: keep false wiped the writable root (boot 1 again)")
+        c.expect(node.wait_state("br", None, 120) is not None and not os.listdir(f"/sys/class/net/{bridge}/brif"),
+                 "v2: the VM it no longer names stopped, its tap gone from the bridge")
         publish(3, [hello])
         node.ctl("reload")
         c.expect(node.wait_state("web", None, 120) is not None and "hello2" not in node.vms(),
                  "v3: the dropped VMs are gone")
         c.expect(not pids_of("flint-vm-web"), "v3: web's qemu is gone")
     finally:
+        subprocess.run(["ip", "link", "del", bridge])
         try:
             node.ctl("shutdown", check=False)
             node.proc.wait(120)
