@@ -11,7 +11,7 @@ APT_PACKAGES := musl-tools debootstrap squashfs-tools squashfuse casync zstd att
   openssl openssh-client fdisk e2fsprogs busybox-static curl ca-certificates gcc umoci skopeo docker-registry
 FUZZ_SECONDS ?= 600
 
-.PHONY: help deps build static test test-unit test-rootfs test-boot-steps static-check fuzz bench qemu qemu-pxe qemu-usb usb initramfs test-boot test-boot-direct test-vm vm-deps clean
+.PHONY: help deps build static test test-unit test-rootfs test-boot-steps static-check fuzz bench qemu qemu-pxe qemu-usb usb initramfs test-boot test-boot-direct test-vm vm-deps test-garage clean
 
 help:
 	@echo "make qemu     build everything and boot the demo node under qemu (see README)"
@@ -24,6 +24,7 @@ help:
 	@echo "make fuzz     run every fuzz target for FUZZ_SECONDS (default 600) each"
 	@echo "make test-boot  boot nodes under qemu by every path (direct, PXE, USB)"
 	@echo "make test-vm  run VMs from flists under the supervisor (qemu + virtiofsd)"
+	@echo "make test-garage  flists on a 3-node garage cluster, one node killed mid-read"
 
 # Debian packages and Rust pieces, installed only when missing.
 deps:
@@ -107,6 +108,14 @@ vm-deps: deps
 
 test-vm: vm-deps build
 	python3 tests/vm/vm.py
+
+# The scale-out path (tests/garage/garage.py): flists on a 3-node garage cluster, one node killed
+# mid-read. garage builds from crates.io (long: about 40 minutes on 2 cores), once.
+GARAGE_VERSION := 2.5.0
+test-garage: deps build
+	@command -v garage >/dev/null || { echo "installing garage $(GARAGE_VERSION) (a long build)"; \
+	  cargo install --locked $(QUIET) garage --version $(GARAGE_VERSION); }
+	python3 tests/garage/garage.py
 
 clean:
 	cargo clean

@@ -137,6 +137,11 @@ impl CachedSource {
         self.memory.lock().unwrap_or_else(|p| p.into_inner())
     }
 
+    /// Every store's health (failures in a row, whether it is tried last for now).
+    pub fn store_health(&self) -> Vec<crate::store::StoreHealth> {
+        self.router.health()
+    }
+
     /// Counters so far.
     pub fn stats(&self) -> FetchStats {
         FetchStats {

@@ -117,6 +117,7 @@ pub struct Prepared {
     tags: BTreeMap<String, String>,
     staging: PathBuf,
     session: fuser::BackgroundSession,
+    source: Arc<CachedSource>,
 }
 
 /// A flist in service.
@@ -125,6 +126,8 @@ struct Active {
     tags: BTreeMap<String, String>,
     staging: PathBuf,
     session: fuser::BackgroundSession,
+    /// Its chunk source, for the stores' health.
+    source: Arc<CachedSource>,
     /// Why its mountpoint is not in place, if it is not.
     problem: Option<String>,
 }
@@ -182,11 +185,11 @@ pub fn prepare(
     let source = CachedSource::new(router, cfg.cache.clone(), cfg.memory);
     source.start_prefetchers(cfg.threads);
     let tags = flist.tags.clone();
-    let fs = FlistFs::new(Arc::new(flist), source, FsOptions::default());
+    let fs = FlistFs::new(Arc::new(flist), source.clone(), FsOptions::default());
     let session = flist::fuse::mount(fs, &staging, &MountOptions { threads: cfg.threads, allow_other: true })
         .map_err(io("mounting on", &staging))?;
     std::fs::metadata(&staging).map_err(io("the mount does not answer at", &staging))?;
-    Ok(Prepared { plan: plan.clone(), tags, staging, session })
+    Ok(Prepared { plan: plan.clone(), tags, staging, session, source })
 }
 
 /// Writes `bytes` to `path` whole or not at all.
@@ -288,8 +291,8 @@ impl Mounts {
                     p.plan.mountpoint.display()
                 );
             }
-            let Prepared { plan, tags, staging, session } = p;
-            self.active.insert(plan.name.clone(), Active { plan, tags, staging, session, problem });
+            let Prepared { plan, tags, staging, session, source } = p;
+            self.active.insert(plan.name.clone(), Active { plan, tags, staging, session, source, problem });
         }
     }
 
@@ -332,6 +335,7 @@ impl Mounts {
                     "staging": a.staging,
                     "url": a.plan.url,
                     "problem": a.problem,
+                    "stores": a.source.store_health(),
                 })
             })
             .collect();

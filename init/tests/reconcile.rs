@@ -124,6 +124,10 @@ fn manifests_are_applied_by_diff_and_bad_ones_change_nothing() {
     assert_eq!(std::fs::read_to_string(out.join("mnt/app/hello.txt")).unwrap(), "v1\n");
     let mounts = node.ctl_json(&["mounts"]);
     assert_eq!(mounts.as_array().unwrap().len(), 2, "{mounts}");
+    for m in mounts.as_array().unwrap() {
+        let stores = m["stores"].as_array().unwrap();
+        assert!(!stores.is_empty() && stores.iter().all(|s| s["down"] == false && s["failures"] == 0), "{m}");
+    }
     let data_mount = |mounts: &Value| mounts.as_array().unwrap().iter().find(|m| m["name"] == "data").cloned();
     let data_v1 = data_mount(&mounts);
     let steady_pid = node.pid("steady").unwrap();

@@ -114,16 +114,23 @@ impl Routed {
     fn record(&self, transient_failure: bool) {
         let mut h = self.health.lock().unwrap_or_else(|p| p.into_inner());
         if !transient_failure {
+            if h.down_until.is_some() {
+                // At the failure's level, so that whoever saw it go sees it come back.
+                tracing::warn!("store {} answers again", self.store.url());
+            }
             *h = Health::default();
+            return;
+        }
+        // Requests in flight when a store went down fail together: one outage, not several. Only
+        // a failure after the cool-off (the store was tried again) lengthens the next one.
+        if h.down_until.is_some_and(|t| Instant::now() < t) {
             return;
         }
         h.failures = h.failures.saturating_add(1);
         if h.failures >= DOWN_AFTER {
             let doublings = (h.failures - DOWN_AFTER).min(10);
             let cool_off = COOL_OFF.saturating_mul(1 << doublings).min(MAX_COOL_OFF);
-            if h.down_until.is_none_or(|t| t <= Instant::now()) {
-                tracing::warn!("store {} is failing; trying it last for {cool_off:?}", self.store.url());
-            }
+            tracing::warn!("store {} is failing; trying it last for {cool_off:?}", self.store.url());
             h.down_until = Some(Instant::now() + cool_off);
         }
     }
@@ -291,5 +298,30 @@ mod tests {
         assert!(router.health()[0].down && !router.health()[1].down, "{:?}", router.health());
         router.fetch(&sealed.chunk).unwrap();
         assert_eq!(router.health()[0].failures, DOWN_AFTER, "a store that is down is not tried while another serves");
+    }
+
+    #[test]
+    fn failures_during_a_cool_off_do_not_lengthen_it() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut router = Router::new(RetryPolicy::default());
+        router.add(0, 255, open(&format!("dir://{}", dir.path().display())).unwrap());
+        let routed = &router.routes[0];
+        let down_until = || routed.health.lock().unwrap().down_until;
+        for _ in 0..DOWN_AFTER {
+            routed.record(true);
+        }
+        let first = down_until().unwrap();
+        // Other requests in flight when it went down fail as well.
+        for _ in 0..5 {
+            routed.record(true);
+        }
+        assert_eq!((down_until(), router.health()[0].failures), (Some(first), DOWN_AFTER));
+        // Tried again after the cool-off, and failing: the next cool-off is twice as long.
+        routed.health.lock().unwrap().down_until = Some(Instant::now());
+        routed.record(true);
+        let second = down_until().unwrap().saturating_duration_since(Instant::now());
+        assert!(second > COOL_OFF && second <= COOL_OFF * 2, "{second:?}");
+        routed.record(false);
+        assert!(!router.health()[0].down && router.health()[0].failures == 0);
     }
 }
