@@ -139,6 +139,24 @@ fn sha256_hex(bytes: &[u8]) -> String {
     hex::encode(Sha256::digest(bytes))
 }
 
+/// What [`Client::pull`] reports as it goes.
+#[derive(Debug, Clone, Copy)]
+pub enum PullProgress<'a> {
+    /// A layer starts (1-based `number` of `of`); already present, it is done at once.
+    Layer {
+        /// Which.
+        number: usize,
+        /// Of how many.
+        of: usize,
+        /// Its digest.
+        digest: &'a str,
+        /// Its compressed size.
+        size: u64,
+    },
+    /// Bytes of the current layer arrived.
+    Bytes(u64),
+}
+
 impl Client {
     /// A client; `insecure` speaks plain HTTP (a local registry), `credentials` are user and
     /// password (or token) for basic auth or the token service.
@@ -232,8 +250,17 @@ impl Client {
         }
         let failed = |why: String| RegistryError::Http { url: url.to_string(), why };
         let mut resp = req.call().map_err(|e| failed(e.to_string()))?;
-        if resp.status().as_u16() != 200 {
-            return Err(failed(format!("token service: HTTP {}", resp.status().as_u16())));
+        match (resp.status().as_u16(), self.credentials.is_some()) {
+            (200, _) => {}
+            (401 | 403, false) => {
+                return Err(failed(
+                    "the token service wants credentials (authentication required): pass --creds".into(),
+                ))
+            }
+            (401 | 403, true) => {
+                return Err(failed("the token service refused the credentials (authentication failed)".into()))
+            }
+            (code, _) => return Err(failed(format!("token service: HTTP {code}"))),
         }
         let text = resp.body_mut().with_config().limit(1 << 20).read_to_string().map_err(|e| failed(e.to_string()))?;
         let body: serde_json::Value = serde_json::from_str(&text).map_err(|e| failed(e.to_string()))?;
@@ -298,13 +325,14 @@ impl Client {
     }
 
     /// Pulls the image `r` for `platform` (`os/arch[/variant]`) into the OCI image layout at
-    /// `layout` (created if needed), tagged [`Reference::tag`]. `progress` hears of every byte.
+    /// `layout` (created if needed), tagged [`Reference::tag`]. `progress` hears of each layer
+    /// as it starts, then of its bytes.
     pub fn pull(
         &self,
         r: &Reference,
         platform: &str,
         layout: &Path,
-        progress: &dyn Fn(u64),
+        progress: &dyn Fn(PullProgress<'_>),
     ) -> Result<(), RegistryError> {
         std::fs::create_dir_all(layout.join("blobs/sha256"))
             .map_err(|source| RegistryError::Write { path: layout.display().to_string(), source })?;
@@ -329,9 +357,11 @@ impl Client {
         write(blob_path(layout, &digest)?, &bytes)?;
         let config = listing.config.ok_or_else(|| RegistryError::Image("the manifest names no config".into()))?;
         self.blob(r, &config, layout, &|_| {})?;
-        for layer in &listing.layers {
+        for (i, layer) in listing.layers.iter().enumerate() {
             tracing::info!("layer {} ({} bytes)", layer.digest, layer.size);
-            self.blob(r, layer, layout, progress)?;
+            let of = listing.layers.len();
+            progress(PullProgress::Layer { number: i + 1, of, digest: &layer.digest, size: layer.size });
+            self.blob(r, layer, layout, &|n| progress(PullProgress::Bytes(n)))?;
         }
         let index = serde_json::json!({
             "schemaVersion": 2,

@@ -4,7 +4,9 @@
 //! unpacks to exactly what `umoci unpack` gives, carries the configuration as tags, and the
 //! second image sharing the base uploads only its own chunks. The same image pushed by skopeo to
 //! Debian's docker-registry is pulled by `flist pack oci:REF`, and the flist goes through the
-//! same registry as an artifact (`flist push`, `flist pull`).
+//! same registry as an artifact (`flist push`, `flist pull`). A registry that wants token auth
+//! (its token service signs JWTs the registry checks against its certificate) is used with
+//! `--creds`, and refused without.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic, clippy::indexing_slicing)]
 
 mod util;
@@ -178,6 +180,11 @@ impl Drop for Registry {
 }
 
 fn registry(dir: &Path) -> Registry {
+    registry_with(dir, "")
+}
+
+/// The registry with `extra` configuration (YAML, top level).
+fn registry_with(dir: &Path, extra: &str) -> Registry {
     let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
     let address = format!("127.0.0.1:{port}");
     let config = dir.join("registry.yml");
@@ -185,7 +192,7 @@ fn registry(dir: &Path) -> Registry {
     std::fs::write(
         &config,
         format!(
-            "version: 0.1\nstorage:\n  filesystem:\n    rootdirectory: {}\nhttp:\n  addr: {address}\n",
+            "version: 0.1\nstorage:\n  filesystem:\n    rootdirectory: {}\nhttp:\n  addr: {address}\n{extra}",
             dir.join("data").display()
         ),
     )
@@ -329,4 +336,182 @@ fn a_multi_platform_image_gives_the_asked_platform() {
             String::from_utf8_lossy(&out.stderr)
         );
     }
+}
+
+/// A registry token service, as Docker Hub's: `GET /token?service=S&scope=repository:NAME:ACTIONS`
+/// with basic auth answers a JWT (ES256, its certificate in the x5c header) granting the scope.
+struct TokenService {
+    address: String,
+    issued: std::sync::Arc<std::sync::atomic::AtomicUsize>,
+}
+
+fn token_service(dir: &Path, user: &'static str, password: &'static str) -> TokenService {
+    use base64::Engine;
+    use std::io::{BufRead, Write};
+    let openssl = |args: &[&str]| {
+        let out = Command::new("openssl").args(args).current_dir(dir).output().unwrap();
+        assert!(out.status.success(), "openssl {args:?}: {}", String::from_utf8_lossy(&out.stderr));
+    };
+    openssl(&["ecparam", "-name", "prime256v1", "-genkey", "-noout", "-out", "token.key"]);
+    openssl(&["req", "-new", "-x509", "-key", "token.key", "-out", "token.crt", "-days", "2", "-subj", "/CN=flint"]);
+    openssl(&["pkcs8", "-topk8", "-nocrypt", "-in", "token.key", "-outform", "DER", "-out", "token.p8"]);
+    openssl(&["x509", "-in", "token.crt", "-outform", "DER", "-out", "token.der"]);
+    let rng = ring::rand::SystemRandom::new();
+    let key = ring::signature::EcdsaKeyPair::from_pkcs8(
+        &ring::signature::ECDSA_P256_SHA256_FIXED_SIGNING,
+        &std::fs::read(dir.join("token.p8")).unwrap(),
+        &rng,
+    )
+    .unwrap();
+    let b64 = base64::engine::general_purpose::STANDARD;
+    let url = base64::engine::general_purpose::URL_SAFE_NO_PAD;
+    let header = url.encode(
+        serde_json::json!({"typ": "JWT", "alg": "ES256", "x5c": [b64.encode(std::fs::read(dir.join("token.der")).unwrap())]})
+            .to_string(),
+    );
+    let expected = format!("Basic {}", b64.encode(format!("{user}:{password}")));
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let address = listener.local_addr().unwrap().to_string();
+    let issued = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let counter = issued.clone();
+    std::thread::spawn(move || {
+        for conn in listener.incoming().flatten() {
+            let mut reader = std::io::BufReader::new(&conn);
+            let mut request = String::new();
+            reader.read_line(&mut request).unwrap();
+            let mut authorized = false;
+            loop {
+                let mut line = String::new();
+                if reader.read_line(&mut line).unwrap() == 0 || line.trim().is_empty() {
+                    break;
+                }
+                if let Some((name, value)) = line.split_once(':') {
+                    authorized |= name.eq_ignore_ascii_case("authorization") && value.trim() == expected;
+                }
+            }
+            let target = request.split_whitespace().nth(1).unwrap_or("/");
+            let query = url::Url::parse(&format!("http://x{target}")).unwrap();
+            let pairs: Vec<(String, String)> = query.query_pairs().map(|(k, v)| (k.into(), v.into())).collect();
+            let service = pairs.iter().find(|(k, _)| k == "service").map(|(_, v)| v.clone()).unwrap_or_default();
+            let access: Vec<serde_json::Value> = pairs
+                .iter()
+                .filter(|(k, _)| k == "scope")
+                .filter_map(|(_, scope)| {
+                    let mut parts = scope.splitn(3, ':');
+                    let (kind, name, actions) = (parts.next()?, parts.next()?, parts.next()?);
+                    Some(serde_json::json!({"type": kind, "name": name, "actions": actions.split(',').collect::<Vec<_>>()}))
+                })
+                .collect();
+            let mut out = &conn;
+            if !authorized {
+                write!(out, "HTTP/1.1 401 Unauthorized\r\nContent-Length: 0\r\nConnection: close\r\n\r\n").unwrap();
+                continue;
+            }
+            let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_secs();
+            let claims = url.encode(
+                serde_json::json!({"iss": "flint-test", "sub": user, "aud": service, "iat": now, "nbf": now - 10,
+                                   "exp": now + 300, "jti": format!("{now}-{}", counter.load(std::sync::atomic::Ordering::SeqCst)),
+                                   "access": access})
+                .to_string(),
+            );
+            let signed = format!("{header}.{claims}");
+            let signature = url.encode(key.sign(&rng, signed.as_bytes()).unwrap().as_ref());
+            let body = serde_json::json!({"token": format!("{signed}.{signature}")}).to_string();
+            counter.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+            write!(
+                out,
+                "HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+                body.len()
+            )
+            .unwrap();
+        }
+    });
+    TokenService { address, issued }
+}
+
+#[test]
+fn a_registry_with_token_auth_is_used_with_credentials_and_refused_without() {
+    let t = TestDir::new();
+    let layout = two_layer_image(&t);
+    let auth = t.join("auth");
+    std::fs::create_dir_all(&auth).unwrap();
+    let tokens = token_service(&auth, "alice", "s3cret");
+    let reg = registry_with(
+        &t.join("registry"),
+        &format!(
+            "auth:\n  token:\n    realm: http://{}/token\n    service: flint-registry\n    issuer: flint-test\n    rootcertbundle: {}\n",
+            tokens.address,
+            auth.join("token.crt").display()
+        ),
+    );
+    let image = format!("oci:{}/flint/private:v2", reg.address);
+    tool(
+        "skopeo",
+        &[
+            &"copy",
+            &"--quiet",
+            &"--dest-tls-verify=false",
+            &"--dest-creds=alice:s3cret",
+            &format!("oci:{}:v2", layout.display()),
+            &format!("docker://{}/flint/private:v2", reg.address),
+        ],
+    );
+    let attempt = |creds: Option<&str>, out: &str| {
+        let mut args: Vec<String> = ["pack", &image, "--insecure", "-o"].map(String::from).to_vec();
+        args.push(t.join(out).display().to_string());
+        args.extend(["--store".to_string(), t.store("store")]);
+        if let Some(c) = creds {
+            args.extend(["--creds".to_string(), c.to_string()]);
+        }
+        util::flist(&args.iter().map(|a| a as &dyn AsRef<std::ffi::OsStr>).collect::<Vec<_>>())
+    };
+    let before = tokens.issued.load(std::sync::atomic::Ordering::SeqCst);
+    let ok = attempt(Some("alice:s3cret"), "private.fl");
+    assert!(ok.status.success(), "{}", String::from_utf8_lossy(&ok.stderr));
+    assert!(tokens.issued.load(std::sync::atomic::Ordering::SeqCst) > before, "the token service was asked");
+    flist_ok(&[&"unpack", &t.join("private.fl"), &t.join("out")]);
+    assert_same_tree(&t.join("ref/rootfs"), &t.join("out"));
+    for (creds, why) in [(None, "without credentials"), (Some("alice:wrong"), "with a wrong password")] {
+        let refused = attempt(creds, "refused.fl");
+        let err = String::from_utf8_lossy(&refused.stderr);
+        assert!(!refused.status.success() && err.contains("auth"), "{why}: {err}");
+    }
+    // The flist itself, pushed and pulled with the same credentials.
+    let flists = format!("oci:{}/flint/private-flists:v2", reg.address);
+    flist_ok(&[&"push", &t.join("private.fl"), &flists, &"--insecure", &"--creds", &"alice:s3cret"]);
+    flist_ok(&[&"pull", &flists, &"-o", &t.join("back.fl"), &"--insecure", &"--creds", &"alice:s3cret"]);
+    assert_eq!(std::fs::read(t.join("back.fl")).unwrap(), std::fs::read(t.join("private.fl")).unwrap());
+}
+
+#[test]
+fn a_registry_with_basic_auth_is_used_with_credentials() {
+    let t = TestDir::new();
+    let layout = two_layer_image(&t);
+    let htpasswd = Command::new("htpasswd").args(["-Bbn", "bob", "pa55"]).output().expect("htpasswd (apache2-utils)");
+    let users = t.join("htpasswd");
+    std::fs::write(&users, &htpasswd.stdout).unwrap();
+    let reg = registry_with(
+        &t.join("registry"),
+        &format!("auth:\n  htpasswd:\n    realm: flint\n    path: {}\n", users.display()),
+    );
+    tool(
+        "skopeo",
+        &[
+            &"copy",
+            &"--quiet",
+            &"--dest-tls-verify=false",
+            &"--dest-creds=bob:pa55",
+            &format!("oci:{}:v2", layout.display()),
+            &format!("docker://{}/flint/basic:v2", reg.address),
+        ],
+    );
+    let image = format!("oci:{}/flint/basic:v2", reg.address);
+    let out = t.join("basic.fl");
+    let store = t.store("store");
+    flist_ok(&[&"pack", &image, &"--insecure", &"--creds", &"bob:pa55", &"-o", &out, &"--store", &store]);
+    flist_ok(&[&"unpack", &out, &t.join("out")]);
+    assert_same_tree(&t.join("ref/rootfs"), &t.join("out"));
+    let refused = util::flist(&[&"pack", &image, &"--insecure", &"-o", &t.join("no.fl"), &"--store", &store]);
+    let err = String::from_utf8_lossy(&refused.stderr);
+    assert!(!refused.status.success() && err.contains("authentication required"), "{err}");
 }

@@ -8,6 +8,7 @@ use std::process::ExitCode;
 use anyhow::Context;
 use flist::format::Route;
 use flist::pack::{pack, Chunking, PackOptions, DEFAULT_AVG_CHUNK, DEFAULT_SMALL_FILES_CHUNK};
+use flist::registry::PullProgress;
 use flist::source;
 use flist::store::{parse_route, RetryPolicy, Router};
 
@@ -114,9 +115,28 @@ fn read_source(a: &PackArgs, scratch: &std::path::Path) -> anyhow::Result<(sourc
         let reference = super::oci_reference(&text)?;
         let client = a.registry.client()?;
         let layout = scratch.join("layout");
-        let bar = super::progress_bar(0, "pulling");
-        client.pull(&reference, platform, &layout, &|n| bar.inc(n)).with_context(|| format!("pulling {text}"))?;
-        bar.finish_and_clear();
+        // A bar per layer; finished ones stay on screen.
+        let bars = indicatif::MultiProgress::new();
+        let current: std::cell::RefCell<Option<indicatif::ProgressBar>> = std::cell::RefCell::default();
+        let progress = |p: PullProgress<'_>| match p {
+            PullProgress::Layer { number, of, digest, size } => {
+                if let Some(done) = current.borrow_mut().take() {
+                    done.finish();
+                }
+                let short = digest.trim_start_matches("sha256:").get(..12).unwrap_or(digest);
+                let bar = bars.add(super::progress_bar(size, &format!("layer {number}/{of} {short}")));
+                *current.borrow_mut() = Some(bar);
+            }
+            PullProgress::Bytes(n) => {
+                if let Some(bar) = current.borrow().as_ref() {
+                    bar.inc(n);
+                }
+            }
+        };
+        client.pull(&reference, platform, &layout, &progress).with_context(|| format!("pulling {text}"))?;
+        if let Some(done) = current.take() {
+            done.finish();
+        }
         let image = source::oci::open_layout(&layout, Some(&reference.tag()), platform)?;
         return Ok((image.tree, image.config.tags()));
     }
