@@ -212,21 +212,22 @@ fn registry_with(dir: &Path, extra: &str) -> Registry {
     Registry { child, address }
 }
 
+/// skopeo copies the layout's `tag` to the registry as `repo` (extra options first: `--all`,
+/// `--dest-creds=U:P`).
+fn push_image(layout: &Path, tag: &str, reg: &Registry, repo: &str, extra: &[&str]) {
+    let mut args: Vec<String> = ["copy", "--quiet", "--dest-tls-verify=false"].map(String::from).to_vec();
+    args.extend(extra.iter().map(|e| e.to_string()));
+    args.push(format!("oci:{}:{tag}", layout.display()));
+    args.push(format!("docker://{}/{repo}", reg.address));
+    tool("skopeo", &args.iter().map(|a| a as &dyn AsRef<std::ffi::OsStr>).collect::<Vec<_>>());
+}
+
 #[test]
 fn images_are_pulled_from_a_registry() {
     let t = TestDir::new();
     let layout = two_layer_image(&t);
     let reg = registry(&t.join("registry"));
-    tool(
-        "skopeo",
-        &[
-            &"copy",
-            &"--quiet",
-            &"--dest-tls-verify=false",
-            &format!("oci:{}:v2", layout.display()),
-            &format!("docker://{}/flint/test:v2", reg.address),
-        ],
-    );
+    push_image(&layout, "v2", &reg, "flint/test:v2", &[]);
     pack(&t, &format!("oci:{}/flint/test:v2", reg.address), "pulled.fl");
     flist_ok(&[&"unpack", &t.join("pulled.fl"), &t.join("out")]);
     assert_same_tree(&t.join("ref/rootfs"), &t.join("out"));
@@ -300,17 +301,7 @@ fn a_multi_platform_image_gives_the_asked_platform() {
     let layout = two_layer_image(&t);
     add_multi_platform_index(&layout);
     let reg = registry(&t.join("registry"));
-    tool(
-        "skopeo",
-        &[
-            &"copy",
-            &"--quiet",
-            &"--all",
-            &"--dest-tls-verify=false",
-            &format!("oci:{}:multi", layout.display()),
-            &format!("docker://{}/flint/multi:1", reg.address),
-        ],
-    );
+    push_image(&layout, "multi", &reg, "flint/multi:1", &["--all"]);
     for (source, name) in [
         (format!("oci-layout:{}:multi", layout.display()), "layout"),
         (format!("oci:{}/flint/multi:1", reg.address), "registry"),
@@ -445,17 +436,7 @@ fn a_registry_with_token_auth_is_used_with_credentials_and_refused_without() {
         ),
     );
     let image = format!("oci:{}/flint/private:v2", reg.address);
-    tool(
-        "skopeo",
-        &[
-            &"copy",
-            &"--quiet",
-            &"--dest-tls-verify=false",
-            &"--dest-creds=alice:s3cret",
-            &format!("oci:{}:v2", layout.display()),
-            &format!("docker://{}/flint/private:v2", reg.address),
-        ],
-    );
+    push_image(&layout, "v2", &reg, "flint/private:v2", &["--dest-creds=alice:s3cret"]);
     let attempt = |creds: Option<&str>, out: &str| {
         let mut args: Vec<String> = ["pack", &image, "--insecure", "-o"].map(String::from).to_vec();
         args.push(t.join(out).display().to_string());
@@ -494,17 +475,7 @@ fn a_registry_with_basic_auth_is_used_with_credentials() {
         &t.join("registry"),
         &format!("auth:\n  htpasswd:\n    realm: flint\n    path: {}\n", users.display()),
     );
-    tool(
-        "skopeo",
-        &[
-            &"copy",
-            &"--quiet",
-            &"--dest-tls-verify=false",
-            &"--dest-creds=bob:pa55",
-            &format!("oci:{}:v2", layout.display()),
-            &format!("docker://{}/flint/basic:v2", reg.address),
-        ],
-    );
+    push_image(&layout, "v2", &reg, "flint/basic:v2", &["--dest-creds=bob:pa55"]);
     let image = format!("oci:{}/flint/basic:v2", reg.address);
     let out = t.join("basic.fl");
     let store = t.store("store");
