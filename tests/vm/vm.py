@@ -8,7 +8,8 @@ off or serves: a web page through user-mode NAT, a shell on the console, and a p
 handler (busybox acpid) so that a stop is a clean ACPI shutdown.
 
 Checked: the console line of each guest in the VM's log; a guest powering off (restart
-on-failure) ends done; the web page through a forwarded port (user-mode NAT) and through a
+on-failure) ends done and sees its extra disks, on q35 (its kernel from an flist) and on microvm
+(an initrd of the node's); the web page through a forwarded port (user-mode NAT) and through a
 bridge of the host (a tap on it); typing on `init ctl vm console`;
 a killed hypervisor restarted with backoff, its writable root's changes kept; `init ctl vm stop`
 shuts the guest down cleanly within the grace period, `start` boots it again; a manifest that
@@ -29,6 +30,7 @@ mode=$(sed -n 's/.*flint.guest=\([a-z]*\).*/\1/p' /proc/cmdline)
 boots=-
 if touch /var/.writable 2>/dev/null; then boots=$(( $(cat /var/boots 2>/dev/null || echo 0) + 1 )); echo $boots > /var/boots; fi
 echo "flint-guest: hello from the flist ($mode, boot $boots, Linux $(uname -r))"
+for d in /sys/block/vd*; do [ -e $d/serial ] && echo "flint-guest: disk ${d##*/} serial $(cat $d/serial) $(cat $d/size) sectors ro=$(cat $d/ro)"; done
 if [ "$mode" = poweroff ]; then echo "flint-guest: powering off"; poweroff -f; fi
 addr=$(sed -n 's/.*flint.ip=\([0-9./]*\).*/\1/p' /proc/cmdline)
 ip link set lo up; ip link set eth0 up; ip addr add ${addr:-10.0.2.15/24} dev eth0; ip route add default via 10.0.2.2
@@ -46,7 +48,7 @@ sync; poweroff -f
 
 def guest_tree(work, kernel_root):
     """busybox (every applet), /sbin/init, the power-button action, and the modules the guest
-    loads (input events and the ACPI button for acpid, virtio-net), decompressed."""
+    loads (input events and the ACPI button for acpid, virtio-net, virtio-blk), decompressed."""
     tree = os.path.join(work, "guest")
     for d in ["bin", "sbin", "proc", "sys", "dev", "tmp", "var", "etc/acpi/PWRF", "lib/modules"]:
         os.makedirs(os.path.join(tree, d), exist_ok=True)
@@ -61,7 +63,7 @@ def guest_tree(work, kernel_root):
     version = os.listdir(os.path.join(kernel_root, "lib/modules"))[0]
     order = []
     for line in run("modprobe", "-d", kernel_root, "-S", version, "--show-depends",
-                    "-a", "evdev", "button", "virtio_net").splitlines():
+                    "-a", "evdev", "button", "virtio_net", "virtio_blk").splitlines():
         m = re.match(r"insmod (\S+)", line)
         if not m:
             continue
@@ -74,6 +76,39 @@ def guest_tree(work, kernel_root):
         order.append(name)
     open(os.path.join(tree, "lib/modules/order"), "w").write("\n".join(order) + "\n")
     return tree
+
+
+MICRO_INIT = """#!/bin/sh
+export PATH=/bin
+mount -t proc proc /proc; mount -t devtmpfs dev /dev
+insmod /virtio_mmio.ko
+mkdir -p /newroot
+mount -t virtiofs rootfs /newroot || { echo "flint-initrd: no virtio-fs root"; poweroff -f; }
+umount /proc /dev
+exec switch_root /newroot /sbin/init
+"""
+
+
+def micro_initrd(work, kernel_root):
+    """An initrd for microvm guests: Debian's kernel has virtio_mmio as a module, which must be
+    loaded before the virtio-fs root can be found; then it switches to that root."""
+    tree = os.path.join(work, "initrd")
+    os.makedirs(os.path.join(tree, "bin"))
+    for d in ["proc", "dev", "newroot"]:
+        os.makedirs(os.path.join(tree, d))
+    shutil.copy("/bin/busybox", os.path.join(tree, "bin/busybox"))
+    for applet in ["sh", "mount", "umount", "insmod", "mkdir", "switch_root", "poweroff"]:
+        os.symlink("busybox", os.path.join(tree, "bin", applet))
+    with open(os.path.join(tree, "init"), "w") as f:
+        f.write(MICRO_INIT)
+    os.chmod(os.path.join(tree, "init"), 0o755)
+    module = glob.glob(os.path.join(kernel_root, "lib/modules/*/kernel/drivers/virtio/virtio_mmio.ko*"))[0]
+    data = subprocess.run(["xz", "-dc", module], check=True, capture_output=True).stdout \
+        if module.endswith(".xz") else open(module, "rb").read()
+    open(os.path.join(tree, "virtio_mmio.ko"), "wb").write(data)
+    out = os.path.join(work, "micro-initrd.gz")
+    subprocess.run(f"cd {tree} && find . | cpio -o -H newc --quiet | gzip -1 > {out}", shell=True, check=True)
+    return out
 
 
 class Node:
@@ -182,7 +217,8 @@ def main():
     boot = site.pack("boot", boot_dir, os.path.join(mnt, "boot"))
     http_port = 18500 + os.getpid() % 400
     hello = {"name": "hello", "kernel": "boot:/vmlinuz", "root": "guest", "memory": 256, "restart": "on-failure",
-             "cmdline": "console=ttyS0 quiet flint.guest=poweroff"}
+             "cmdline": "console=ttyS0 quiet flint.guest=poweroff",
+             "disks": [{"name": "data", "size_mib": 16}, {"name": "seed", "size_mib": 4, "read_only": True}]}
     web = {"name": "web", "kernel": site.vmlinuz, "root": "guest", "writable": True, "memory": 256,
            "cmdline": "console=ttyS0 quiet flint.guest=serve", "stop_timeout": 30,
            "network": {"mode": "user", "forward": [f"tcp:127.0.0.1:{http_port}-:80"]}}
@@ -196,12 +232,16 @@ def main():
                "cmdline": "console=ttyS0 quiet flint.guest=serve flint.ip=10.99.0.2/24",
                "network": {"mode": "bridge", "bridge": bridge}}
 
+    micro = {"name": "micro", "machine": "microvm", "kernel": site.vmlinuz, "initrd": micro_initrd(work, site.kernel_root),
+             "root": "guest", "memory": 192, "restart": "on-failure", "network": {"mode": "none"},
+             "cmdline": "console=ttyS0 quiet flint.guest=poweroff"}
+
     def publish(version, vms):
         site.publish({"version": version, "flists": [guest, boot], "vms": vms})
 
     c = Checks("vm")
     figures = {}
-    publish(1, [hello, web, bridged])
+    publish(1, [hello, web, bridged, micro])
     site.serve()
     node = Node(site, work)
     try:
@@ -211,6 +251,12 @@ def main():
         c.expect(node.wait_state("hello", "done", 60) is not None,
                  "hello: the guest powered off and, restart on-failure, the VM is done")
         c.expect(node.vms()["hello"]["starts"] == 1, "hello: started once")
+        disks = re.findall(r"flint-guest: disk (vd\w+) serial (\w+) (\d+) sectors ro=(\d)", node.log("hello"))
+        c.expect(sorted(d[1:] for d in disks) == [("data", "32768", "0"), ("seed", "8192", "1")],
+                 f"hello: the guest sees its extra disks by serial, sized and read-only as asked ({disks})")
+        c.expect(node.wait_log("micro", r"flint-guest: hello from the flist \(poweroff") is not None
+                 and node.wait_state("micro", "done", 60) is not None,
+                 "micro: a microvm guest (virtio-mmio, an initrd of the node's) booted from the flist and powered off")
 
         c.expect(node.wait_log("web", r"flint-guest: serving") is not None, "web: the guest serves")
         page = http_get(f"http://127.0.0.1:{http_port}/", timeout=30)
