@@ -47,7 +47,13 @@ impl Qemu {
             "-name".into(),
             format!("{},process=flint-vm-{}", p.name.replace(',', ",,"), p.name.replace(',', ",,")),
             "-machine".into(),
-            format!("{},accel={accel},memory-backend=mem", p.machine),
+            // microvm leaves out the PIT and RTC by default; without KVM's clock a guest kernel
+            // has no reference to calibrate its TSC against and stalls at boot.
+            if micro {
+                format!("microvm,accel={accel},memory-backend=mem,pit=on,rtc=on")
+            } else {
+                format!("{},accel={accel},memory-backend=mem", p.machine)
+            },
             "-cpu".into(),
             if accel == "kvm" { "host".into() } else { "max".into() },
             "-smp".into(),
@@ -74,7 +80,11 @@ impl Qemu {
             a.extend(["-initrd".into(), initrd.to_string_lossy().into_owned()]);
         }
         let mode = if p.writable { "rw" } else { "ro" };
-        a.extend(["-append".into(), format!("{} rootfstype=virtiofs root=rootfs {mode}", p.cmdline)]);
+        // A microvm has no HPET or ACPI PM timer; under TCG its kernel's TSC calibration
+        // against the PIT races the emulation and the boot stalls now and then (seen with
+        // Debian's 6.12). A stated TSC rate and no IO-APIC timer check make it boot every time.
+        let clock = if micro && accel == "tcg" { " tsc_early_khz=1000000 no_timer_check" } else { "" };
+        a.extend(["-append".into(), format!("{} rootfstype=virtiofs root=rootfs {mode}{clock}", p.cmdline)]);
         a.extend([
             "-chardev".into(),
             format!("socket,id=fs0,path={}", opt(&spec.fs_socket())),

@@ -88,6 +88,10 @@ fn qemu_shares_the_root_by_virtio_fs_on_shared_memory() {
     let micro = micro.join(" ");
     assert!(micro.contains("-cpu host") && micro.contains("vhost-user-fs-device") && !micro.contains("-pci"));
     assert!(!micro.contains("-netdev"));
+    assert!(micro.contains("microvm,accel=kvm,memory-backend=mem,pit=on,rtc=on") && !micro.contains("tsc_early_khz"));
+    let micro_tcg = Qemu::args(&spec(serde_json::json!({"machine": "microvm"})), "tcg").join(" ");
+    assert!(micro_tcg.contains(" tsc_early_khz=1000000 no_timer_check"), "{micro_tcg}");
+    assert!(!args.contains("tsc_early_khz"), "q35 guests calibrate on their own");
     let tap = Qemu::args(&spec(serde_json::json!({"network": {"mode": "bridge", "bridge": "br0"}})), "tcg").join(" ");
     assert!(tap.contains(&format!("tap,id=net0,ifname={},script=no,downscript=no", s.tap_name())));
     assert!(s.tap_name().len() <= 15);
