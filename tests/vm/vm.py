@@ -46,6 +46,13 @@ sync; poweroff -f
 """
 
 
+def module_bytes(path):
+    """A kernel module, decompressed: busybox's insmod takes plain .ko files only."""
+    if path.endswith(".xz"):
+        return subprocess.run(["xz", "-dc", path], check=True, capture_output=True).stdout
+    return open(path, "rb").read()
+
+
 def guest_tree(work, kernel_root):
     """busybox (every applet), /sbin/init, the power-button action, and the modules the guest
     loads (input events and the ACPI button for acpid, virtio-net, virtio-blk), decompressed."""
@@ -70,9 +77,7 @@ def guest_tree(work, kernel_root):
         name = os.path.basename(m.group(1)).split(".ko")[0] + ".ko"
         if name in order:
             continue
-        data = subprocess.run(["xz", "-dc", m.group(1)], check=True, capture_output=True).stdout \
-            if m.group(1).endswith(".xz") else open(m.group(1), "rb").read()
-        open(os.path.join(tree, "lib/modules", name), "wb").write(data)
+        open(os.path.join(tree, "lib/modules", name), "wb").write(module_bytes(m.group(1)))
         order.append(name)
     open(os.path.join(tree, "lib/modules/order"), "w").write("\n".join(order) + "\n")
     return tree
@@ -103,9 +108,7 @@ def micro_initrd(work, kernel_root):
         f.write(MICRO_INIT)
     os.chmod(os.path.join(tree, "init"), 0o755)
     module = glob.glob(os.path.join(kernel_root, "lib/modules/*/kernel/drivers/virtio/virtio_mmio.ko*"))[0]
-    data = subprocess.run(["xz", "-dc", module], check=True, capture_output=True).stdout \
-        if module.endswith(".xz") else open(module, "rb").read()
-    open(os.path.join(tree, "virtio_mmio.ko"), "wb").write(data)
+    open(os.path.join(tree, "virtio_mmio.ko"), "wb").write(module_bytes(module))
     out = os.path.join(work, "micro-initrd.gz")
     subprocess.run(f"cd {tree} && find . | cpio -o -H newc --quiet | gzip -1 > {out}", shell=True, check=True)
     return out
