@@ -49,11 +49,7 @@ impl Qemu {
             "-machine".into(),
             // microvm leaves out the PIT and RTC by default; without KVM's clock a guest kernel
             // has no reference to calibrate its TSC against and stalls at boot.
-            if micro {
-                format!("microvm,accel={accel},memory-backend=mem,pit=on,rtc=on")
-            } else {
-                format!("{},accel={accel},memory-backend=mem", p.machine)
-            },
+            format!("{},accel={accel},memory-backend=mem{}", p.machine, if micro { ",pit=on,rtc=on" } else { "" }),
             "-cpu".into(),
             if accel == "kvm" { "host".into() } else { "max".into() },
             "-smp".into(),
