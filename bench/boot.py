@@ -10,7 +10,7 @@ Built and served by qemu/flintnode.py."""
 import os, re, shutil, subprocess, sys, tempfile, threading, time
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "qemu"))
-from flintnode import Demo, Site, Vm, http_get  # noqa: E402
+from flintnode import Demo, Site, Vm, http_get, pack_initrd  # noqa: E402
 
 HTTP, SSH = 18380 + os.getpid() % 400, 19380 + os.getpid() % 400
 
@@ -27,10 +27,7 @@ def busybox_initrd(work):
         f.write("#!/bin/busybox sh\n/bin/busybox mount -t proc proc /proc\n"
                 "echo BUSYBOX-UP $(/bin/busybox cat /proc/uptime)\n/bin/busybox poweroff -f\n")
     os.chmod(os.path.join(root, "init"), 0o755)
-    out = os.path.join(work, "busybox.cpio.zst")
-    subprocess.run(f"cd {root} && find . | cpio --quiet -o -H newc -R 0:0 | zstd -q -19 -o {out}", shell=True,
-                   check=True)
-    return out
+    return pack_initrd(root, os.path.join(work, "busybox.cpio.zst"))
 
 
 def baseline(site):

@@ -32,6 +32,13 @@ def mini_root(root):
     open(os.path.join(root, "hello.txt"), "w").write("hello from the flist\n")
 
 
+def pack_initrd(tree, out):
+    """A directory as a zstd newc cpio owned by root, the form the kernel unpacks as an initramfs."""
+    subprocess.run(f"cd {tree} && find . | cpio --quiet -o -H newc -R 0:0 | zstd -q -19 -f -o {out}", shell=True,
+                   check=True)
+    return out
+
+
 def flist_entry(name, digest, mountpoint, writable=False):
     """The manifest entry of srv/NAME.fl, its chunks in srv/store (both relative to the manifest)."""
     entry = {"name": name, "url": f"{name}.fl", "digest": digest, "stores": ["store"], "mountpoint": mountpoint}

@@ -19,7 +19,7 @@ it stops it. Prints the figures: manifest applied → first console line, and th
 import glob, json, os, re, shutil, signal, subprocess, sys, tempfile, threading, time, urllib.request
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "..", "qemu"))
-from flintnode import REL, Checks, Site, http_get, run  # noqa: E402
+from flintnode import REL, Checks, Site, http_get, pack_initrd, run  # noqa: E402
 
 INIT = os.path.join(REL, "init")
 GUEST_INIT = r"""#!/bin/sh
@@ -53,20 +53,28 @@ def module_bytes(path):
     return open(path, "rb").read()
 
 
-def guest_tree(work, kernel_root):
-    """busybox (every applet), /sbin/init, the power-button action, and the modules the guest
-    loads (input events and the ACPI button for acpid, virtio-net, virtio-blk), decompressed."""
-    tree = os.path.join(work, "guest")
-    for d in ["bin", "sbin", "proc", "sys", "dev", "tmp", "var", "etc/acpi/PWRF", "lib/modules"]:
+def busybox_tree(tree, dirs, applets, scripts):
+    """A tree with static busybox in /bin, its `applets` linked to it, and executable `scripts`
+    ({path: text})."""
+    for d in ["bin", *dirs]:
         os.makedirs(os.path.join(tree, d), exist_ok=True)
     shutil.copy("/bin/busybox", os.path.join(tree, "bin/busybox"))
-    for applet in run("/bin/busybox", "--list").split():
-        if applet != "busybox":
-            os.symlink("busybox", os.path.join(tree, "bin", applet))
-    for path, text in [("sbin/init", GUEST_INIT), ("etc/acpi/PWRF/00000080", POWER_BUTTON)]:
+    for applet in applets:
+        os.symlink("busybox", os.path.join(tree, "bin", applet))
+    for path, text in scripts.items():
         with open(os.path.join(tree, path), "w") as f:
             f.write(text)
         os.chmod(os.path.join(tree, path), 0o755)
+    return tree
+
+
+def guest_tree(work, kernel_root):
+    """busybox (every applet), /sbin/init, the power-button action, and the modules the guest
+    loads (input events and the ACPI button for acpid, virtio-net, virtio-blk), decompressed."""
+    tree = busybox_tree(os.path.join(work, "guest"),
+                        ["sbin", "proc", "sys", "dev", "tmp", "var", "etc/acpi/PWRF", "lib/modules"],
+                        [a for a in run("/bin/busybox", "--list").split() if a != "busybox"],
+                        {"sbin/init": GUEST_INIT, "etc/acpi/PWRF/00000080": POWER_BUTTON})
     version = os.listdir(os.path.join(kernel_root, "lib/modules"))[0]
     order = []
     for line in run("modprobe", "-d", kernel_root, "-S", version, "--show-depends",
@@ -97,21 +105,11 @@ exec switch_root /newroot /sbin/init
 def micro_initrd(work, kernel_root):
     """An initrd for microvm guests: Debian's kernel has virtio_mmio as a module, which must be
     loaded before the virtio-fs root can be found; then it switches to that root."""
-    tree = os.path.join(work, "initrd")
-    os.makedirs(os.path.join(tree, "bin"))
-    for d in ["proc", "dev", "newroot"]:
-        os.makedirs(os.path.join(tree, d))
-    shutil.copy("/bin/busybox", os.path.join(tree, "bin/busybox"))
-    for applet in ["sh", "mount", "umount", "insmod", "mkdir", "switch_root", "poweroff"]:
-        os.symlink("busybox", os.path.join(tree, "bin", applet))
-    with open(os.path.join(tree, "init"), "w") as f:
-        f.write(MICRO_INIT)
-    os.chmod(os.path.join(tree, "init"), 0o755)
+    tree = busybox_tree(os.path.join(work, "initrd"), ["proc", "dev", "newroot"],
+                        ["sh", "mount", "umount", "insmod", "mkdir", "switch_root", "poweroff"], {"init": MICRO_INIT})
     module = glob.glob(os.path.join(kernel_root, "lib/modules/*/kernel/drivers/virtio/virtio_mmio.ko*"))[0]
     open(os.path.join(tree, "virtio_mmio.ko"), "wb").write(module_bytes(module))
-    out = os.path.join(work, "micro-initrd.gz")
-    subprocess.run(f"cd {tree} && find . | cpio -o -H newc --quiet | gzip -1 > {out}", shell=True, check=True)
-    return out
+    return pack_initrd(tree, os.path.join(work, "micro-initrd.zst"))
 
 
 class Node:
