@@ -10,7 +10,7 @@ Built and served by qemu/flintnode.py."""
 import os, re, shutil, subprocess, sys, tempfile, threading, time
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "qemu"))
-from flintnode import Demo, Site, Vm, http_get, pack_initrd  # noqa: E402
+from flintnode import Demo, Site, Vm, http_get, pack_initrd, tcg_accel  # noqa: E402
 
 HTTP, SSH = 18380 + os.getpid() % 400, 19380 + os.getpid() % 400
 
@@ -33,7 +33,7 @@ def busybox_initrd(work):
 def baseline(site):
     initrd = busybox_initrd(site.work)
     t0 = time.monotonic()
-    out = subprocess.run(["qemu-system-x86_64", "-accel", site.accel, "-m", "1024", "-smp", "2", "-nographic",
+    out = subprocess.run(["qemu-system-x86_64", "-accel", tcg_accel(site.accel), "-m", "1024", "-smp", "2", "-nographic",
                           "-no-reboot", "-kernel", site.vmlinuz, "-initrd", initrd, "-append", "console=ttyS0 quiet"],
                          capture_output=True, text=True, timeout=300)
     total = time.monotonic() - t0

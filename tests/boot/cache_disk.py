@@ -26,11 +26,13 @@ def main():
     c = Checks("cache disk")
 
     def boot(log):
+        """Boots until the node powers itself off; a hung node fails the checks below, a dead
+        one fails this boot's step."""
         with Vm(site, "direct", disk=disk, log=log) as vm:
             try:
                 vm.wait_exit(300)
             except subprocess.TimeoutExpired:
-                pass  # a hung node fails the checks below
+                pass
             return vm
 
     def expect(vm, text, what):
@@ -38,18 +40,20 @@ def main():
 
     site.serve()
     try:
-        site.publish(manifest(2))
-        boot1 = boot("boot1.log")
-        expect(boot1, "formatted (ext4) and mounted on /var/cache/flint", "boot 1: the blank partition was formatted")
-        expect(boot1, "manifest version 2 applied", "boot 1: version 2 applied")
-        expect(boot1, "reboot: Power down", "boot 1: clean power off")
-        site.publish(manifest(1))
-        boot2 = boot("boot2.log")
-        expect(boot2, "(ext4) on /var/cache/flint", "boot 2: the cache disk mounted as is")
-        expect(boot2, "older than the applied version 2: refused", "boot 2: the older manifest refused")
-        expect(boot2, "last good manifest (version 2)", "boot 2: version 2 run from the disk")
-        expect(boot2, "service hello: ready", "boot 2: the service runs (its readiness check read its flist)")
-        expect(boot2, "reboot: Power down", "boot 2: clean power off")
+        with c.step("boot 1"):
+            site.publish(manifest(2))
+            boot1 = boot("boot1.log")
+            expect(boot1, "formatted (ext4) and mounted on /var/cache/flint", "boot 1: the blank partition was formatted")
+            expect(boot1, "manifest version 2 applied", "boot 1: version 2 applied")
+            expect(boot1, "reboot: Power down", "boot 1: clean power off")
+        with c.step("boot 2"):
+            site.publish(manifest(1))
+            boot2 = boot("boot2.log")
+            expect(boot2, "(ext4) on /var/cache/flint", "boot 2: the cache disk mounted as is")
+            expect(boot2, "older than the applied version 2: refused", "boot 2: the older manifest refused")
+            expect(boot2, "last good manifest (version 2)", "boot 2: version 2 run from the disk")
+            expect(boot2, "service hello: ready", "boot 2: the service runs (its readiness check read its flist)")
+            expect(boot2, "reboot: Power down", "boot 2: clean power off")
     finally:
         site.stop()
     c.finish(work)

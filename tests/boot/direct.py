@@ -32,14 +32,18 @@ def main():
     first = demo.publish()
     site.serve()
     try:
+        # Each part fails as a whole and the next one still runs (at once, if the guest is dead).
         with Vm(site, "direct", hostfwd=[(HTTP, 80), (SSH, 22)]) as vm:
-            demo.check_up(vm, c, first, HTTP, SSH)
-            tampered_manifest(vm, demo, c)
-            tampered_chunk(vm, demo, c)
-            demo.poweroff(vm, c, SSH)
-        server_down_at_boot(demo, c)
-    except TimeoutError as e:
-        c.expect(False, str(e))
+            with c.step("first boot"):
+                demo.check_up(vm, c, first, HTTP, SSH)
+            with c.step("tampered manifest"):
+                tampered_manifest(vm, demo, c)
+            with c.step("tampered chunk"):
+                tampered_chunk(vm, demo, c)
+            with c.step("power off"):
+                demo.poweroff(vm, c, SSH)
+        with c.step("server down at boot"):
+            server_down_at_boot(demo, c)
     finally:
         site.stop()
     c.finish(work)
@@ -51,7 +55,6 @@ def tampered_manifest(vm, demo, c):
     manifest["services"][2]["exec"] = ["/bin/sh", "-c", "echo owned"]
     json.dump(manifest, open(path, "w"))  # the old signature stays beside it
     t = demo.reload(vm, SSH)
-    c.expect(t is not None, "SIGHUP sent to PID 1 over ssh")
     hit = vm.wait_for("refusing the manifest", 120, after=t)
     c.expect("signature" in hit[1], f"the tampered manifest is refused, and the console says why: {hit[1][-120:]}")
     again = vm.wait_for("refusing the manifest", 60, after=hit[0] + 0.5)
