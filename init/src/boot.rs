@@ -314,6 +314,7 @@ pub fn boot() -> ! {
         env!("CARGO_PKG_VERSION"),
         boot_uptime()
     );
+    crate::runtime::report_panics();
     if let Err(e) = blocked {
         tracing::error!("blocking signals: {e}; service exits may be noticed late");
     }

@@ -17,6 +17,11 @@ use std::path::PathBuf;
 
 use crate::net::NetConfig;
 
+/// Seconds between manifest fetches unless `flint.interval=` says otherwise.
+pub const DEFAULT_INTERVAL_SECS: u64 = 300;
+/// The longest `flint.interval=` (a day): a node looks for a new manifest at least daily.
+pub const MAX_INTERVAL_SECS: u64 = 86_400;
+
 /// What the command line asks for.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct BootParams {
@@ -52,7 +57,7 @@ impl Default for BootParams {
             net: NetConfig::Dhcp,
             ntp: None,
             ca: None,
-            interval_secs: 300,
+            interval_secs: DEFAULT_INTERVAL_SECS,
             modules: Vec::new(),
             cache_label: "flint-cache".into(),
             report: None,
@@ -103,8 +108,11 @@ pub fn parse(cmdline: &str) -> BootParams {
             ("ntp", Some(v)) => p.ntp = Some(v.to_string()),
             ("ca", Some(v)) => p.ca = Some(PathBuf::from(v)),
             ("interval", Some(v)) => match v.parse::<u64>() {
-                Ok(s) if s > 0 => p.interval_secs = s,
-                _ => p.problems.push(format!("flint.interval={v}: not a positive number of seconds")),
+                Ok(s) if (1..=MAX_INTERVAL_SECS).contains(&s) => p.interval_secs = s,
+                _ => p.problems.push(format!(
+                    "flint.interval={v}: not a number of seconds from 1 to {MAX_INTERVAL_SECS}; using {}",
+                    p.interval_secs
+                )),
             },
             ("modules", Some(v)) => p.modules.extend(v.split(',').filter(|m| !m.is_empty()).map(String::from)),
             ("cache", Some(v)) => p.cache_label = v.to_string(),

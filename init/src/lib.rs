@@ -41,3 +41,10 @@ pub fn error_chain(e: &dyn std::error::Error) -> String {
     }
     out
 }
+
+/// `now + d`, saturated: a duration too long for an `Instant` (validation bounds every one that
+/// comes from outside; this is the second line) gives a year from now, never a panic.
+pub fn later(now: std::time::Instant, d: std::time::Duration) -> std::time::Instant {
+    const FAR: std::time::Duration = std::time::Duration::from_secs(365 * 86_400);
+    now.checked_add(d).or_else(|| now.checked_add(FAR)).unwrap_or(now)
+}

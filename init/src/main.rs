@@ -97,7 +97,8 @@ struct RunArgs {
     #[arg(long, default_value = flint_init::mounts::RUN_DIR)]
     run_dir: PathBuf,
     /// Seconds between two fetches of the manifest (SIGHUP or `init ctl reload` fetch at once).
-    #[arg(long, default_value_t = 300)]
+    #[arg(long, default_value_t = flint_init::cmdline::DEFAULT_INTERVAL_SECS,
+          value_parser = clap::value_parser!(u64).range(1..=flint_init::cmdline::MAX_INTERVAL_SECS))]
     interval_secs: u64,
     /// PEM file of the CAs trusted for https:// (a bundle, or one pinned CA); the Mozilla roots
     /// compiled in otherwise.
@@ -254,7 +255,7 @@ fn run(a: RunArgs) -> anyhow::Result<ExitCode> {
             manifest_url,
             key,
             state_dir: a.state.clone(),
-            interval: Duration::from_secs(a.interval_secs.max(1)),
+            interval: Duration::from_secs(a.interval_secs),
             set_hostname: false,
         },
         trust,

@@ -348,9 +348,22 @@ pub struct Plan {
     pub services: Vec<ServicePlan>,
 }
 
-fn seconds(what: &str, v: Option<f64>, default: f64) -> Result<Duration, ManifestError> {
+/// The longest time any manifest field may name (a day): every deadline the supervisor computes
+/// from one stays far inside what an `Instant` can hold.
+pub const MAX_SECONDS: f64 = 86_400.0;
+/// At most this many services and VMs, and flists, in one manifest.
+pub const MAX_SERVICES: usize = 1024;
+/// At most this many flists in one manifest.
+pub const MAX_FLISTS: usize = 256;
+
+/// A duration field in seconds (`default` when absent), refused unless it is a number from 0 to
+/// [`MAX_SECONDS`]; the error names the field and the bound.
+pub(crate) fn seconds(what: &str, v: Option<f64>, default: f64) -> Result<Duration, String> {
     let v = v.unwrap_or(default);
-    Duration::try_from_secs_f64(v).map_err(|_| ManifestError::Invalid(format!("{what}: {v} is not a duration")))
+    if !(0.0..=MAX_SECONDS).contains(&v) {
+        return Err(format!("{what}: {v} s is out of range (0 to {MAX_SECONDS} s)"));
+    }
+    Duration::try_from_secs_f64(v).map_err(|_| format!("{what}: {v} is not a duration"))
 }
 
 fn valid_name(name: &str) -> bool {
@@ -363,6 +376,15 @@ fn valid_name(name: &str) -> bool {
 impl Plan {
     fn from_raw(raw: RawManifest, digest: Hash) -> Result<Plan, ManifestError> {
         let invalid = |msg: String| ManifestError::Invalid(msg);
+        if raw.flists.len() > MAX_FLISTS {
+            return Err(invalid(format!("{} flists: at most {MAX_FLISTS}", raw.flists.len())));
+        }
+        if raw.services.len().saturating_add(raw.vms.len()) > MAX_SERVICES {
+            return Err(invalid(format!(
+                "{} services and VMs: at most {MAX_SERVICES}",
+                raw.services.len() + raw.vms.len()
+            )));
+        }
         let mut flist_names = BTreeSet::new();
         let mut flists = Vec::new();
         for f in raw.flists {
@@ -426,7 +448,8 @@ impl Plan {
                 after: s.after.clone(),
                 oneshot: s.oneshot,
                 test: s.test.as_ref().map(|t| t.iter().map(OsString::from).collect()),
-                test_timeout: seconds("test_timeout", s.test_timeout, 60.0)?,
+                test_timeout: seconds(&format!("service {name}: test_timeout"), s.test_timeout, 60.0)
+                    .map_err(invalid)?,
                 env: s.env.iter().map(|(k, v)| (k.into(), v.into())).collect(),
                 dir: s.dir.as_ref().map(PathBuf::from),
                 user: s.user.clone(),
@@ -434,7 +457,8 @@ impl Plan {
                 root,
                 image: s.image.is_some(),
                 stop_signal,
-                stop_timeout: seconds("stop_timeout", s.stop_timeout, 10.0)?,
+                stop_timeout: seconds(&format!("service {name}: stop_timeout"), s.stop_timeout, 10.0)
+                    .map_err(invalid)?,
                 log,
                 restart: RestartPolicy::parse(s.restart.as_deref())
                     .map_err(|e| invalid(format!("service {name}: {e}")))?,

@@ -347,7 +347,7 @@ impl Node {
                 match self.attempt() {
                     Ok(_) => {
                         failures = 0;
-                        next = Instant::now() + self.cfg.interval;
+                        next = crate::later(Instant::now(), self.cfg.interval);
                     }
                     Err(e) if must_start && self.applied.is_none() => {
                         let _ = self.stop.send(());
@@ -357,7 +357,7 @@ impl Node {
                     Err(_) => {
                         let delay = FIRST_RETRY.saturating_mul(1 << failures.min(16)).min(self.cfg.interval);
                         failures = failures.saturating_add(1);
-                        next = Instant::now() + delay;
+                        next = crate::later(Instant::now(), delay);
                     }
                 }
             }

@@ -28,6 +28,25 @@ pub fn block_signals() -> nix::Result<SigSet> {
     Ok(signals)
 }
 
+/// Makes every panic, in any thread, an error in the log (the console and `/dev/kmsg` for PID 1)
+/// and a `panic` stage reported to the boot server, naming the thread and where it happened:
+/// the default hook writes only to stderr, which nobody reads on a node.
+pub fn report_panics() {
+    std::panic::set_hook(Box::new(|info| {
+        let thread = std::thread::current();
+        let name = thread.name().unwrap_or("unnamed");
+        let what = info
+            .payload()
+            .downcast_ref::<&str>()
+            .map(|s| s.to_string())
+            .or_else(|| info.payload().downcast_ref::<String>().cloned())
+            .unwrap_or_else(|| "(no message)".into());
+        let place = info.location().map(|l| format!(" at {}:{}", l.file(), l.line())).unwrap_or_default();
+        tracing::error!("PANIC in thread {name}: {what}{place}");
+        crate::report::stage("panic", format!("thread {name}: {what}{place}"));
+    }));
+}
+
 /// Everything a supervising init needs, as PID 1 or not.
 pub struct Setup {
     /// The manifest and how to get it.
@@ -47,6 +66,7 @@ pub struct Setup {
 /// Runs the node and its services until told to stop; returns what to do then, with every
 /// service stopped and every flist unmounted.
 pub fn supervise(setup: Setup) -> anyhow::Result<Power> {
+    report_panics();
     let signals = block_signals().context("blocking signals")?;
     // Orphans of our services are re-parented to us, so that they are reaped.
     nix::sys::prctl::set_child_subreaper(true).context("becoming a subreaper")?;

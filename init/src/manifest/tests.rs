@@ -101,7 +101,27 @@ fn inconsistent_manifests_are_refused_with_a_reason() {
     check(svc(serde_json::json!({"root": "missing"})), "unknown root");
     check(svc(serde_json::json!({"log": "syslog"})), "log");
     check(svc(serde_json::json!({"name": "../x"})), "invalid");
-    check(svc(serde_json::json!({"stop_timeout": -1.0})), "duration");
+    for bad in [-1.0, -0.0001, 86_400.5, 1e19, 1e308, f64::MAX] {
+        let want = "out of range (0 to 86400 s)";
+        check(svc(serde_json::json!({"stop_timeout": bad})), &format!("service a: stop_timeout: {bad} s is {want}"));
+        check(svc(serde_json::json!({"test_timeout": bad})), &format!("service a: test_timeout: {bad} s is {want}"));
+        let vm = serde_json::json!({"version": 1, "flists": [
+            {"name": "r", "url": "u", "digest": "ab".repeat(32), "mountpoint": "/m"}],
+            "vms": [{"name": "v", "kernel": "/k", "root": "r", "stop_timeout": bad}]});
+        check(vm, &format!("vm v: stop_timeout: {bad} s is {want}"));
+    }
+    // A number beyond f64 (JSON has no inf or NaN) is refused by the parser.
+    let huge = br#"{"version": 1, "services": [{"name": "a", "exec": ["x"], "stop_timeout": 1e400}]}"#;
+    let err = verify(huge, Some(sign(huge, &k).as_bytes()), &k.verifying_key()).unwrap_err();
+    assert!(matches!(err, ManifestError::Parse(_)), "{err}");
+    let many: Vec<_> = (0..1025).map(|i| serde_json::json!({"name": format!("s{i}"), "exec": ["x"]})).collect();
+    check(serde_json::json!({"version": 1, "services": many}), "1025 services and VMs: at most 1024");
+    let many: Vec<_> = (0..257)
+        .map(
+            |i| serde_json::json!({"name": format!("f{i}"), "url": "u", "digest": "ab".repeat(32), "mountpoint": "/m"}),
+        )
+        .collect();
+    check(serde_json::json!({"version": 1, "flists": many}), "257 flists: at most 256");
     check(serde_json::json!({"version": 1, "cache": {"format": true, "fs": "vfat"}}), "not ext4");
     check(
         serde_json::json!({"version": 1, "services": [

@@ -131,7 +131,7 @@ impl Client {
         let mut buf = vec![0u8; 1500];
         for _ in 0..self.tries {
             self.socket.send_to(&bytes, broadcast).map_err(sock_err)?;
-            let until = Instant::now() + wait;
+            let until = crate::later(Instant::now(), wait);
             while let Some(left) = until.checked_duration_since(Instant::now()).filter(|d| !d.is_zero()) {
                 self.socket.set_read_timeout(Some(left)).map_err(sock_err)?;
                 let n = match self.socket.recv(&mut buf) {

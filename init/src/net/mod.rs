@@ -110,7 +110,7 @@ fn write_resolv(path: &Path, dns: &[Ipv4Addr]) {
 
 /// Waits up to `wait` for carrier on `link` (it was just brought up).
 fn carrier(nl: &mut Netlink, link: &Link, wait: Duration) -> bool {
-    let until = Instant::now() + wait;
+    let until = crate::later(Instant::now(), wait);
     loop {
         let up =
             nl.links().ok().and_then(|ls| ls.into_iter().find(|l| l.index == link.index)).is_some_and(|l| l.carrier);

@@ -193,11 +193,11 @@ pub fn step(
     use Phase::*;
     let failed = |s: State, why: &'static str| {
         let failures = s.failures.saturating_add(1);
-        let until = now + backoff.delay(failures);
+        let until = crate::later(now, backoff.delay(failures));
         (State { phase: Backoff { until }, failures, ..s }, vec![Action::Note(why)])
     };
     let stop = |s: State, pid: i32, restart: bool| {
-        let deadline = now + spec.stop_timeout;
+        let deadline = crate::later(now, spec.stop_timeout);
         (State { phase: Stopping { pid, deadline, restart }, ..s }, vec![Action::SignalGroup(pid, spec.stop_signal)])
     };
     match (s.phase, event) {
@@ -244,14 +244,14 @@ pub fn step(
             (State { phase: Running { pid, since, ready, test_pid: Some(test), next_test }, ..s }, vec![])
         }
         (Running { pid, since, ready, .. }, Event::TestSpawnFailed) => {
-            let next_test = Some(now + backoff.test_interval);
+            let next_test = Some(crate::later(now, backoff.test_interval));
             (State { phase: Running { pid, since, ready, test_pid: None, next_test }, ..s }, vec![])
         }
         (Running { pid, since, ready, test_pid: Some(test), .. }, Event::Exited { pid: exited, success })
             if exited == test =>
         {
             let ready = ready || success;
-            let next_test = (!ready).then_some(now + backoff.test_interval);
+            let next_test = (!ready).then_some(crate::later(now, backoff.test_interval));
             let note = if success { vec![Action::Note("ready")] } else { vec![] };
             (State { phase: Running { pid, since, ready, test_pid: None, next_test }, ..s }, note)
         }
@@ -285,7 +285,7 @@ pub fn step(
             let actions = vec![Action::SignalGroup(pid, Signal::SIGKILL), Action::Note("stopped")];
             if restart && s.failures > 0 {
                 // Restarted because it failed (its readiness check timed out): paced.
-                let until = now + backoff.delay(s.failures);
+                let until = crate::later(now, backoff.delay(s.failures));
                 (State { phase: Backoff { until }, ..s }, actions)
             } else if restart {
                 let (st, more) = step(State { phase: Waiting, ..s }, Event::Tick, now, deps_up, spec, backoff);
@@ -295,7 +295,7 @@ pub fn step(
             }
         }
         (Stopping { pid, restart, deadline }, Event::Tick) if now >= deadline => {
-            let phase = Stopping { pid, restart, deadline: now + KILL_AGAIN };
+            let phase = Stopping { pid, restart, deadline: crate::later(now, KILL_AGAIN) };
             (
                 State { phase, ..s },
                 vec![Action::SignalGroup(pid, Signal::SIGKILL), Action::Note("did not stop in time: killed")],

@@ -263,9 +263,7 @@ impl VmPlan {
             Network::None => {}
         }
         let restart = RestartPolicy::parse(raw.restart.as_deref()).map_err(|e| format!("vm {name}: {e}"))?;
-        let stop_timeout = raw.stop_timeout.unwrap_or(30.0);
-        let stop_timeout = Duration::try_from_secs_f64(stop_timeout)
-            .map_err(|_| format!("vm {name}: stop_timeout {stop_timeout} is not a duration"))?;
+        let stop_timeout = crate::manifest::seconds(&format!("vm {name}: stop_timeout"), raw.stop_timeout, 30.0)?;
         let hypervisor = match raw.hypervisor.as_deref() {
             None | Some("qemu") => HypervisorKind::Qemu,
             Some(other) => return Err(format!("vm {name}: hypervisor {other:?} is not supported (qemu)")),

@@ -126,7 +126,7 @@ fn prepare_disks(spec: &RunSpec) -> anyhow::Result<()> {
 
 /// Waits for virtiofsd's socket, or its early exit.
 fn wait_listening(socket: &Path, events: &Receiver<Happened>) -> anyhow::Result<()> {
-    let deadline = Instant::now() + FS_READY;
+    let deadline = crate::later(Instant::now(), FS_READY);
     while !socket.exists() {
         if Instant::now() > deadline {
             anyhow::bail!("virtiofsd did not listen on {} within {FS_READY:?}", socket.display());
@@ -141,7 +141,7 @@ fn wait_listening(socket: &Path, events: &Receiver<Happened>) -> anyhow::Result<
 /// Attaches the hypervisor's tap device to `bridge` once it exists, and brings it up.
 fn attach_tap(tap: &str, bridge: &str) -> anyhow::Result<()> {
     let mut nl = crate::net::netlink::Netlink::open()?;
-    let deadline = Instant::now() + FS_READY;
+    let deadline = crate::later(Instant::now(), FS_READY);
     loop {
         let links = nl.links()?;
         let bridge_index = links.iter().find(|l| l.name == bridge).map(|l| l.index);
@@ -305,14 +305,15 @@ fn boot(
                 }
                 tracing::error!("vm {name}: virtiofsd ended ({status:?}): the guest lost its root; ending it");
                 let _ = hypervisor.quit(spec);
-                ending = Some(Ending { deadline: Instant::now() + QUIT_GRACE, quit_sent: true, failed: true });
+                ending =
+                    Some(Ending { deadline: crate::later(Instant::now(), QUIT_GRACE), quit_sent: true, failed: true });
             }
             Ok(Happened::Signal(sig)) if ending.is_none() => {
                 tracing::info!("vm {name}: {sig}: asking the guest to shut down ({:?} grace)", spec.plan.stop_timeout);
                 if let Err(e) = hypervisor.request_shutdown(spec) {
                     tracing::warn!("vm {name}: asking for a shutdown: {e}");
                 }
-                let deadline = Instant::now() + spec.plan.stop_timeout;
+                let deadline = crate::later(Instant::now(), spec.plan.stop_timeout);
                 ending = Some(Ending { deadline, quit_sent: false, failed: false });
             }
             Ok(Happened::Signal(_)) => {}
@@ -320,14 +321,14 @@ fn boot(
                 Some(e) if Instant::now() >= e.deadline && e.quit_sent => {
                     tracing::warn!("vm {name}: the hypervisor did not quit: killed");
                     kill(vm_pid);
-                    ending = Some(Ending { deadline: Instant::now() + QUIT_GRACE, ..e });
+                    ending = Some(Ending { deadline: crate::later(Instant::now(), QUIT_GRACE), ..e });
                 }
                 Some(e) if Instant::now() >= e.deadline => {
                     tracing::warn!("vm {name}: the guest did not shut down in time: quitting");
                     if let Err(err) = hypervisor.quit(spec) {
                         tracing::warn!("vm {name}: quitting: {err}");
                     }
-                    ending = Some(Ending { deadline: Instant::now() + QUIT_GRACE, quit_sent: true, ..e });
+                    ending = Some(Ending { deadline: crate::later(Instant::now(), QUIT_GRACE), quit_sent: true, ..e });
                 }
                 _ => {}
             },

@@ -211,3 +211,31 @@ fn restart_policies_decide_what_an_exit_leads_to() {
     r.ev(Event::Exited { pid: 7, success: false });
     assert_eq!(r.ev(Event::Start), vec![Action::Spawn]);
 }
+
+#[test]
+fn durations_past_what_an_instant_holds_never_panic() {
+    // Validation bounds what a manifest may say; the machine must survive what it missed.
+    let huge = Spec { stop_timeout: Duration::MAX, test_timeout: Duration::MAX, has_test: true, ..SPEC };
+    let backoff =
+        Backoff { first: Duration::MAX, max: Duration::MAX, stable: Duration::MAX, test_interval: Duration::MAX };
+    let now = Instant::now();
+    let (s, _) = step(State::default(), Event::Tick, now, true, &huge, &backoff);
+    let (s, _) = step(s, Event::Spawned(7), now, true, &huge, &backoff);
+    let (s, _) = step(s, Event::TestSpawnFailed, now, true, &huge, &backoff);
+    let (stopping, actions) = step(s, Event::Stop, now, true, &huge, &backoff);
+    assert_eq!(actions, vec![Action::SignalGroup(7, Signal::SIGTERM)]);
+    assert!(stopping.deadline().is_some_and(|d| d > now), "the grace is as long as an Instant allows");
+    let (s, _) = step(stopping, Event::Exited { pid: 7, success: false }, now, true, &huge, &backoff);
+    assert_eq!(s.phase, Phase::Stopped);
+    let (s, _) = step(s, Event::Start, now, true, &huge, &backoff);
+    let (s, _) = step(s, Event::Spawned(8), now, true, &huge, &backoff);
+    let (s, _) = step(s, Event::Exited { pid: 8, success: false }, now, true, &huge, &backoff);
+    assert!(matches!(s.phase, Phase::Backoff { until } if until > now), "{:?}", s.phase);
+}
+
+#[test]
+fn later_saturates() {
+    let now = Instant::now();
+    assert_eq!(crate::later(now, Duration::from_secs(3)), now + Duration::from_secs(3));
+    assert!(crate::later(now, Duration::MAX) > now);
+}
