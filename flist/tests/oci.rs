@@ -11,6 +11,7 @@
 
 mod util;
 
+use std::os::unix::ffi::OsStrExt;
 use std::path::Path;
 use std::process::Command;
 
@@ -44,6 +45,15 @@ fn base_tree(root: &Path) {
     write(&root.join("op/old2"), b"also hidden\n");
     std::fs::hard_link(root.join("usr/lib/shared"), root.join("usr/lib/shared.link")).unwrap();
     std::os::unix::fs::symlink("../lib/shared", root.join("usr/bin/lib")).unwrap();
+    // PAX records umoci must write by length: every byte value in an xattr value, a capability
+    // set with 0x0a bytes, a long path and link target that are not UTF-8.
+    xattr::set(root.join("etc/os-release"), "user.every-byte", &(0..=255u8).collect::<Vec<u8>>()).unwrap();
+    xattr::set(root.join("usr/bin/big"), "security.capability", &util::CAP_WITH_NEWLINES).unwrap();
+    let long = std::ffi::OsStr::from_bytes(&[[b'n'; 120].as_slice(), &[0xe9, b'/'], &[b'm'; 80], &[0xff]].concat())
+        .to_os_string();
+    write(&root.join("long").join(&long), b"long and not UTF-8\n");
+    let target: Vec<u8> = (0..200).map(|i| 0x80 + (i % 0x7f) as u8).collect();
+    std::os::unix::fs::symlink(std::ffi::OsStr::from_bytes(&target), root.join("long-target")).unwrap();
 }
 
 /// An OCI image layout with `base` (one layer) and `v2` (a second layer and a run
@@ -103,6 +113,11 @@ fn images_from_umoci_and_skopeo_pack_to_what_umoci_unpacks() {
     );
     flist_ok(&[&"unpack", &t.join("v2.fl"), &t.join("out")]);
     assert_same_tree(&t.join("ref/rootfs"), &t.join("out"));
+    // What is compared holds the binary values (umoci kept them), so the comparison shows them exact.
+    let every = xattr::get(t.join("ref/rootfs/etc/os-release"), "user.every-byte").unwrap();
+    assert_eq!(every, Some((0..=255u8).collect::<Vec<u8>>()));
+    let cap = xattr::get(t.join("out/usr/bin/big"), "security.capability").unwrap();
+    assert_eq!(cap.as_deref(), Some(util::CAP_WITH_NEWLINES.as_slice()));
 
     let info: serde_json::Value = serde_json::from_str(&flist_ok(&[&"inspect", &"--json", &t.join("v2.fl")])).unwrap();
     let tags = &info["tags"];

@@ -109,6 +109,66 @@ enum Change {
     Link { path: Vec<Vec<u8>>, target: Vec<Vec<u8>>, shown: String },
 }
 
+/// The most bytes a metadata-only member (PAX header, GNU long name or link) may hold: Linux
+/// caps one xattr value at 64 KiB, so this leaves room for many, and a hostile archive can't make
+/// us hold more.
+const MAX_EXTENSION: u64 = 16 << 20;
+
+/// What metadata-only members said about the next entry.
+#[derive(Default)]
+struct Pending {
+    pax: Option<Vec<u8>>,
+    long_name: Option<Vec<u8>>,
+    long_link: Option<Vec<u8>>,
+}
+
+impl Pending {
+    fn is_empty(&self) -> bool {
+        self.pax.is_none() && self.long_name.is_none() && self.long_link.is_none()
+    }
+}
+
+/// A PAX record: key, value.
+type PaxRecord<'a> = (&'a [u8], &'a [u8]);
+
+/// The records of a PAX extended header, each `LEN KEY=VALUE\n` where LEN counts the whole
+/// record. They are read by that length, so a value may hold any byte — a newline or NUL in an
+/// xattr value (capability sets have them) — and can't be taken for a record of its own. (The
+/// `tar` crate splits records at newlines, which refuses such values and would read a forged
+/// `path` record out of one; so members are read raw and their extensions here.)
+fn pax_records(data: &[u8]) -> Result<Vec<PaxRecord<'_>>, &'static str> {
+    let mut records = Vec::new();
+    let mut rest = data;
+    // Some writers pad the header's data with NULs.
+    while rest.iter().any(|&b| b != 0) {
+        let space = rest.iter().position(|&b| b == b' ').ok_or("a PAX record without a length")?;
+        let digits = rest.get(..space).unwrap_or_default();
+        let len: usize = std::str::from_utf8(digits)
+            .ok()
+            .filter(|d| !d.is_empty() && d.bytes().all(|b| b.is_ascii_digit()))
+            .and_then(|d| d.parse().ok())
+            .ok_or("a PAX record length that is not a number")?;
+        let (record, next) = rest.split_at_checked(len).ok_or("a PAX record longer than its header")?;
+        let body = record
+            .get(space + 1..)
+            .and_then(|b| b.strip_suffix(b"\n"))
+            .ok_or("a PAX record not ended by a newline where its length says")?;
+        let eq = body.iter().position(|&b| b == b'=').ok_or("a PAX record without '='")?;
+        let (key, value) = body.split_at(eq);
+        records.push((key, value.get(1..).unwrap_or_default()));
+        rest = next;
+    }
+    Ok(records)
+}
+
+/// A GNU long name or link member's data: the name and its terminating NUL.
+fn gnu_name(mut data: Vec<u8>) -> Vec<u8> {
+    while data.last() == Some(&0) {
+        data.pop();
+    }
+    data
+}
+
 /// Applies an uncompressed tar archive on top of `tree`. An image layer's whiteouts apply to
 /// the layers below only, so they all go first, then the entries in archive order.
 fn apply(tree: &mut Tree, archive_path: &Path, layer: Layer) -> Result<(), TarError> {
@@ -120,12 +180,62 @@ fn apply(tree: &mut Tree, archive_path: &Path, layer: Layer) -> Result<(), TarEr
     let index = tree.archives.len();
     tree.archives.push(archive_path.to_path_buf());
     let (mut changes, mut hidden, mut opaque) = (Vec::new(), Vec::new(), Vec::new());
+    let mut pending = Pending::default();
 
-    for entry in archive.entries().map_err(read_err)? {
+    // Raw: metadata-only members come to us and are folded into the next entry below.
+    for entry in archive.entries().map_err(read_err)?.raw(true) {
         let mut entry = entry.map_err(read_err)?;
-        let raw_path = entry.path_bytes().into_owned();
+        let kind = entry.header().entry_type();
+        let header_path = String::from_utf8_lossy(&entry.path_bytes()).into_owned();
+        let unsupported_at =
+            |entry: &str, why| TarError::Unsupported { path: name.clone(), entry: entry.to_string(), why };
+        if matches!(
+            kind,
+            EntryType::XHeader | EntryType::GNULongName | EntryType::GNULongLink | EntryType::XGlobalHeader
+        ) {
+            if entry.size() > MAX_EXTENSION {
+                return Err(unsupported_at(&header_path, "a metadata member over 16 MiB"));
+            }
+            let mut data = Vec::new();
+            io::Read::read_to_end(&mut entry, &mut data).map_err(read_err)?;
+            let slot = match kind {
+                EntryType::XHeader => &mut pending.pax,
+                EntryType::GNULongName => &mut pending.long_name,
+                EntryType::GNULongLink => &mut pending.long_link,
+                // Global records (a comment, a default mtime) describe no entry of ours.
+                _ => continue,
+            };
+            if slot.replace(data).is_some() {
+                return Err(unsupported_at(&header_path, "two metadata members of one kind for one entry"));
+            }
+            continue;
+        }
+        let ext = std::mem::take(&mut pending);
+        let records = match &ext.pax {
+            Some(data) => pax_records(data).map_err(|why| unsupported_at(&header_path, why))?,
+            None => Vec::new(),
+        };
+        let record = |key: &[u8]| records.iter().rev().find(|(k, _)| *k == key).map(|(_, v)| *v);
+        let raw_path = match (record(b"path"), ext.long_name) {
+            (Some(p), _) => p.to_vec(),
+            (None, Some(long)) => gnu_name(long),
+            (None, None) => entry.path_bytes().into_owned(),
+        };
         let shown = String::from_utf8_lossy(&raw_path).into_owned();
+        let unsupported = |why| unsupported_at(&shown, why);
         let path_err = |source| TarError::Path { path: name.clone(), entry: shown.clone(), source };
+        let header = entry.header();
+        let size = entry.size();
+        if let Some(pax_size) = record(b"size") {
+            // The member's data was skipped by the header's size; a PAX size that disagrees
+            // (a file over 8 GiB from a writer that left the header's field short) would be misread.
+            if std::str::from_utf8(pax_size).ok().and_then(|v| v.parse::<u64>().ok()) != Some(size) {
+                return Err(unsupported("a PAX size that differs from the header's"));
+            }
+        }
+        if records.iter().any(|(k, _)| k.starts_with(b"GNU.sparse.")) {
+            return Err(unsupported("GNU sparse entries are not supported yet"));
+        }
         let path = components(&raw_path).map_err(path_err)?;
         if let (Layer::Overlay, Some((last, parent))) = (layer, path.split_last()) {
             if last.as_slice() == OPAQUE {
@@ -137,40 +247,45 @@ fn apply(tree: &mut Tree, archive_path: &Path, layer: Layer) -> Result<(), TarEr
                 continue;
             }
         }
-        let header = entry.header();
-        let perm = header.mode().map_err(read_err)? & 0o7777;
+        // A PAX record wins over the header's field, which is then not read at all (writers
+        // leave it zero or blank when the value does not fit).
+        let id = |key: &[u8], from_header: &dyn Fn() -> io::Result<u64>| -> Result<u32, TarError> {
+            let value = match record(key) {
+                Some(v) => std::str::from_utf8(v).ok().and_then(|v| v.parse::<u64>().ok()),
+                None => Some(from_header().map_err(read_err)?),
+            };
+            value
+                .and_then(|v| u32::try_from(v).ok())
+                .ok_or_else(|| unsupported("a uid or gid that is not a 32-bit number"))
+        };
+        let mtime = match record(b"mtime").and_then(pax_time) {
+            Some(t) => t,
+            None => Timestamp { secs: header.mtime().map_err(read_err)?.try_into().unwrap_or(i64::MAX), nanos: 0 },
+        };
         let mut meta = Meta {
-            mode: perm,
-            uid: header.uid().map_err(read_err)? as u32,
-            gid: header.gid().map_err(read_err)? as u32,
-            mtime: Timestamp { secs: header.mtime().map_err(read_err)? as i64, nanos: 0 },
+            mode: header.mode().map_err(read_err)? & 0o7777,
+            uid: id(b"uid", &|| header.uid())?,
+            gid: id(b"gid", &|| header.gid())?,
+            mtime,
             ctime: Timestamp::default(),
             xattrs: BTreeMap::new(),
         };
-        let kind = header.entry_type();
-        let link = entry.link_name_bytes().map(|l| l.into_owned());
+        meta.ctime = record(b"ctime").and_then(pax_time).unwrap_or(meta.mtime);
+        for (key, value) in &records {
+            if let Some(attr) = key.strip_prefix(b"SCHILY.xattr.").filter(|a| !a.is_empty()) {
+                meta.xattrs.insert(attr.to_vec(), value.to_vec());
+            }
+        }
+        let link = match (record(b"linkpath"), ext.long_link) {
+            (Some(l), _) => Some(l.to_vec()),
+            (None, Some(long)) => Some(gnu_name(long)),
+            (None, None) => header.link_name_bytes().map(|l| l.into_owned()),
+        };
         let rdev = match (header.device_major(), header.device_minor()) {
             (Ok(Some(ma)), Ok(Some(mi))) => libc::makedev(ma, mi),
             _ => 0,
         };
-        let size = entry.size();
         let offset = entry.raw_file_position();
-        let mut ctime = None;
-        if let Some(pax) = entry.pax_extensions().map_err(read_err)? {
-            for ext in pax {
-                let ext = ext.map_err(read_err)?;
-                let key = ext.key_bytes();
-                if let Some(attr) = key.strip_prefix(b"SCHILY.xattr.") {
-                    meta.xattrs.insert(attr.to_vec(), ext.value_bytes().to_vec());
-                } else if key == b"mtime" {
-                    meta.mtime = pax_time(ext.value_bytes()).unwrap_or(meta.mtime);
-                } else if key == b"ctime" {
-                    ctime = pax_time(ext.value_bytes());
-                }
-            }
-        }
-        meta.ctime = ctime.unwrap_or(meta.mtime);
-        let unsupported = |why| TarError::Unsupported { path: name.clone(), entry: shown.clone(), why };
         let (type_bits, content) = match kind {
             EntryType::Regular | EntryType::Continuous => {
                 (libc::S_IFREG, Content::File { size, regions: None, data: Data::Archive { archive: index, offset } })
@@ -186,8 +301,6 @@ fn apply(tree: &mut Tree, archive_path: &Path, layer: Layer) -> Result<(), TarEr
                 continue;
             }
             EntryType::GNUSparse => return Err(unsupported("GNU sparse entries are not supported yet")),
-            // Metadata-only records (long names, PAX headers) are folded into the next entry by
-            // the tar crate; anything else is unknown.
             _ => return Err(unsupported("unknown entry type")),
         };
         meta.mode |= type_bits;
@@ -195,6 +308,13 @@ fn apply(tree: &mut Tree, archive_path: &Path, layer: Layer) -> Result<(), TarEr
             return Err(unsupported("the archive root is not a directory"));
         }
         changes.push(Change::Put(path, Node { meta, content }));
+    }
+    if !pending.is_empty() {
+        return Err(TarError::Unsupported {
+            path: name.clone(),
+            entry: String::new(),
+            why: "metadata members at the end describe no entry",
+        });
     }
     for dir in &opaque {
         tree.clear_dir(dir);
@@ -316,3 +436,6 @@ mod layer_tests {
         assert!(names(&whole, "/").contains(&".wh.literal".to_string()));
     }
 }
+
+#[cfg(test)]
+mod pax_tests;

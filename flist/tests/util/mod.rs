@@ -103,6 +103,9 @@ impl Drop for Mounted {
 
 /// A valid VFS_CAP_REVISION_2 `security.capability` value granting cap_net_raw (bit 13).
 pub const CAP_NET_RAW: [u8; 20] = [1, 0, 0, 2, 0, 0x20, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0];
+/// A v2 `security.capability` whose bytes hold 0x0a twice: permitted dac_override, fowner,
+/// net_bind_service and net_broadcast (0x0c0a); inheritable dac_override and fowner (0x0a).
+pub const CAP_WITH_NEWLINES: [u8; 20] = [1, 0, 0, 2, 0x0a, 0x0c, 0, 0, 0x0a, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0];
 
 /// Builds a tree with every case the format promises to keep.
 pub fn awkward_tree(root: &Path) {
@@ -158,6 +161,18 @@ pub fn awkward_tree(root: &Path) {
     xattr::set(root.join("dir/small.txt"), "user.comment", b"hello xattr").unwrap();
     xattr::set(root.join("dir/small.txt"), "user.binary", &[0u8, 1, 2, 255]).unwrap();
     xattr::set(root.join("dir"), "user.on-a-dir", b"yes").unwrap();
+    // Every byte value in one xattr value (a newline and NUL among them), a capability set whose
+    // bytes include 0x0a, and a value that looks like a PAX record of its own.
+    xattr::set(root.join("dir/small.txt"), "user.every-byte", &(0..=255u8).collect::<Vec<u8>>()).unwrap();
+    xattr::set(root.join("setuid"), "security.capability", &CAP_WITH_NEWLINES).unwrap();
+    xattr::set(root.join("empty"), "user.forged", b"x\n26 path=etc/forged-by-xattr\n").unwrap();
+    // A path past ustar's 100 and 155 bytes, not UTF-8, and a symlink to a long non-UTF-8 target.
+    let long: Vec<u8> = (0..3).flat_map(|i| [&[b'L'; 60][..], &[0xe9, 0x80 + i, b'/']].concat()).collect();
+    let long_dir = root.join(OsStr::from_bytes(&long));
+    fs::create_dir_all(&long_dir).unwrap();
+    fs::write(long_dir.join(OsStr::from_bytes(b"file-\xff\xfe")), b"deep and long").unwrap();
+    let target: Vec<u8> = (0..250).map(|i| 0x80 + (i % 0x7f) as u8).collect();
+    std::os::unix::fs::symlink(OsStr::from_bytes(&target), root.join("long-target")).unwrap();
     // Sparse files: holes at start, middle and end, and one that is all hole.
     let sparse = fs::OpenOptions::new().create(true).truncate(false).write(true).open(root.join("sparse")).unwrap();
     sparse.set_len(64 << 20).unwrap();
