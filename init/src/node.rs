@@ -5,7 +5,9 @@
 //! state disk, mounts the flists that changed on staging directories while the old version keeps
 //! running, and hands the supervisor an [`Update`] that stops what leaves or changes, swaps the
 //! mounts and starts what is new. Any failure before that hand-over leaves the node exactly as it
-//! was. The last good manifest is kept on the state disk, so a node whose server is unreachable
+//! was. The loop does not wait for the update: while services stop (each within its stop
+//! timeout) it keeps answering control and power requests, and records the version once the
+//! supervisor says the update is in place. The last good manifest is kept on the state disk, so a node whose server is unreachable
 //! at boot runs it (verified again) while it keeps retrying.
 
 use std::collections::BTreeSet;
@@ -119,6 +121,16 @@ pub struct Node {
     last_check: Option<SystemTime>,
     last_error: Option<String>,
     power: Option<Power>,
+    /// An update handed to the supervisor and not yet in place (its leaving services stopping).
+    in_flight: Option<InFlight>,
+}
+
+/// A manifest whose update the supervisor is carrying out: recorded as applied once `done`.
+struct InFlight {
+    plan: Plan,
+    bytes: Vec<u8>,
+    signature: Option<Vec<u8>>,
+    done: Receiver<()>,
 }
 
 fn lock(mounts: &Mutex<Mounts>) -> MutexGuard<'_, Mounts> {
@@ -172,6 +184,7 @@ impl Node {
             last_check: None,
             last_error: None,
             power: None,
+            in_flight: None,
         }
     }
 
@@ -228,6 +241,8 @@ impl Node {
         self.apply(plan, &bytes, signature.as_deref())
     }
 
+    /// Hands `plan` to the supervisor, its new flists mounted on staging directories; `Ok(true)`
+    /// if that changes the node (the update is then in flight).
     fn apply(&mut self, plan: Plan, bytes: &[u8], signature: Option<&[u8]>) -> Result<bool, NodeError> {
         plan.newer_than(self.recorded())?;
         if self.applied.as_ref().is_some_and(|a| a.digest == plan.digest) {
@@ -272,8 +287,22 @@ impl Node {
         };
         // A refused update drops the prepared mounts with it (their sessions unmount on drop).
         self.updates.send(update).map_err(|_| NodeError::ShuttingDown)?;
-        done.recv().map_err(|_| NodeError::ShuttingDown)?;
-        if let Err(e) = self.record(&plan, bytes, signature) {
+        // The supervisor stops what leaves (each within its stop timeout) before it switches;
+        // the node loop keeps answering meanwhile and records the version once it is in place.
+        tracing::info!("manifest version {}: handed to the supervisor", plan.version);
+        self.in_flight = Some(InFlight { plan, bytes: bytes.to_vec(), signature: signature.map(<[u8]>::to_vec), done });
+        Ok(true)
+    }
+
+    /// Whether a manifest is in force or on its way.
+    fn has_manifest(&self) -> bool {
+        self.applied.is_some() || self.in_flight.is_some()
+    }
+
+    /// The update in flight is in place: records its manifest as the one applied.
+    fn applied_in_flight(&mut self) {
+        let Some(InFlight { plan, bytes, signature, .. }) = self.in_flight.take() else { return };
+        if let Err(e) = self.record(&plan, &bytes, signature.as_deref()) {
             tracing::error!("recording manifest version {} on the state disk: {e}", plan.version);
         }
         if let Some(name) = plan.hostname.as_deref().filter(|_| self.cfg.set_hostname) {
@@ -292,7 +321,6 @@ impl Node {
             ),
         );
         self.applied = Some(plan);
-        Ok(true)
     }
 
     /// The plan's services, those running a container image completed from its run
@@ -326,7 +354,7 @@ impl Node {
                 tracing::error!("{message}");
                 crate::report::stage("error", message.clone());
                 self.last_error = Some(message);
-                if self.applied.is_none() {
+                if !self.has_manifest() {
                     if let Err(e) = self.apply_kept() {
                         tracing::error!("the kept manifest: {}", error_chain(&e));
                     }
@@ -343,13 +371,14 @@ impl Node {
         let mut failures = 0u32;
         let mut next = Instant::now();
         loop {
-            if self.power.is_none() && Instant::now() >= next {
+            // One update at a time: the next fetch waits until the one in flight is in place.
+            if self.power.is_none() && self.in_flight.is_none() && Instant::now() >= next {
                 match self.attempt() {
                     Ok(_) => {
                         failures = 0;
                         next = crate::later(Instant::now(), self.cfg.interval);
                     }
-                    Err(e) if must_start && self.applied.is_none() => {
+                    Err(e) if must_start && !self.has_manifest() => {
                         let _ = self.stop.send(());
                         let _ = inputs.finished.recv();
                         return Err(e);
@@ -362,7 +391,13 @@ impl Node {
                 }
             }
             let wait = next.saturating_duration_since(Instant::now());
+            let in_place = self.in_flight.as_ref().map_or_else(crossbeam_channel::never, |f| f.done.clone());
             select! {
+                recv(in_place) -> done => match done {
+                    Ok(()) => self.applied_in_flight(),
+                    // The supervisor is shutting down: the update will not be completed.
+                    Err(_) => self.in_flight = None,
+                },
                 recv(inputs.calls) -> call => if let Ok((request, reply)) = call {
                     let answer = self.answer(request);
                     let _ = reply.send(answer);
@@ -386,6 +421,11 @@ impl Node {
 
     fn answer(&mut self, request: Request) -> Value {
         match request {
+            Request::Reload if self.in_flight.is_some() => {
+                let applying = self.in_flight.as_ref().map(|f| f.plan.version);
+                json!({"ok": true, "changed": false, "applying": applying,
+                       "note": "an update is in flight: reload again once it is in place"})
+            }
             Request::Reload => match self.attempt() {
                 Ok(changed) => {
                     json!({"ok": true, "changed": changed, "version": self.applied.as_ref().map(|p| p.version)})
@@ -395,6 +435,7 @@ impl Node {
             Request::Manifest => json!({
                 "url": self.cfg.manifest_url,
                 "version": self.applied.as_ref().map(|p| p.version),
+                "applying": self.in_flight.as_ref().map(|f| f.plan.version),
                 "digest": self.applied.as_ref().map(|p| p.digest.to_hex()),
                 "hostname": self.applied.as_ref().and_then(|p| p.hostname.clone()),
                 "services": self.applied.as_ref().map(|p| p.services.iter().map(|s| s.name.clone()).collect::<Vec<_>>()),

@@ -92,6 +92,39 @@ fn services_start_in_order_restart_with_backoff_stop_and_shut_down() {
 }
 
 #[test]
+fn the_node_answers_while_an_update_waits_out_a_stubborn_stop() {
+    let stubborn = json!({"name": "stubborn", "stop_timeout": 120,
+        "exec": ["/bin/sh", "-c", "trap '' TERM; echo $$ > $OUT/stubborn.pid; while :; do sleep 0.1; done"]});
+    let steady = json!({"name": "steady", "exec": ["/bin/sleep", "1000"]});
+    let (dir, conf) = config(json!([stubborn, steady.clone()]));
+    let mut node = start_config(dir, &conf);
+    node.wait_for("stubborn", |n| n.state("stubborn")["state"] == "running");
+    let pid: i32 = std::fs::read_to_string(node.out().join("stubborn.pid")).unwrap().trim().parse().unwrap();
+    // Version 2 drops stubborn, whose stop takes its whole two-minute grace.
+    publish(&conf, &json!({"version": 2, "services": [steady]}), &node.out());
+    let reload = node.ctl_json(&["reload"]);
+    assert_eq!(reload["changed"], true, "{reload}");
+    // The reload came back while the update waits: stubborn is still stopping, version 1 in force.
+    assert_eq!(node.state("stubborn")["state"], "stopping");
+    let manifest = node.ctl_json(&["manifest"]);
+    assert_eq!((manifest["version"].as_u64(), manifest["applying"].as_u64()), (Some(1), Some(2)), "{manifest}");
+    let again = node.ctl_json(&["reload"]);
+    assert_eq!(again["applying"], 2, "one update at a time: {again}");
+    // A power request is taken at once (within wait_for's 30 s, a quarter of the grace).
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(node.child.as_ref().unwrap().id() as i32),
+        nix::sys::signal::Signal::SIGTERM,
+    )
+    .unwrap();
+    node.wait_for("the shutdown to begin", |n| n.init_log().contains("stopping every service"));
+    assert!(alive(pid), "stubborn is still within its grace");
+    // The grace would run on; end it, and init exits cleanly without recording version 2.
+    nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), nix::sys::signal::Signal::SIGKILL).unwrap();
+    assert!(node.terminate().success());
+    assert!(!node.init_log().contains("manifest version 2 applied"), "{}", node.init_log());
+}
+
+#[test]
 fn unsigned_tampered_and_foreign_manifests_are_refused() {
     let services = json!([{"name": "a", "exec": ["/bin/true"]}]);
     let run = |conf: &Path, extra: &[&str]| {
