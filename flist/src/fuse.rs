@@ -6,7 +6,8 @@
 //! comes from a [`CachedSource`]: verified before use, fetched once however many readers, with
 //! chunks ahead of a sequential reader prefetched. Every failure is logged with the path and
 //! mapped to an errno in [`errno`]; nothing here can panic or hang forever (store fetches are
-//! bounded by the router's retry policy and HTTP timeouts).
+//! bounded by the router's retry policy and HTTP timeouts), and a panic anyway fails only its
+//! own request ([`contained`]).
 //!
 //! Where the kernel offers FUSE passthrough, a large file whose chunks are all in the disk cache
 //! is assembled there ([`crate::assembled`]) in the background; later opens hand the kernel that
@@ -412,35 +413,37 @@ impl Filesystem for FlistFs {
     }
 
     fn lookup(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEntry) {
-        match self.lookup_child(parent, name) {
+        contained("lookup", || match self.lookup_child(parent, name) {
             Ok(attr) => reply.entry(&self.opts.ttl, &attr, Generation(0)),
             Err(e) => reply.error(errno(&e)),
-        }
+        });
     }
 
     fn getattr(&self, _req: &Request, ino: INodeNo, _fh: Option<FileHandle>, reply: ReplyAttr) {
-        match self.inode(ino) {
+        contained("getattr", || match self.inode(ino) {
             Ok((index, inode)) => reply.attr(&self.opts.ttl, &self.attr(index, inode)),
             Err(e) => reply.error(errno(&e)),
-        }
+        });
     }
 
     fn readlink(&self, _req: &Request, ino: INodeNo, reply: ReplyData) {
-        match self.inode(ino).and_then(|(_, i)| match &i.data {
-            InodeData::Symlink(t) => Ok(t),
-            _ => Err(FsError::NotSymlink),
-        }) {
-            Ok(target) => reply.data(target),
-            Err(e) => reply.error(errno(&e)),
-        }
+        contained("readlink", || {
+            match self.inode(ino).and_then(|(_, i)| match &i.data {
+                InodeData::Symlink(t) => Ok(t),
+                _ => Err(FsError::NotSymlink),
+            }) {
+                Ok(target) => reply.data(target),
+                Err(e) => reply.error(errno(&e)),
+            }
+        });
     }
 
     fn open(&self, _req: &Request, ino: INodeNo, _flags: OpenFlags, reply: ReplyOpen) {
-        match self.inode(ino) {
+        contained("open", || match self.inode(ino) {
             Ok((index, inode)) if inode.kind() == Kind::File => self.open_file(index, reply),
             Ok(_) => reply.opened(CACHED_FH, FopenFlags::FOPEN_KEEP_CACHE),
             Err(e) => reply.error(errno(&e)),
-        }
+        });
     }
 
     fn release(
@@ -453,25 +456,27 @@ impl Filesystem for FlistFs {
         _flush: bool,
         reply: fuser::ReplyEmpty,
     ) {
-        if let Ok((index, _)) = self.inode(ino) {
-            let mut opens = lock(&self.opens);
-            if let Some(state) = opens.get_mut(&index) {
-                if fh == PASSTHROUGH_FH {
-                    state.passthrough = state.passthrough.saturating_sub(1);
-                    if state.passthrough == 0 {
-                        // Closes the kernel's backing file once its last open is gone.
-                        state.backing = None;
+        contained("release", || {
+            if let Ok((index, _)) = self.inode(ino) {
+                let mut opens = lock(&self.opens);
+                if let Some(state) = opens.get_mut(&index) {
+                    if fh == PASSTHROUGH_FH {
+                        state.passthrough = state.passthrough.saturating_sub(1);
+                        if state.passthrough == 0 {
+                            // Closes the kernel's backing file once its last open is gone.
+                            state.backing = None;
+                        }
+                    } else {
+                        state.cached = state.cached.saturating_sub(1);
+                        self.queue_assembly(index);
                     }
-                } else {
-                    state.cached = state.cached.saturating_sub(1);
-                    self.queue_assembly(index);
-                }
-                if state.cached == 0 && state.passthrough == 0 {
-                    opens.remove(&index);
+                    if state.cached == 0 && state.passthrough == 0 {
+                        opens.remove(&index);
+                    }
                 }
             }
-        }
-        reply.ok();
+            reply.ok();
+        });
     }
 
     fn read(
@@ -485,15 +490,17 @@ impl Filesystem for FlistFs {
         _lock_owner: Option<LockOwner>,
         reply: ReplyData,
     ) {
-        self.counters.reads.fetch_add(1, Ordering::Relaxed);
-        tracing::trace!("read inode {ino} at {offset}, {size} bytes");
-        match self.read_range(ino, offset, size) {
-            Ok(bytes) => reply.data(&bytes),
-            Err(e) => {
-                self.log_error("read", ino, &e);
-                reply.error(errno(&e));
+        contained("read", || {
+            self.counters.reads.fetch_add(1, Ordering::Relaxed);
+            tracing::trace!("read inode {ino} at {offset}, {size} bytes");
+            match self.read_range(ino, offset, size) {
+                Ok(bytes) => reply.data(&bytes),
+                Err(e) => {
+                    self.log_error("read", ino, &e);
+                    reply.error(errno(&e));
+                }
             }
-        }
+        });
     }
 
     fn flush(&self, _req: &Request, _ino: INodeNo, _fh: FileHandle, _lock_owner: LockOwner, reply: fuser::ReplyEmpty) {
@@ -501,14 +508,14 @@ impl Filesystem for FlistFs {
     }
 
     fn opendir(&self, _req: &Request, ino: INodeNo, _flags: OpenFlags, reply: ReplyOpen) {
-        match self.dir_entry(ino) {
+        contained("opendir", || match self.dir_entry(ino) {
             Ok(_) => reply.opened(FileHandle(0), FopenFlags::FOPEN_KEEP_CACHE | FopenFlags::FOPEN_CACHE_DIR),
             Err(e) => reply.error(errno(&e)),
-        }
+        });
     }
 
     fn readdir(&self, _req: &Request, ino: INodeNo, _fh: FileHandle, offset: u64, mut reply: ReplyDirectory) {
-        match self.listing(ino, offset) {
+        contained("readdir", || match self.listing(ino, offset) {
             Ok(rows) => {
                 for (next, inode, name) in rows {
                     let kind =
@@ -520,11 +527,11 @@ impl Filesystem for FlistFs {
                 reply.ok();
             }
             Err(e) => reply.error(errno(&e)),
-        }
+        });
     }
 
     fn readdirplus(&self, _req: &Request, ino: INodeNo, _fh: FileHandle, offset: u64, mut reply: ReplyDirectoryPlus) {
-        match self.listing(ino, offset) {
+        contained("readdirplus", || match self.listing(ino, offset) {
             Ok(rows) => {
                 for (next, inode, name) in rows {
                     let Some(i) = self.flist.inodes.get(inode as usize) else { continue };
@@ -536,20 +543,26 @@ impl Filesystem for FlistFs {
                 reply.ok();
             }
             Err(e) => reply.error(errno(&e)),
-        }
+        });
     }
 
     fn statfs(&self, _req: &Request, _ino: INodeNo, reply: ReplyStatfs) {
-        let blocks = self.flist.inodes.iter().map(|i| i.data_len()).sum::<u64>().div_ceil(4096);
-        reply.statfs(blocks, 0, 0, self.flist.inodes.len() as u64, 0, 4096, 255, 4096);
+        contained("statfs", || {
+            let blocks = self.flist.inodes.iter().map(|i| i.data_len()).sum::<u64>().div_ceil(4096);
+            reply.statfs(blocks, 0, 0, self.flist.inodes.len() as u64, 0, 4096, 255, 4096);
+        });
     }
 
     fn getxattr(&self, _req: &Request, ino: INodeNo, name: &OsStr, size: u32, reply: ReplyXattr) {
-        reply_xattr(self.xattr(ino, Some(name)), size, reply);
+        contained("getxattr", || {
+            reply_xattr(self.xattr(ino, Some(name)), size, reply);
+        });
     }
 
     fn listxattr(&self, _req: &Request, ino: INodeNo, size: u32, reply: ReplyXattr) {
-        reply_xattr(self.xattr(ino, None), size, reply);
+        contained("listxattr", || {
+            reply_xattr(self.xattr(ino, None), size, reply);
+        });
     }
 
     /// No ioctls (inode flags, …): "not a typewriter", what tools expect from a plain filesystem,
@@ -567,6 +580,19 @@ impl Filesystem for FlistFs {
         reply: fuser::ReplyIoctl,
     ) {
         reply.error(Errno::ENOTTY);
+    }
+}
+
+/// Runs one request's handler so that a panic in it fails only that request: the reply, dropped
+/// while unwinding, answers EIO (fuser's own drop), the panic is logged (the hook says where), and
+/// the mount goes on serving. fuser itself does not catch panics: one would end the session thread.
+fn contained(op: &'static str, handler: impl FnOnce()) {
+    let outcome = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+        crate::faults::hit("fuse", op);
+        handler();
+    }));
+    if outcome.is_err() {
+        tracing::error!("FUSE {op}: the handler panicked; that request got EIO, the mount keeps serving");
     }
 }
 

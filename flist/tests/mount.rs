@@ -291,3 +291,40 @@ fn rw_mount_keeps_changes_in_the_upper_layer() {
     assert_eq!(fs::read(m.path.join("etc/hostname")).unwrap(), b"changed\n");
     assert!(!m.path.join("doomed").exists());
 }
+
+/// With fault injection built in (`--features faults`): a read handler that panics on every
+/// request fails each read with EIO, and the mount lives on: more reads than it has request
+/// threads, then metadata and listings still answer, and it unmounts cleanly.
+#[cfg(feature = "faults")]
+#[test]
+fn a_panicking_fuse_handler_fails_its_request_and_the_mount_lives_on() {
+    let t = TestDir::new();
+    util::write(&t.join("src/file"), &b"served bytes ".repeat(10_000));
+    util::write(&t.join("src/other"), b"more");
+    pack(&t, "src", "f.fl", &[t.store("store")]);
+    let mnt = t.join("mnt");
+    fs::create_dir_all(&mnt).unwrap();
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_flist"))
+        .args(["mount", "-d"])
+        .arg(t.join("f.fl"))
+        .arg(&mnt)
+        .env("FLINT_FAULTS", "fuse.read=panic")
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let m = Mounted { path: mnt };
+    let (tx, rx) = std::sync::mpsc::channel();
+    let path = m.path.clone();
+    std::thread::spawn(move || {
+        // Twice as many as the mount's request threads: a panic that ended a thread would hang these.
+        let errors: Vec<_> =
+            (0..8).map(|i| fs::read(path.join(["file", "other"][i % 2])).map_err(|e| e.raw_os_error())).collect();
+        let _ = tx.send(errors);
+    });
+    let errors = rx.recv_timeout(Duration::from_secs(60)).expect("reads hung: the mount died");
+    assert!(errors.iter().all(|e| *e == Err(Some(libc::EIO))), "{errors:?}");
+    assert_eq!(fs::metadata(m.path.join("file")).unwrap().len(), 130_000);
+    let mut names: Vec<_> = fs::read_dir(&m.path).unwrap().map(|e| e.unwrap().file_name()).collect();
+    names.sort();
+    assert_eq!(names, ["file", "other"]);
+}
