@@ -56,8 +56,9 @@ test: deps test-unit test-rootfs test-boot-steps static-check test-boot-direct
 
 test-unit:
 	cargo test $(QUIET) --workspace
-	# The fault-injection tier: the same mount tests, with FUSE handlers that panic on request.
+	# The fault-injection tier: FUSE handlers and init's loops that panic or stall on request.
 	cargo test $(QUIET) -p flist --features faults --test mount
+	cargo test $(QUIET) -p init --features faults --test supervise
 
 # Round trip of a real debootstrap'd Debian (built once, cached in ~/.cache/flint).
 test-rootfs: deps

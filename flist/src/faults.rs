@@ -1,7 +1,8 @@
 //! Fault injection for tests: with the `faults` cargo feature (never in a release build), a named
 //! point panics or stalls when the `FLINT_FAULTS` environment variable names it
-//! (`POINT=panic` or `POINT=stall`, comma-separated; `fuse.read`, `fuse.lookup`, …). Without the
-//! feature, [`hit`] is empty and compiles away.
+//! (`POINT=panic`, `POINT=panic-once` (the first time only, in this process) or `POINT=stall`,
+//! comma-separated; `fuse.read`, `init.supervisor`, …). Without the feature, [`hit`] is empty and
+//! compiles away.
 
 /// Panics or stalls here if `FLINT_FAULTS` says so for `LAYER.OP` (with the `faults` feature).
 #[cfg(feature = "faults")]
@@ -9,9 +10,18 @@
 pub fn hit(layer: &str, op: &str) {
     let Ok(spec) = std::env::var("FLINT_FAULTS") else { return };
     let point = format!("{layer}.{op}");
+    static FIRED: std::sync::Mutex<Vec<String>> = std::sync::Mutex::new(Vec::new());
     for item in spec.split(',') {
         match item.split_once('=') {
             Some((p, "panic")) if p == point => panic!("fault injected at {point}"),
+            Some((p, "panic-once")) if p == point => {
+                let mut fired = FIRED.lock().unwrap_or_else(|e| e.into_inner());
+                if !fired.contains(&point) {
+                    fired.push(point.clone());
+                    drop(fired);
+                    panic!("fault injected at {point} (once)");
+                }
+            }
             Some((p, "stall")) if p == point => std::thread::sleep(std::time::Duration::from_secs(3600)),
             _ => {}
         }

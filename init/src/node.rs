@@ -367,7 +367,7 @@ impl Node {
     /// Runs until the supervisor has returned, then says what to do next. The first manifest
     /// is fetched at once; with `must_start`, failing to get one (and having none kept) is an
     /// error instead of a retry (`init run` on a host; PID 1 retries forever).
-    pub fn run(mut self, inputs: &NodeInputs, must_start: bool) -> Result<Power, NodeError> {
+    pub fn run(&mut self, inputs: &NodeInputs, must_start: bool) -> Result<Power, NodeError> {
         let mut failures = 0u32;
         let mut next = Instant::now();
         loop {
@@ -390,6 +390,7 @@ impl Node {
                     }
                 }
             }
+            flist::faults::hit("init", "node");
             let wait = next.saturating_duration_since(Instant::now());
             let in_place = self.in_flight.as_ref().map_or_else(crossbeam_channel::never, |f| f.done.clone());
             select! {

@@ -47,6 +47,25 @@ pub fn report_panics() {
     }));
 }
 
+/// Runs `work` until it returns; a panic in it is logged (by the hook, with where), reported, and
+/// `work` runs again after a pause (1 s, doubling to 30 s) from the state it left — each loop run
+/// this way keeps its state consistent between its steps, so a panic loses one step, never the
+/// node. PID 1 must not end because one of its loops hit a bug.
+pub fn guard<T>(name: &str, mut work: impl FnMut() -> T) -> T {
+    let mut pause = std::time::Duration::from_secs(1);
+    loop {
+        match std::panic::catch_unwind(std::panic::AssertUnwindSafe(&mut work)) {
+            Ok(done) => return done,
+            Err(_) => {
+                tracing::error!("the {name} loop panicked; it runs again in {} s from its last state", pause.as_secs());
+                crate::report::stage("error", format!("the {name} loop panicked and was restarted"));
+                std::thread::sleep(pause);
+                pause = pause.saturating_mul(2).min(std::time::Duration::from_secs(30));
+            }
+        }
+    }
+}
+
 /// Everything a supervising init needs, as PID 1 or not.
 pub struct Setup {
     /// The manifest and how to get it.
@@ -75,28 +94,31 @@ pub fn supervise(setup: Setup) -> anyhow::Result<Power> {
     let (hup_tx, hup) = crossbeam_channel::bounded(1);
     let (power_tx, power) = crossbeam_channel::unbounded();
     let pid1 = setup.pid1;
-    std::thread::Builder::new().name("signals".into()).spawn(move || loop {
-        let power = match signals.wait() {
-            Ok(Signal::SIGCHLD) => {
-                let _ = children_tx.send(());
-                continue;
-            }
-            Ok(Signal::SIGHUP) => {
-                tracing::info!("SIGHUP: fetching the manifest");
-                let _ = hup_tx.try_send(());
-                continue;
-            }
-            // The kernel turns ctrl-alt-del into SIGINT for PID 1.
-            Ok(Signal::SIGTERM | Signal::SIGINT) if pid1 => Power::Reboot,
-            Ok(Signal::SIGUSR2) if pid1 => Power::Poweroff,
-            Ok(Signal::SIGUSR2) => continue,
-            Ok(_) => Power::Exit,
-            Err(e) => {
-                tracing::warn!("waiting for signals: {e}");
-                continue;
-            }
-        };
-        let _ = power_tx.send(power);
+    std::thread::Builder::new().name("signals".into()).spawn(move || {
+        guard("signals", || loop {
+            flist::faults::hit("init", "signals");
+            let power = match signals.wait() {
+                Ok(Signal::SIGCHLD) => {
+                    let _ = children_tx.send(());
+                    continue;
+                }
+                Ok(Signal::SIGHUP) => {
+                    tracing::info!("SIGHUP: fetching the manifest");
+                    let _ = hup_tx.try_send(());
+                    continue;
+                }
+                // The kernel turns ctrl-alt-del into SIGINT for PID 1.
+                Ok(Signal::SIGTERM | Signal::SIGINT) if pid1 => Power::Reboot,
+                Ok(Signal::SIGUSR2) if pid1 => Power::Poweroff,
+                Ok(Signal::SIGUSR2) => continue,
+                Ok(_) => Power::Exit,
+                Err(e) => {
+                    tracing::warn!("waiting for signals: {e}");
+                    continue;
+                }
+            };
+            let _ = power_tx.send(power);
+        })
     })?;
 
     let (services_tx, calls) = crossbeam_channel::unbounded();
@@ -107,18 +129,18 @@ pub fn supervise(setup: Setup) -> anyhow::Result<Power> {
     let (updates_tx, updates) = crossbeam_channel::unbounded();
     let (stop_tx, stop) = crossbeam_channel::bounded(1);
     let (finished_tx, finished) = crossbeam_channel::bounded(1);
-    let supervisor = Supervisor::new(&[], setup.supervisor);
+    let mut supervisor = Supervisor::new(&[], setup.supervisor);
     let inputs = Inputs { children, calls, updates, stop };
     std::thread::Builder::new().name("supervisor".into()).spawn(move || {
-        supervisor.run(&inputs);
+        guard("supervisor", || supervisor.run(&inputs));
         let _ = finished_tx.send(());
     })?;
 
     let fetcher = Fetcher::new(&setup.trust)?;
-    let node = Node::new(setup.node, fetcher, setup.mounts, updates_tx, stop_tx);
+    let mut node = Node::new(setup.node, fetcher, setup.mounts, updates_tx, stop_tx);
     let mounts = node.mounts();
     let inputs = NodeInputs { calls: node_calls, hup, power, finished };
-    let result = node.run(&inputs, !pid1);
+    let result = guard("node", || node.run(&inputs, !pid1));
     mounts.lock().unwrap_or_else(|p| p.into_inner()).unmount_all();
     nix::unistd::sync();
     let _ = std::fs::remove_file(&setup.socket);

@@ -204,3 +204,53 @@ fn as_pid_1_of_a_pid_namespace_orphans_are_adopted_and_reaped() {
     let _ = node.ctl(&["shutdown"]);
     node.wait_for("init to exit", |n| !n.socket().exists());
 }
+
+/// With fault injection built in (`--features faults`): each long-lived loop of init panics once
+/// (the supervisor, the node loop, the signal thread) or the node loop stalls for good after its
+/// first fetch. Every time, the services come up and are restarted when they die, the control
+/// socket answers; after a panic, the log names the thread it hit, the manifest is recorded and
+/// SIGTERM still shuts init down cleanly.
+#[cfg(feature = "faults")]
+#[test]
+fn every_loop_of_init_survives_a_panic_and_a_stalled_node_loop_leaves_the_services_supervised() {
+    let services = json!([
+        {"name": "web", "exec": ["/bin/sleep", "1000"], "test": ["/bin/true"]},
+        {"name": "after-web", "after": ["web"], "exec": ["/bin/sleep", "1000"]}
+    ]);
+    for (fault, panics) in [
+        ("init.supervisor=panic-once", true),
+        ("init.node=panic-once", true),
+        ("init.signals=panic-once", true),
+        ("init.node=stall", false),
+    ] {
+        let (dir, conf) = config(services.clone());
+        let env = format!("FLINT_FAULTS={fault}");
+        // A stalled node loop never records a version: wait for the services instead.
+        let mut node = start_under(&["env", &env], dir, &[&"--config", &conf]);
+        // after-web starts only once web's readiness check passed.
+        let running = |n: &Node| {
+            let out = n.ctl(&["--json", "status", "after-web"]);
+            out.status.success() && serde_json::from_slice::<Value>(&out.stdout).unwrap()["state"] == "running"
+        };
+        node.wait_for(fault, running);
+        if panics {
+            let log = node.init_log();
+            assert!(log.contains("PANIC in thread") && log.contains("fault injected"), "{fault}: {log}");
+            assert!(log.contains("panicked; it runs again"), "{fault}: {log}");
+            node.wait_for("the manifest", |n| n.version() == Some(1));
+        }
+        // The supervisor still restarts what dies.
+        let pid = node.pid("after-web").unwrap() as i32;
+        nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), nix::sys::signal::Signal::SIGKILL).unwrap();
+        node.wait_for("after-web again", |n| n.pid("after-web").is_some_and(|p| p as i32 != pid));
+        if panics {
+            assert!(node.terminate().success(), "{fault}");
+        } else {
+            // Power requests go through the stalled node loop: end the services by hand, init by drop.
+            for name in ["web", "after-web"] {
+                let pid = node.pid(name).unwrap() as i32;
+                let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), nix::sys::signal::Signal::SIGKILL);
+            }
+        }
+    }
+}

@@ -437,10 +437,11 @@ impl Supervisor {
 
     /// Supervises until shut down (a [`Request::Shutdown`] or a message on `stop`), then stops
     /// every service in reverse dependency order and returns once all are down.
-    pub fn run(mut self, inputs: &Inputs) {
+    pub fn run(&mut self, inputs: &Inputs) {
         let Inputs { children, calls, updates, stop } = inputs;
         self.settle();
         loop {
+            flist::faults::hit("init", "supervisor");
             let now = Instant::now();
             let wait = self
                 .services
