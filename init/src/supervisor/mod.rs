@@ -118,17 +118,23 @@ struct Service {
     root: Option<PathBuf>,
 }
 
+impl From<&ServicePlan> for Spec {
+    fn from(plan: &ServicePlan) -> Spec {
+        Spec {
+            oneshot: plan.oneshot,
+            has_test: plan.test.is_some(),
+            test_timeout: plan.test_timeout,
+            stop_signal: plan.stop_signal,
+            stop_timeout: plan.stop_timeout,
+            restart: plan.restart,
+        }
+    }
+}
+
 impl Service {
     fn new(plan: &ServicePlan, roots: &BTreeMap<String, PathBuf>) -> Service {
         Service {
-            spec: Spec {
-                oneshot: plan.oneshot,
-                has_test: plan.test.is_some(),
-                test_timeout: plan.test_timeout,
-                stop_signal: plan.stop_signal,
-                stop_timeout: plan.stop_timeout,
-                restart: plan.restart,
-            },
+            spec: Spec::from(plan),
             state: State::default(),
             ring: Arc::new(Ring::default()),
             root: plan.root.as_ref().and_then(|r| roots.get(r).cloned()),
@@ -478,3 +484,6 @@ impl Supervisor {
         }
     }
 }
+
+#[cfg(test)]
+mod hostile_tests;
