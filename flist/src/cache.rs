@@ -160,7 +160,7 @@ impl Cache {
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, Index> {
-        self.index.lock().unwrap_or_else(|p| p.into_inner())
+        crate::durable::lock(&self.index)
     }
 
     fn path(&self, key: &Key) -> PathBuf {

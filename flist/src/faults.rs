@@ -15,7 +15,7 @@ pub fn hit(layer: &str, op: &str) {
         match item.split_once('=') {
             Some((p, "panic")) if p == point => panic!("fault injected at {point}"),
             Some((p, "panic-once")) if p == point => {
-                let mut fired = FIRED.lock().unwrap_or_else(|e| e.into_inner());
+                let mut fired = crate::durable::lock(&FIRED);
                 if !fired.contains(&point) {
                     fired.push(point.clone());
                     drop(fired);

@@ -134,7 +134,7 @@ impl CachedSource {
     }
 
     fn lock_memory(&self) -> std::sync::MutexGuard<'_, Memory> {
-        self.memory.lock().unwrap_or_else(|p| p.into_inner())
+        crate::durable::lock(&self.memory)
     }
 
     /// Every store's health (failures in a row, whether it is tried last for now).
@@ -170,7 +170,7 @@ impl CachedSource {
             return Ok(v);
         }
         let (flight, leader) = {
-            let mut flights = self.flights.lock().unwrap_or_else(|p| p.into_inner());
+            let mut flights = crate::durable::lock(&self.flights);
             match flights.get(&key) {
                 Some(f) => (f.clone(), false),
                 None => {
@@ -187,7 +187,7 @@ impl CachedSource {
         };
         if !leader {
             self.joined.fetch_add(1, Ordering::Relaxed);
-            let mut result = flight.result.lock().unwrap_or_else(|p| p.into_inner());
+            let mut result = crate::durable::lock(&flight.result);
             while result.is_none() {
                 result = flight.done.wait(result).unwrap_or_else(|p| p.into_inner());
             }
@@ -207,12 +207,12 @@ impl CachedSource {
             }
             self.lock_memory().put(key, v.clone());
         }
-        *flight.result.lock().unwrap_or_else(|p| p.into_inner()) = Some(match &result {
+        *crate::durable::lock(&flight.result) = Some(match &result {
             Ok(v) => Ok(v.clone()),
             Err(e) => Err(e.failures.clone()),
         });
         flight.done.notify_all();
-        self.flights.lock().unwrap_or_else(|p| p.into_inner()).remove(&key);
+        crate::durable::lock(&self.flights).remove(&key);
         result
     }
 }

@@ -28,6 +28,7 @@ use fuser::{
     ReplyXattr, Request,
 };
 
+use crate::durable::lock;
 use crate::fetch::CachedSource;
 use crate::format::{Extent, Flist, Inode, InodeData, Kind, Timestamp};
 use crate::read::copy_extents;
@@ -126,10 +127,6 @@ pub struct FlistFs {
     passthrough: Option<Passthrough>,
     opens: Mutex<HashMap<u32, Opens>>,
     counters: Arc<FsCounters>,
-}
-
-fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(|p| p.into_inner())
 }
 
 fn system_time(t: Timestamp) -> SystemTime {

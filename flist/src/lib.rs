@@ -21,6 +21,7 @@ pub mod assembled;
 pub mod cache;
 pub mod chunk;
 pub mod diff;
+pub mod durable;
 pub mod faults;
 pub mod fetch;
 pub mod format;

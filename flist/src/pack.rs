@@ -299,7 +299,7 @@ pub fn pack(tree: &Tree, router: &Router, opts: &PackOptions, progress: Progress
     let failed = AtomicBool::new(false);
     let fail = |e: PackError| {
         failed.store(true, Ordering::Relaxed);
-        let mut slot = failure.lock().unwrap_or_else(|p| p.into_inner());
+        let mut slot = crate::durable::lock(&failure);
         slot.get_or_insert(e);
     };
     let (tx, rx) = crossbeam_channel::bounded::<(usize, Vec<u8>)>(opts.threads.max(1) * 2);
@@ -323,13 +323,13 @@ pub fn pack(tree: &Tree, router: &Router, opts: &PackOptions, progress: Progress
                     match router.put(&sealed) {
                         Ok((outcome, missed)) => {
                             if let Some(missed) = missed {
-                                let mut m = misses.lock().unwrap_or_else(|p| p.into_inner());
+                                let mut m = crate::durable::lock(misses);
                                 for (store, why) in missed.stores {
                                     tracing::warn!("chunk {} not written to {store}: {why}", sealed.chunk.id);
                                     *m.entry(store).or_default() += 1;
                                 }
                             }
-                            let mut r = results.lock().unwrap_or_else(|p| p.into_inner());
+                            let mut r = crate::durable::lock(results);
                             if r.len() <= index {
                                 r.resize(index + 1, None);
                             }

@@ -42,11 +42,11 @@ impl<'a> RouterSource<'a> {
 
 impl ChunkSource for RouterSource<'_> {
     fn chunk(&self, flist: &Flist, index: u32) -> Result<Verified, FetchError> {
-        if let Some(v) = self.recent.lock().unwrap_or_else(|p| p.into_inner()).get(&index) {
+        if let Some(v) = crate::durable::lock(&self.recent).get(&index) {
             return Ok(v.clone());
         }
         let v = self.router.fetch(chunk_ref(flist, index)?)?;
-        let mut recent = self.recent.lock().unwrap_or_else(|p| p.into_inner());
+        let mut recent = crate::durable::lock(&self.recent);
         if recent.len() >= RECENT_CHUNKS {
             recent.clear();
         }

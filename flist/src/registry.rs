@@ -178,7 +178,7 @@ impl Client {
 
     /// The Authorization header to send, if any.
     fn authorization(&self) -> Option<String> {
-        let token = self.token.lock().unwrap_or_else(|p| p.into_inner()).clone();
+        let token = crate::durable::lock(&self.token).clone();
         token.map(|t| format!("Bearer {t}")).or_else(|| self.basic())
     }
 
@@ -265,7 +265,7 @@ impl Client {
         let text = resp.body_mut().with_config().limit(1 << 20).read_to_string().map_err(|e| failed(e.to_string()))?;
         let body: serde_json::Value = serde_json::from_str(&text).map_err(|e| failed(e.to_string()))?;
         let token = body.get("token").or_else(|| body.get("access_token")).and_then(|t| t.as_str());
-        *self.token.lock().unwrap_or_else(|p| p.into_inner()) =
+        *crate::durable::lock(&self.token) =
             Some(token.ok_or_else(|| failed("no token in the answer".into()))?.to_string());
         Ok(())
     }

@@ -51,7 +51,7 @@ pub fn copy(
         }
     }
     let report = Mutex::new(CopyReport { chunks: wanted.len(), ..CopyReport::default() });
-    let record = |f: &dyn Fn(&mut CopyReport)| f(&mut report.lock().unwrap_or_else(|p| p.into_inner()));
+    let record = |f: &dyn Fn(&mut CopyReport)| f(&mut crate::durable::lock(&report));
     let work = || {
         wanted.values().par_bridge().for_each(|c| {
             match copy_one(c, from, to) {
@@ -118,7 +118,7 @@ pub fn gc(
         let work = || {
             garbage.par_iter().for_each(|id| {
                 let result = store.delete(id);
-                let mut r = report.lock().unwrap_or_else(|p| p.into_inner());
+                let mut r = crate::durable::lock(&report);
                 match result {
                     Ok(()) => r.deleted += 1,
                     Err(e) => {

@@ -31,7 +31,7 @@ pub fn verify(flist: &Flist, router: &Router, all_replicas: bool, progress: &(dy
     let checks = AtomicU64::new(0);
     let failures = Mutex::new(Vec::new());
     let record = |id: &Hash, store: &str, why: String| {
-        failures.lock().unwrap_or_else(|p| p.into_inner()).push((id.to_hex(), store.to_string(), why));
+        crate::durable::lock(&failures).push((id.to_hex(), store.to_string(), why));
     };
     chunks.par_iter().for_each(|chunk| {
         if all_replicas {

@@ -27,7 +27,7 @@ struct Inner {
 impl Ring {
     /// Appends a line, dropping the oldest beyond [`RING_BYTES`].
     pub fn push(&self, line: String) {
-        let mut r = self.inner.lock().unwrap_or_else(|p| p.into_inner());
+        let mut r = flist::durable::lock(&self.inner);
         r.bytes += line.len();
         let seq = NEXT_LINE.fetch_add(1, Ordering::Relaxed);
         r.lines.push_back((seq, line));
@@ -41,7 +41,7 @@ impl Ring {
 
     /// Lines numbered `from` and later, and the number the next line (of any ring) will get.
     pub fn since(&self, from: u64) -> (Vec<(u64, String)>, u64) {
-        let r = self.inner.lock().unwrap_or_else(|p| p.into_inner());
+        let r = flist::durable::lock(&self.inner);
         (r.lines.iter().filter(|(n, _)| *n >= from).cloned().collect(), NEXT_LINE.load(Ordering::Relaxed))
     }
 }

@@ -159,7 +159,7 @@ pub fn prepare(
                 return Err(MountError::Digest { name: name.clone(), want: hex, got: got.to_hex().to_string() });
             }
             if let Some(k) = &kept {
-                if let Err(e) = keep(k, &b) {
+                if let Err(e) = flist::durable::write_whole(k, &b) {
                     tracing::warn!("flist {name}: keeping a copy in {}: {e}", k.display());
                 }
             }
@@ -190,19 +190,6 @@ pub fn prepare(
         .map_err(io("mounting on", &staging))?;
     std::fs::metadata(&staging).map_err(io("the mount does not answer at", &staging))?;
     Ok(Prepared { plan: plan.clone(), tags, staging, session, source })
-}
-
-/// Writes `bytes` to `path` whole or not at all.
-fn keep(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
-    use std::io::Write;
-    if let Some(dir) = path.parent() {
-        std::fs::create_dir_all(dir)?;
-    }
-    let tmp = path.with_extension("tmp");
-    let mut f = std::fs::File::create(&tmp)?;
-    f.write_all(bytes)?;
-    f.sync_all()?;
-    std::fs::rename(&tmp, path)
 }
 
 /// Unmounts a staging mount. Processes still inside keep it alive (lazy detach), so its FUSE

@@ -12,11 +12,12 @@
 
 use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime};
 
 use crossbeam_channel::{select, Receiver, Sender};
 use ed25519_dalek::VerifyingKey;
+use flist::durable::lock;
 use flist::Hash;
 use serde_json::{json, Value};
 
@@ -133,10 +134,6 @@ struct InFlight {
     done: Receiver<()>,
 }
 
-fn lock(mounts: &Mutex<Mounts>) -> MutexGuard<'_, Mounts> {
-    mounts.lock().unwrap_or_else(|p| p.into_inner())
-}
-
 /// `url` as written in the manifest, resolved against the manifest's own URL.
 fn resolve(base: &str, url: &str) -> String {
     if url.contains("://") || url.starts_with('/') {
@@ -209,15 +206,7 @@ impl Node {
     /// Records `plan` as applied: the version counter and the manifest itself, each written whole.
     fn record(&self, plan: &Plan, bytes: &[u8], signature: Option<&[u8]>) -> std::io::Result<()> {
         let Some(dir) = &self.cfg.state_dir else { return Ok(()) };
-        std::fs::create_dir_all(dir)?;
-        let write = |name: &str, data: &[u8]| -> std::io::Result<()> {
-            use std::io::Write;
-            let tmp = dir.join(format!(".{name}.tmp"));
-            let mut f = std::fs::File::create(&tmp)?;
-            f.write_all(data)?;
-            f.sync_all()?;
-            std::fs::rename(&tmp, dir.join(name))
-        };
+        let write = |name: &str, data: &[u8]| flist::durable::write_whole(&dir.join(name), data);
         write("manifest.json", bytes)?;
         write("manifest.json.sig", signature.unwrap_or_default())?;
         write("manifest.version", format!("{} {}\n", plan.version, plan.digest.to_hex()).as_bytes())

@@ -141,7 +141,7 @@ pub fn supervise(setup: Setup) -> anyhow::Result<Power> {
     let mounts = node.mounts();
     let inputs = NodeInputs { calls: node_calls, hup, power, finished };
     let result = guard("node", || node.run(&inputs, !pid1));
-    mounts.lock().unwrap_or_else(|p| p.into_inner()).unmount_all();
+    flist::durable::lock(&mounts).unmount_all();
     nix::unistd::sync();
     let _ = std::fs::remove_file(&setup.socket);
     result.context("no manifest to run")

@@ -49,9 +49,7 @@ pub(crate) fn pull(a: PullArgs) -> anyhow::Result<ExitCode> {
     let reference = oci_reference(&a.reference)?;
     let bytes = a.registry.client()?.pull_flist(&reference)?;
     let flist = flist::format::Flist::decode(&bytes).context("the pulled artifact is not an flist")?;
-    let tmp = a.output.with_extension("fl.tmp");
-    std::fs::write(&tmp, &bytes).with_context(|| format!("writing {}", tmp.display()))?;
-    std::fs::rename(&tmp, &a.output).with_context(|| format!("writing {}", a.output.display()))?;
+    flist::durable::write_whole(&a.output, &bytes).with_context(|| format!("writing {}", a.output.display()))?;
     println!("{}: flist {}", a.output.display(), flist.digest());
     Ok(ExitCode::SUCCESS)
 }

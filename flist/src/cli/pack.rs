@@ -1,7 +1,6 @@
 //! `flist pack`.
 
 use std::collections::BTreeMap;
-use std::io::Write;
 use std::path::PathBuf;
 use std::process::ExitCode;
 
@@ -196,11 +195,7 @@ pub(crate) fn run(a: PackArgs) -> anyhow::Result<ExitCode> {
     let report = pack(&tree, &router, &opts, &|n| bar.inc(n)).context("packing")?;
     bar.finish_and_clear();
 
-    let tmp = a.output.with_extension("fl.tmp");
-    let mut file = std::fs::File::create(&tmp).with_context(|| format!("creating {}", tmp.display()))?;
-    file.write_all(&report.bytes)?;
-    file.sync_all()?;
-    std::fs::rename(&tmp, &a.output).with_context(|| format!("writing {}", a.output.display()))?;
+    flist::durable::write_whole(&a.output, &report.bytes).with_context(|| format!("writing {}", a.output.display()))?;
 
     let f = &report.flist;
     let summary = Summary {

@@ -107,12 +107,12 @@ pub struct StoreHealth {
 
 impl Routed {
     fn is_down(&self) -> bool {
-        let h = self.health.lock().unwrap_or_else(|p| p.into_inner());
+        let h = crate::durable::lock(&self.health);
         h.down_until.is_some_and(|t| Instant::now() < t)
     }
 
     fn record(&self, transient_failure: bool) {
-        let mut h = self.health.lock().unwrap_or_else(|p| p.into_inner());
+        let mut h = crate::durable::lock(&self.health);
         if !transient_failure {
             if h.down_until.is_some() {
                 // At the failure's level, so that whoever saw it go sees it come back.
@@ -197,7 +197,7 @@ impl Router {
         self.routes
             .iter()
             .map(|r| {
-                let failures = r.health.lock().unwrap_or_else(|p| p.into_inner()).failures;
+                let failures = crate::durable::lock(&r.health).failures;
                 StoreHealth { url: display_url(r.store.url()), failures, down: r.is_down() }
             })
             .collect()

@@ -168,7 +168,7 @@ pub fn start(l: Launch<'_>) -> io::Result<i32> {
             for line in io::BufReader::new(stream).split(b'\n').map_while(Result::ok) {
                 let line = format!("{prefix}{}", String::from_utf8_lossy(&line));
                 if let Some(f) = &file {
-                    let mut f = f.lock().unwrap_or_else(|p| p.into_inner());
+                    let mut f = flist::durable::lock(f);
                     let _ = writeln!(f, "{line}");
                 }
                 ring.push(line);

@@ -7,12 +7,10 @@ use std::os::unix::net::{UnixListener, UnixStream};
 use std::path::Path;
 use std::sync::{Arc, Mutex};
 
+use flist::durable::lock;
+
 /// Ends an interactive console session (ctrl-]), as telnet does.
 pub const ESCAPE: u8 = 0x1d;
-
-fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(|p| p.into_inner())
-}
 
 /// Copies the guest's output to `log` (carriage returns dropped, so lines read cleanly) and to
 /// the clients of `socket`, and the clients' input to the guest, on threads of their own. Returns

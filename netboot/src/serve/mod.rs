@@ -137,14 +137,14 @@ async fn serve(opts: ServeOptions) -> anyhow::Result<()> {
 
 impl Server {
     fn registry(&self) -> MutexGuard<'_, Registry> {
-        self.registry.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+        flist::durable::lock(&self.registry)
     }
 
     /// The profiles, read again if `netboot.json` changed (or appeared, or went).
     fn profiles(&self) -> Arc<Result<Profiles, String>> {
         let stamp =
             std::fs::metadata(self.root.join(profiles::CONFIG)).ok().and_then(|m| Some((m.len(), m.modified().ok()?)));
-        let mut loaded = self.profiles.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+        let mut loaded = flist::durable::lock(&self.profiles);
         match &loaded.profiles {
             Some(p) if loaded.stamp == stamp => p.clone(),
             _ => {
