@@ -11,7 +11,7 @@ APT_PACKAGES := musl-tools debootstrap squashfs-tools squashfuse casync zstd att
   openssl openssh-client fdisk e2fsprogs busybox-static curl ca-certificates gcc umoci skopeo docker-registry apache2-utils
 FUZZ_SECONDS ?= 600
 
-.PHONY: help deps build static test test-unit test-rootfs test-boot-steps static-check fuzz bench qemu qemu-pxe qemu-usb usb initramfs test-boot test-boot-direct test-vm vm-deps test-garage clean
+.PHONY: help deps build static test lint test-unit test-rootfs test-boot-steps static-check fuzz bench qemu qemu-pxe qemu-usb usb initramfs test-boot test-boot-direct test-vm vm-deps test-garage clean
 
 help:
 	@echo "make qemu     build everything and boot the demo node under qemu (see README)"
@@ -36,6 +36,7 @@ deps:
 	@command -v cargo >/dev/null || { echo "installing Rust (rustup, minimal profile)"; \
 	  curl -sSf https://sh.rustup.rs | sh -s -- -y -q --profile minimal >/dev/null; }
 	@rustup target list --installed | grep -qx $(MUSL_TARGET) || rustup target add $(MUSL_TARGET) >/dev/null
+	@rustup component list --installed | grep -q '^clippy' || rustup component add clippy >/dev/null
 	@command -v s3s-fs >/dev/null || { echo "installing s3s-fs (S3 server for tests)"; \
 	  cargo install --locked $(QUIET) s3s-fs --version 0.14.1 --features binary; }
 
@@ -52,7 +53,12 @@ static-check: static
 	  grep -qE "not a dynamic executable|statically linked" <<<"$$out" || exit 1; \
 	done
 
-test: deps test-unit test-rootfs test-boot-steps static-check test-boot-direct
+test: deps lint test-unit test-rootfs test-boot-steps static-check test-boot-direct
+
+# Warnings are errors; the panic lints (unwrap, expect, panic, indexing) hold in production code,
+# tests may use them (clippy.toml).
+lint: deps
+	cargo clippy $(QUIET) --workspace --all-targets -- -D warnings
 
 test-unit:
 	cargo test $(QUIET) --workspace

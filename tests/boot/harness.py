@@ -110,7 +110,7 @@ def test_exception(site, c):
             vm.wait_for("starting as PID 1", WAIT)
             page = None  # as when an HTTP check got no answer
             page.count("flint")  # the bug under test
-    c.expect(len(inner.failed) == 1 and "TypeError" in inner.failed[0] and "harness.py" in inner.failed[0],
+    c.expect(len(inner.failed) == 1 and "AttributeError" in inner.failed[0] and "harness.py" in inner.failed[0],
              f"the exception is a failed check naming where it happened: {inner.failed}")
     time.sleep(0.5)
     try:
