@@ -169,35 +169,117 @@ fn gnu_name(mut data: Vec<u8>) -> Vec<u8> {
     data
 }
 
+/// Tar's block: headers and the padding of every member's data.
+const BLOCK: u64 = 512;
+
+/// The member headers of an uncompressed archive, one after another, each with the offset of its
+/// data; the data is skipped by seeking. Written here rather than taken from the `tar` crate's
+/// iterator because the length a member's data takes may come from its PAX `size` record (Go's
+/// writer, umoci's, leaves the header's field 0 for files over 8 GiB): the crate honours that only
+/// while it also parses the records itself, by splitting at newlines. Headers are still decoded by
+/// `tar::Header`.
+struct Members {
+    reader: BufReader<File>,
+    /// Where the reader is.
+    pos: u64,
+    /// The archive's length: no member's data may run past it.
+    len: u64,
+    /// Where the next header is.
+    next: u64,
+}
+
+impl Members {
+    /// Moves the reader to `at`, within its buffer when it can (members are mostly small).
+    fn go_to(&mut self, at: u64) -> io::Result<()> {
+        if at != self.pos {
+            let delta = i64::try_from(i128::from(at) - i128::from(self.pos)).map_err(io::Error::other)?;
+            self.reader.seek_relative(delta)?;
+            self.pos = at;
+        }
+        Ok(())
+    }
+
+    /// The next header and its data's offset, or `None` at the end (a zero block, or the end of
+    /// the file at a block boundary, as some writers leave it).
+    fn next_header(&mut self) -> io::Result<Option<(tar::Header, u64)>> {
+        let mut header = tar::Header::new_old();
+        self.go_to(self.next)?;
+        let block = header.as_mut_bytes();
+        let mut filled = 0;
+        while filled < block.len() {
+            match io::Read::read(&mut self.reader, block.get_mut(filled..).unwrap_or_default())? {
+                0 if filled == 0 => return Ok(None),
+                0 => return Err(io::Error::new(io::ErrorKind::UnexpectedEof, "the archive ends inside a header")),
+                n => filled += n,
+            }
+        }
+        self.pos += BLOCK;
+        if block.iter().all(|&b| b == 0) {
+            return Ok(None);
+        }
+        // The checksum field counts as spaces.
+        let sum: u32 =
+            block.iter().enumerate().map(|(i, &b)| if (148..156).contains(&i) { 32 } else { u32::from(b) }).sum();
+        if header.cksum()? != sum {
+            return Err(io::Error::new(io::ErrorKind::InvalidData, "a header's checksum does not match"));
+        }
+        let data = self.next.checked_add(BLOCK).ok_or_else(|| io::Error::other("the archive is too large"))?;
+        Ok(Some((header, data)))
+    }
+
+    /// Steps past `size` bytes of data at `data`, padded to a block.
+    fn skip(&mut self, data: u64, size: u64) -> io::Result<()> {
+        if data.checked_add(size).is_none_or(|end| end > self.len) {
+            return Err(io::Error::new(io::ErrorKind::UnexpectedEof, "the archive ends inside a member's data"));
+        }
+        self.next = size
+            .div_ceil(BLOCK)
+            .checked_mul(BLOCK)
+            .and_then(|padded| data.checked_add(padded))
+            .ok_or_else(|| io::Error::other("a member's size is past any archive"))?;
+        Ok(())
+    }
+
+    /// The `size` bytes of data at `data` (a metadata member's), and steps past them.
+    fn read(&mut self, data: u64, size: u64) -> io::Result<Vec<u8>> {
+        self.skip(data, size)?;
+        self.go_to(data)?;
+        let mut bytes = Vec::new();
+        io::Read::read_to_end(&mut io::Read::take(&mut self.reader, size), &mut bytes)?;
+        self.pos = data.saturating_add(bytes.len() as u64);
+        Ok(bytes)
+    }
+}
+
 /// Applies an uncompressed tar archive on top of `tree`. An image layer's whiteouts apply to
 /// the layers below only, so they all go first, then the entries in archive order.
 fn apply(tree: &mut Tree, archive_path: &Path, layer: Layer) -> Result<(), TarError> {
     let name = archive_path.display().to_string();
     let read_err = |source: io::Error| TarError::Read { path: name.clone(), source };
     let file = File::open(archive_path).map_err(read_err)?;
-    let mut archive = tar::Archive::new(BufReader::new(file));
+    let len = file.metadata().map_err(read_err)?.len();
+    let mut members = Members { reader: BufReader::new(file), pos: 0, len, next: 0 };
     let default_dir = Meta::default_dir();
     let index = tree.archives.len();
     tree.archives.push(archive_path.to_path_buf());
     let (mut changes, mut hidden, mut opaque) = (Vec::new(), Vec::new(), Vec::new());
     let mut pending = Pending::default();
 
-    // Raw: metadata-only members come to us and are folded into the next entry below.
-    for entry in archive.entries().map_err(read_err)?.raw(true) {
-        let mut entry = entry.map_err(read_err)?;
-        let kind = entry.header().entry_type();
-        let header_path = String::from_utf8_lossy(&entry.path_bytes()).into_owned();
+    // Metadata-only members are folded into the next entry below.
+    while let Some((header, data_offset)) = members.next_header().map_err(read_err)? {
+        let kind = header.entry_type();
+        let header_size = header.entry_size().map_err(read_err)?;
+        let header_path = String::from_utf8_lossy(&header.path_bytes()).into_owned();
         let unsupported_at =
             |entry: &str, why| TarError::Unsupported { path: name.clone(), entry: entry.to_string(), why };
         if matches!(
             kind,
             EntryType::XHeader | EntryType::GNULongName | EntryType::GNULongLink | EntryType::XGlobalHeader
         ) {
-            if entry.size() > MAX_EXTENSION {
+            if header_size > MAX_EXTENSION {
                 return Err(unsupported_at(&header_path, "a metadata member over 16 MiB"));
             }
-            let mut data = Vec::new();
-            io::Read::read_to_end(&mut entry, &mut data).map_err(read_err)?;
+            let data = members.read(data_offset, header_size).map_err(read_err)?;
             let slot = match kind {
                 EntryType::XHeader => &mut pending.pax,
                 EntryType::GNULongName => &mut pending.long_name,
@@ -219,20 +301,19 @@ fn apply(tree: &mut Tree, archive_path: &Path, layer: Layer) -> Result<(), TarEr
         let raw_path = match (record(b"path"), ext.long_name) {
             (Some(p), _) => p.to_vec(),
             (None, Some(long)) => gnu_name(long),
-            (None, None) => entry.path_bytes().into_owned(),
+            (None, None) => header.path_bytes().into_owned(),
         };
         let shown = String::from_utf8_lossy(&raw_path).into_owned();
         let unsupported = |why| unsupported_at(&shown, why);
         let path_err = |source| TarError::Path { path: name.clone(), entry: shown.clone(), source };
-        let header = entry.header();
-        let size = entry.size();
-        if let Some(pax_size) = record(b"size") {
-            // The member's data was skipped by the header's size; a PAX size that disagrees
-            // (a file over 8 GiB from a writer that left the header's field short) would be misread.
-            if std::str::from_utf8(pax_size).ok().and_then(|v| v.parse::<u64>().ok()) != Some(size) {
-                return Err(unsupported("a PAX size that differs from the header's"));
-            }
-        }
+        let size = match record(b"size") {
+            Some(v) => std::str::from_utf8(v)
+                .ok()
+                .and_then(|v| v.parse::<u64>().ok())
+                .ok_or_else(|| unsupported("a PAX size that is not a number"))?,
+            None => header_size,
+        };
+        members.skip(data_offset, size).map_err(read_err)?;
         if records.iter().any(|(k, _)| k.starts_with(b"GNU.sparse.")) {
             return Err(unsupported("GNU sparse entries are not supported yet"));
         }
@@ -285,7 +366,7 @@ fn apply(tree: &mut Tree, archive_path: &Path, layer: Layer) -> Result<(), TarEr
             (Ok(Some(ma)), Ok(Some(mi))) => libc::makedev(ma, mi),
             _ => 0,
         };
-        let offset = entry.raw_file_position();
+        let offset = data_offset;
         let (type_bits, content) = match kind {
             EntryType::Regular | EntryType::Continuous => {
                 (libc::S_IFREG, Content::File { size, regions: None, data: Data::Archive { archive: index, offset } })

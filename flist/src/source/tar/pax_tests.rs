@@ -134,13 +134,60 @@ fn malformed_extensions_are_clear_errors() {
     member(&mut b, EntryType::XHeader, b"PaxHeaders/f", &record(b"uid", b"4294967296"));
     member(&mut b, EntryType::Regular, b"f", b"");
     assert!(scan_bytes(&b.into_inner().unwrap()).is_err(), "a uid over 32 bits");
+    // A PAX size past the archive's end, and one that is not a number.
     let mut b = tar::Builder::new(Vec::new());
-    member(&mut b, EntryType::XHeader, b"PaxHeaders/f", &record(b"size", b"7"));
+    member(&mut b, EntryType::XHeader, b"PaxHeaders/f", &record(b"size", b"99999"));
     member(&mut b, EntryType::Regular, b"f", b"");
-    assert!(scan_bytes(&b.into_inner().unwrap()).is_err(), "a PAX size unlike the header's");
+    let err = scan_bytes(&b.into_inner().unwrap()).err().map(|e| format!("{e:?}")).unwrap_or_default();
+    assert!(err.contains("ends inside"), "{err}");
+    let mut b = tar::Builder::new(Vec::new());
+    member(&mut b, EntryType::XHeader, b"PaxHeaders/f", &record(b"size", b"7x"));
+    member(&mut b, EntryType::Regular, b"f", b"");
+    assert!(scan_bytes(&b.into_inner().unwrap()).is_err(), "a PAX size that is not a number");
+    // Cut inside a header, and a header whose checksum is wrong.
+    let mut b = tar::Builder::new(Vec::new());
+    member(&mut b, EntryType::Regular, b"f", b"x");
+    let whole = b.into_inner().unwrap();
+    let err = scan_bytes(&whole[..300]).err().map(|e| format!("{e:?}")).unwrap_or_default();
+    assert!(err.contains("ends inside a header"), "{err}");
+    let err = scan_bytes(&whole[..512]).err().map(|e| format!("{e:?}")).unwrap_or_default();
+    assert!(err.contains("ends inside a member's data"), "{err}");
+    let mut bad = whole.clone();
+    bad[10] ^= 1;
+    let err = scan_bytes(&bad).err().map(|e| format!("{e:?}")).unwrap_or_default();
+    assert!(err.contains("checksum"), "{err}");
     let mut b = tar::Builder::new(Vec::new());
     member(&mut b, EntryType::GNULongName, b"././@LongLink", b"dangling\0");
     assert!(scan_bytes(&b.into_inner().unwrap()).is_err(), "a long name with no entry after it");
+}
+
+/// Go's writer (umoci's) leaves the header's size field 0 for a file over 8 GiB and puts the size
+/// in a PAX record: the data that follows is that long, and the next member comes after it.
+#[test]
+fn a_pax_size_is_the_size_of_the_data() {
+    let data = noise_bytes(5000);
+    let mut b = tar::Builder::new(Vec::new());
+    member(&mut b, EntryType::XHeader, b"PaxHeaders/big", &record(b"size", data.len().to_string().as_bytes()));
+    member(&mut b, EntryType::Regular, b"big", b"");
+    let archive = b.get_mut();
+    // The header of `big` says 0 bytes: its data goes right after it.
+    archive.extend_from_slice(&data);
+    archive.resize(archive.len().div_ceil(512) * 512, 0);
+    member(&mut b, EntryType::Regular, b"after", b"next member");
+    let bytes = b.into_inner().unwrap();
+    let tree = scan_bytes(&bytes).unwrap();
+    match &node(&tree, b"big").content {
+        Content::File { size, data: Data::Archive { offset, .. }, .. } => {
+            assert_eq!(*size, data.len() as u64);
+            assert_eq!(&bytes[*offset as usize..*offset as usize + data.len()], data.as_slice());
+        }
+        other => panic!("{other:?}"),
+    }
+    assert!(matches!(node(&tree, b"after").content, Content::File { size: 11, .. }));
+}
+
+fn noise_bytes(len: usize) -> Vec<u8> {
+    (0..len).map(|i| (i * 7919 % 251) as u8).collect()
 }
 
 proptest! {
