@@ -11,7 +11,7 @@ APT_PACKAGES := musl-tools debootstrap squashfs-tools squashfuse casync zstd att
   openssl openssh-client fdisk e2fsprogs busybox-static curl ca-certificates gcc umoci skopeo docker-registry apache2-utils
 FUZZ_SECONDS ?= 600
 
-.PHONY: help deps build static test lint test-unit test-rootfs test-boot-steps static-check fuzz bench qemu qemu-pxe qemu-usb usb initramfs test-boot test-boot-direct test-vm vm-deps test-garage clean
+.PHONY: help deps build static static-faults test lint test-unit test-rootfs test-boot-steps static-check fuzz bench qemu qemu-pxe qemu-usb usb initramfs test-boot test-boot-direct test-vm vm-deps test-garage clean
 
 help:
 	@echo "make qemu     build everything and boot the demo node under qemu (see README)"
@@ -46,6 +46,11 @@ build:
 # The static binaries PID 1 and the initramfs need: musl, no dynamic loader.
 static: deps
 	CC_x86_64_unknown_linux_musl=musl-gcc cargo build $(QUIET) --release --target $(MUSL_TARGET) -p flist -p init
+
+# PID 1 with fault injection (tests/boot/faults.py), apart from the shipped binary.
+static-faults: deps
+	CC_x86_64_unknown_linux_musl=musl-gcc cargo build $(QUIET) --release --target $(MUSL_TARGET) \
+	  --target-dir target/faults -p init --features faults
 
 static-check: static
 	@for bin in $(STATIC_BINS); do \
@@ -100,11 +105,11 @@ initramfs: deps build static
 	python3 -c 'import sys; sys.path.insert(0, "qemu"); import flintnode; print(flintnode.Site("target/flint").build_initramfs().initrd)'
 
 # Nodes booted under qemu (TCG unless KVM really works) from a signed manifest: every boot path.
-test-boot: deps build static
+test-boot: deps build static static-faults
 	@for t in tests/boot/*.py; do echo "== $$t"; python3 $$t || exit 1; done
 # The part of test-boot that make test runs.
-test-boot-direct: deps build static
-	@for t in tests/boot/harness.py tests/boot/cache_disk.py tests/boot/direct.py; do echo "== $$t"; python3 $$t || exit 1; done
+test-boot-direct: deps build static static-faults
+	@for t in tests/boot/harness.py tests/boot/faults.py tests/boot/cache_disk.py tests/boot/direct.py; do echo "== $$t"; python3 $$t || exit 1; done
 
 # VMs from flists (tests/vm/vm.py): qemu guests whose root is an flist shared by virtiofsd, from
 # crates.io (it builds against libseccomp and libcap-ng).

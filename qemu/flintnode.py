@@ -10,6 +10,8 @@ import atexit, contextlib, glob, json, os, re, shutil, signal, subprocess, sys, 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 REL = os.path.join(ROOT, "target/release")
 INIT = os.path.join(ROOT, "target/x86_64-unknown-linux-musl/release/init")
+# The same, built with fault injection (`make static-faults`), for tests/boot/faults.py.
+FAULTS_INIT = os.path.join(ROOT, "target/faults/x86_64-unknown-linux-musl/release/init")
 # The host as qemu's user network shows it to the guest.
 GUEST_HOST = "10.0.2.2"
 # The kernel command line of every boot path; {server} is the boot server as the node reaches it.
@@ -71,10 +73,10 @@ class Site:
         json.dump({"profiles": {"default": {"kernel": "boot/vmlinuz", "initrd": "boot/initrd.zst", "cmdline": CMDLINE}}},
                   open(os.path.join(self.srv, "netboot.json"), "w"), indent=1)
 
-    def build_initramfs(self):
+    def build_initramfs(self, init=INIT):
         """The initramfs of this site (static init, stripped; the site's public key)."""
         stripped = os.path.join(self.work, "init")
-        run("strip", "-o", stripped, INIT)
+        run("strip", "-o", stripped, init)
         run(os.path.join(ROOT, "initramfs/build.sh"), self.initrd, stripped, self.kernel_root, self.key + ".pub")
         return self
 
