@@ -36,19 +36,25 @@ pub fn serve(path: &Path, calls: Owners) -> io::Result<()> {
     }
     let listener = UnixListener::bind(path)?;
     std::thread::Builder::new().name("control".into()).spawn(move || {
-        for conn in listener.incoming().flatten() {
-            let calls = calls.clone();
-            let spawned = std::thread::Builder::new().name("control-conn".into()).spawn(move || {
-                if let Err(e) = handle(conn, &calls) {
-                    tracing::debug!("control connection: {e}");
-                }
-            });
-            if let Err(e) = spawned {
-                tracing::warn!("control connection dropped: {e}");
-            }
-        }
+        crate::guard::guard("control", || accept(&listener, &calls));
     })?;
     Ok(())
+}
+
+/// Answers each connection on a thread of its own, forever.
+fn accept(listener: &UnixListener, calls: &Owners) {
+    for conn in listener.incoming().flatten() {
+        flist::faults::hit("init", "control");
+        let calls = calls.clone();
+        let spawned = std::thread::Builder::new().name("control-conn".into()).spawn(move || {
+            if let Err(e) = handle(conn, &calls) {
+                tracing::debug!("control connection: {e}");
+            }
+        });
+        if let Err(e) = spawned {
+            tracing::warn!("control connection dropped: {e}");
+        }
+    }
 }
 
 fn handle(conn: UnixStream, owners: &Owners) -> io::Result<()> {

@@ -9,7 +9,7 @@
 //! - [`modules`]: kernel modules the hardware needs (coldplug and hotplug), with dependencies.
 //! - [`net`]: NICs up, DHCPv4 on all of them (or static), routes and DNS via netlink.
 //! - [`time`]: the clock set by SNTP before anything checks a certificate.
-//! - [`runtime`]: the threads of a running init wired together.
+//! - [`runtime`]: the threads of a running init wired together, each loop under a [`guard`].
 //! - [`control`]: the control socket (JSON lines) and its client; [`logring`]: services' output.
 //! - [`report`]: boot stages told to the boot server's status page.
 #![deny(missing_docs)]
@@ -18,6 +18,7 @@ pub mod boot;
 pub mod cmdline;
 pub mod control;
 pub mod fetch;
+pub mod guard;
 pub mod logring;
 pub mod manifest;
 pub mod modules;

@@ -47,25 +47,6 @@ pub fn report_panics() {
     }));
 }
 
-/// Runs `work` until it returns; a panic in it is logged (by the hook, with where), reported, and
-/// `work` runs again after a pause (1 s, doubling to 30 s) from the state it left — each loop run
-/// this way keeps its state consistent between its steps, so a panic loses one step, never the
-/// node. PID 1 must not end because one of its loops hit a bug.
-pub fn guard<T>(name: &str, mut work: impl FnMut() -> T) -> T {
-    let mut pause = std::time::Duration::from_secs(1);
-    loop {
-        match std::panic::catch_unwind(std::panic::AssertUnwindSafe(&mut work)) {
-            Ok(done) => return done,
-            Err(_) => {
-                tracing::error!("the {name} loop panicked; it runs again in {} s from its last state", pause.as_secs());
-                crate::report::stage("error", format!("the {name} loop panicked and was restarted"));
-                std::thread::sleep(pause);
-                pause = pause.saturating_mul(2).min(std::time::Duration::from_secs(30));
-            }
-        }
-    }
-}
-
 /// Everything a supervising init needs, as PID 1 or not.
 pub struct Setup {
     /// The manifest and how to get it.
@@ -95,7 +76,7 @@ pub fn supervise(setup: Setup) -> anyhow::Result<Power> {
     let (power_tx, power) = crossbeam_channel::unbounded();
     let pid1 = setup.pid1;
     std::thread::Builder::new().name("signals".into()).spawn(move || {
-        guard("signals", || loop {
+        crate::guard::guard("signals", || loop {
             flist::faults::hit("init", "signals");
             let power = match signals.wait() {
                 Ok(Signal::SIGCHLD) => {
@@ -132,7 +113,7 @@ pub fn supervise(setup: Setup) -> anyhow::Result<Power> {
     let mut supervisor = Supervisor::new(&[], setup.supervisor);
     let inputs = Inputs { children, calls, updates, stop };
     std::thread::Builder::new().name("supervisor".into()).spawn(move || {
-        guard("supervisor", || supervisor.run(&inputs));
+        crate::guard::guard("supervisor", || supervisor.run(&inputs));
         let _ = finished_tx.send(());
     })?;
 
@@ -140,7 +121,7 @@ pub fn supervise(setup: Setup) -> anyhow::Result<Power> {
     let mut node = Node::new(setup.node, fetcher, setup.mounts, updates_tx, stop_tx);
     let mounts = node.mounts();
     let inputs = NodeInputs { calls: node_calls, hup, power, finished };
-    let result = guard("node", || node.run(&inputs, !pid1));
+    let result = crate::guard::guard("node", || node.run(&inputs, !pid1));
     flist::durable::lock(&mounts).unmount_all();
     nix::unistd::sync();
     let _ = std::fs::remove_file(&setup.socket);
