@@ -9,8 +9,8 @@
 4. qemu exiting (the node powers itself off) fails a wait for a line that never came, at once.
 5. A test's own exception inside a step is a failed check, the run goes on, and qemu's whole
    process group is gone.
-Each case prints how long the failing wait took after the guest died."""
-import os, subprocess, sys, tempfile, time
+Each case prints how long the failing wait went on after the guest died (a figure, not a check)."""
+import contextlib, os, subprocess, sys, tempfile, time
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "..", "qemu"))
 from flintnode import CMDLINE, Checks, GuestDied, Site, Vm  # noqa: E402
@@ -43,8 +43,9 @@ def main():
 
 
 def failing_wait(vm, text):
-    """Waits for text that must not come; returns (GuestDied or None, seconds the wait went on
-    after the guest's death was seen)."""
+    """Waits (up to WAIT) for text that must not come; returns (GuestDied or None, seconds the
+    wait went on after the guest's death was seen). A GuestDied at all shows the wait did not run
+    to its timeout; the seconds are a figure, never asserted."""
     try:
         vm.wait_for(text, WAIT)
     except GuestDied as e:
@@ -52,18 +53,24 @@ def failing_wait(vm, text):
     return None, None
 
 
-def before_pid1(site, c):
-    site.cmdline_template = "console=ttyS0 rdinit=/no/such/init init=/no/such/init"
+@contextlib.contextmanager
+def booted_with(site, cmdline, log):
+    """A direct boot of `site` with its kernel command line replaced."""
+    site.cmdline_template = cmdline
     try:
-        with Vm(site, "direct", log="console-before-pid1.log") as vm:
-            died, late = failing_wait(vm, NEVER)
-            c.expect(died and "Kernel panic" in str(died), f"the wait fails on the kernel's panic: {str(died)[:160]!r}")
-            c.expect(vm.pre_pid1_crashes == 1, f"booted again once, not more ({vm.pre_pid1_crashes} reboot)")
-            c.expect(vm.first("booting it again (1 of 1)"), "the reboot is said on the console log")
-            c.expect(late is not None and late < 10, f"failed {late:.1f} s after the second death")
-            print(f"figure: a crash before PID 1 fails the wait {late:.1f} s after the second panic", flush=True)
+        with Vm(site, "direct", log=log) as vm:
+            yield vm
     finally:
         site.cmdline_template = CMDLINE
+
+
+def before_pid1(site, c):
+    with booted_with(site, "console=ttyS0 rdinit=/no/such/init init=/no/such/init", "console-before-pid1.log") as vm:
+        died, late = failing_wait(vm, NEVER)
+        c.expect(died and "Kernel panic" in str(died), f"the wait fails on the kernel's panic: {str(died)[:160]!r}")
+        c.expect(vm.pre_pid1_crashes == 1, f"booted again once, not more ({vm.pre_pid1_crashes} reboot)")
+        c.expect(vm.first("booting it again (1 of 1)"), "the reboot is said on the console log")
+        print(f"figure: a crash before PID 1 fails the wait {late:.1f} s after the second panic", flush=True)
 
 
 def after_pid1(site, flists, c):
@@ -74,19 +81,14 @@ def after_pid1(site, flists, c):
         died, late = failing_wait(vm, NEVER)
         c.expect(died and "sysrq triggered crash" in str(died), f"the wait fails on the crash: {str(died)[:160]!r}")
         c.expect(vm.pre_pid1_crashes == 0, "a crash after PID 1 is not booted again")
-        c.expect(late is not None and late < 10, f"failed {late:.1f} s after the crash was seen")
         print(f"figure: a crash after PID 1 fails the wait {late:.1f} s after the panic", flush=True)
 
 
 def rescue(site, c):
-    site.cmdline_template = "console=ttyS0 quiet"
-    try:
-        with Vm(site, "direct", log="console-rescue.log") as vm:
-            died, late = failing_wait(vm, NEVER)
-            c.expect(died and "RESCUE" in str(died), f"the wait fails on the rescue state: {str(died)[:160]!r}")
-            c.expect(late is not None and late < 10, f"failed {late:.1f} s after RESCUE")
-    finally:
-        site.cmdline_template = CMDLINE
+    with booted_with(site, "console=ttyS0 quiet", "console-rescue.log") as vm:
+        died, late = failing_wait(vm, NEVER)
+        c.expect(died and "RESCUE" in str(died), f"the wait fails on the rescue state: {str(died)[:160]!r}")
+        print(f"figure: PID 1's rescue state fails the wait {late:.1f} s after RESCUE", flush=True)
 
 
 def qemu_exits(site, flists, c):
