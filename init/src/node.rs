@@ -7,8 +7,8 @@
 //! mounts and starts what is new. Any failure before that hand-over leaves the node exactly as it
 //! was. The loop does not wait for the update: while services stop (each within its stop
 //! timeout) it keeps answering control and power requests, and records the version once the
-//! supervisor says the update is in place. The last good manifest is kept on the state disk, so a node whose server is unreachable
-//! at boot runs it (verified again) while it keeps retrying.
+//! supervisor says the update is in place. The last good manifest is kept on the state disk, so
+//! a node whose server is unreachable at boot runs it (verified again) while it keeps retrying.
 
 use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
