@@ -4,7 +4,7 @@ SHELL := /bin/bash
 export PATH := $(HOME)/.cargo/bin:$(PATH)
 
 MUSL_TARGET := x86_64-unknown-linux-musl
-STATIC_BINS := target/$(MUSL_TARGET)/release/flist target/$(MUSL_TARGET)/release/init
+STATIC_BINS := target/$(MUSL_TARGET)/release/flist target/$(MUSL_TARGET)/pid1/init
 QUIET       := $(if $(filter true,$(CI)),-q,)
 APT_PACKAGES := musl-tools debootstrap squashfs-tools squashfuse casync zstd attr python3 util-linux tar kmod \
   dnsmasq-base iproute2 cpio qemu-system-x86 ipxe-qemu ovmf systemd-boot-efi mtools dosfstools binutils \
@@ -43,9 +43,11 @@ deps:
 build:
 	cargo build $(QUIET) --release --workspace
 
-# The static binaries PID 1 and the initramfs need: musl, no dynamic loader.
+# The static binaries PID 1 and the initramfs need: musl, no dynamic loader. init on its own
+# (one build with flist would give it flist's tools too) and in the size profile it ships in.
 static: deps
-	CC_x86_64_unknown_linux_musl=musl-gcc cargo build $(QUIET) --release --target $(MUSL_TARGET) -p flist -p init
+	CC_x86_64_unknown_linux_musl=musl-gcc cargo build $(QUIET) --profile pid1 --target $(MUSL_TARGET) -p init
+	CC_x86_64_unknown_linux_musl=musl-gcc cargo build $(QUIET) --release --target $(MUSL_TARGET) -p flist
 
 # PID 1 with fault injection (tests/boot/faults.py), apart from the shipped binary.
 static-faults: deps

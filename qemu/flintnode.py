@@ -9,7 +9,7 @@ import atexit, contextlib, glob, json, os, re, shutil, signal, subprocess, sys, 
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 REL = os.path.join(ROOT, "target/release")
-INIT = os.path.join(ROOT, "target/x86_64-unknown-linux-musl/release/init")
+INIT = os.path.join(ROOT, "target/x86_64-unknown-linux-musl/pid1/init")
 # The same, built with fault injection (`make static-faults`), for tests/boot/faults.py.
 FAULTS_INIT = os.path.join(ROOT, "target/faults/x86_64-unknown-linux-musl/release/init")
 # The host as qemu's user network shows it to the guest.

@@ -15,11 +15,18 @@
 //!   flist's chunks between stores.
 //! - [`read`]: reading files of an flist through a router; [`unpack`], [`verify`] and [`diff`]
 //!   build on it.
+//! - [`cache`], [`fetch`] and [`fuse`]: the verified disk cache and the mount that reads through it.
+//!
+//! The `tools` feature (on by default) brings everything that makes, moves or checks flists
+//! ([`source`], [`pack`], [`registry`], [`replicate`], [`unpack`], [`verify`], [`diff`]) and the
+//! `flist` CLI. Without it the crate is what a node needs to mount flists, and no more: PID 1
+//! depends on it that way.
 #![deny(missing_docs)]
 
 pub mod assembled;
 pub mod cache;
 pub mod chunk;
+#[cfg(feature = "tools")]
 pub mod diff;
 pub mod durable;
 pub mod faults;
@@ -27,13 +34,19 @@ pub mod fetch;
 pub mod format;
 pub mod fuse;
 pub mod overlay;
+#[cfg(feature = "tools")]
 pub mod pack;
 pub mod read;
+#[cfg(feature = "tools")]
 pub mod registry;
+#[cfg(feature = "tools")]
 pub mod replicate;
+#[cfg(feature = "tools")]
 pub mod source;
 pub mod store;
+#[cfg(feature = "tools")]
 pub mod unpack;
+#[cfg(feature = "tools")]
 pub mod verify;
 
 pub use format::{Flist, Hash};

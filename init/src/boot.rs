@@ -292,7 +292,7 @@ fn manifest_key(params: &BootParams) -> Result<ed25519_dalek::VerifyingKey, Stri
         }
         (None, _) => std::fs::read_to_string(KEY_FILE).map_err(|e| format!("{KEY_FILE}: {e}"))?,
     };
-    crate::manifest::parse_key(&text).map_err(|e| e.to_string())
+    flint_manifest::parse_key(&text).map_err(|e| e.to_string())
 }
 
 /// Boots the node. Never returns.
@@ -303,12 +303,8 @@ pub fn boot() -> ! {
     let mount_problems = early_mounts();
     let cmdline = std::fs::read_to_string("/proc/cmdline").unwrap_or_default();
     let params = cmdline::parse(&cmdline);
-    let filter = if params.debug { "debug" } else { "info" };
-    let _ = tracing_subscriber::fmt()
-        .with_env_filter(tracing_subscriber::EnvFilter::new(filter))
-        .with_ansi(false)
-        .with_writer(|| ConsoleAndKmsg)
-        .try_init();
+    let level = if params.debug { tracing::Level::DEBUG } else { tracing::Level::INFO };
+    let _ = tracing_subscriber::fmt().with_max_level(level).with_ansi(false).with_writer(|| ConsoleAndKmsg).try_init();
     tracing::info!(
         "flint init {} starting as PID 1, {:.2} s after the kernel started",
         env!("CARGO_PKG_VERSION"),

@@ -2,7 +2,8 @@
 //!
 //! The PID 1 of a flint node, as a library so that its parts run and are tested on a host too:
 //! - [`boot`]: PID 1's early steps, in order, each timed ([`cmdline`] says what to do).
-//! - [`manifest`]: the signed node manifest, verified, then validated into a plan.
+//! - `flint_manifest` (a crate of its own, shared with the boot server): the signed node
+//!   manifest, verified, then validated into a plan.
 //! - [`supervisor`]: runs the services: a pure state machine per service, one loop that owns them.
 //! - [`node`]: keeps the node at its newest valid manifest: fetches it ([`fetch`]), mounts its
 //!   flists ([`mounts`]) and hands the supervisor the difference.
@@ -20,7 +21,6 @@ pub mod control;
 pub mod fetch;
 pub mod guard;
 pub mod logring;
-pub mod manifest;
 pub mod modules;
 pub mod mounts;
 pub mod net;

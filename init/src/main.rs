@@ -13,12 +13,12 @@ use std::sync::Arc;
 
 use flint_init::control;
 use flint_init::fetch::Trust;
-use flint_init::manifest::parse_key;
 use flint_init::mounts::MountConfig;
 use flint_init::node::NodeConfig;
 use flint_init::runtime::{supervise, Setup};
 use flint_init::supervisor::state::Backoff;
 use flint_init::supervisor::{Options, Request};
+use flint_manifest::parse_key;
 use flist::cache::Cache;
 
 #[derive(Parser)]
@@ -194,6 +194,19 @@ enum VmAction {
     Restart { name: String },
 }
 
+/// `RUST_LOG` as `LEVEL` or `TARGET=LEVEL,...` (a target filter: PID 1 carries no regex engine
+/// for env-filter's span patterns); `info` when unset or unreadable.
+fn log_filter() -> tracing_subscriber::filter::Targets {
+    let info = tracing_subscriber::filter::Targets::new().with_default(tracing::Level::INFO);
+    match std::env::var("RUST_LOG") {
+        Ok(spec) => spec.parse().unwrap_or_else(|e| {
+            eprintln!("RUST_LOG={spec:?} ignored: {e}");
+            info
+        }),
+        Err(_) => info,
+    }
+}
+
 fn main() -> ExitCode {
     // The kernel starts us as PID 1 with whatever it did not understand on its command line as
     // arguments; `init run` as PID 1 of a PID namespace stays an ordinary supervisor.
@@ -201,11 +214,16 @@ fn main() -> ExitCode {
     if std::process::id() == 1 && !matches!(subcommand.as_deref(), Some("run" | "ctl" | "net" | "help" | "--help")) {
         flint_init::boot::boot();
     }
-    tracing_subscriber::fmt()
-        .with_env_filter(tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()))
-        .with_writer(std::io::stderr)
-        // Services' (and VM runners') output is captured into logs: colours only on a terminal.
-        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+    use tracing_subscriber::layer::SubscriberExt;
+    use tracing_subscriber::util::SubscriberInitExt;
+    tracing_subscriber::registry()
+        .with(
+            tracing_subscriber::fmt::layer()
+                .with_writer(std::io::stderr)
+                // Services' (and VM runners') output is captured into logs: colours only on a terminal.
+                .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr())),
+        )
+        .with(log_filter())
         .init();
     let cli = Cli::parse();
     let result = match cli.command {

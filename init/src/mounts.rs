@@ -23,7 +23,7 @@ use nix::mount::{MntFlags, MsFlags};
 use serde_json::{json, Value};
 
 use crate::fetch::Fetcher;
-use crate::manifest::FlistPlan;
+use flint_manifest::FlistPlan;
 
 static GENERATION: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
 

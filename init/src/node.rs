@@ -23,9 +23,9 @@ use serde_json::{json, Value};
 
 use crate::error_chain;
 use crate::fetch::{with_suffix, FetchError, Fetcher};
-use crate::manifest::{verify, ManifestError, Plan, ServicePlan};
 use crate::mounts::{prepare, MountConfig, MountError, Mounts, Prepared};
 use crate::supervisor::{Call, Request, Update};
+use flint_manifest::{verify, ManifestError, Plan, ServicePlan};
 
 /// Largest manifest accepted.
 const MAX_MANIFEST_LEN: u64 = 4 << 20;

@@ -152,3 +152,52 @@ fn static_configuration_from_the_command_line() {
     assert!(String::from_utf8_lossy(&routes.stdout).contains("via 100.64.9.1"));
     assert_eq!(std::fs::read_to_string(&resolv).unwrap(), "nameserver 9.9.9.9\n");
 }
+
+/// Every rtnetlink request PID 1 writes, against the kernel, in a network namespace of this test
+/// thread's own (a thread's namespace is its own; `ip` children inherit it).
+#[test]
+fn every_netlink_request_does_what_it_says() {
+    use flint_init::net::netlink::Netlink;
+    std::thread::spawn(|| {
+        // SAFETY: unshare(2) takes no pointers; it moves only this thread to a new namespace.
+        assert_eq!(unsafe { libc::unshare(libc::CLONE_NEWNET) }, 0, "{}", std::io::Error::last_os_error());
+        sh("ip link add nlbr type bridge && ip link add nlv0 type veth peer name nlv1");
+        let mut nl = Netlink::open().unwrap();
+        let links = nl.links().unwrap();
+        let index = |name: &str| links.iter().find(|l| l.name == name).unwrap_or_else(|| panic!("{name} listed")).index;
+        let (bridge, v0, v1) = (index("nlbr"), index("nlv0"), index("nlv1"));
+        let veth = links.iter().find(|l| l.name == "nlv0").unwrap();
+        assert!(veth.ethernet && !veth.up && veth.mac.len() == 6, "{veth:?}");
+        let shown =
+            |what: &str| String::from_utf8(Command::new("ip").args(what.split(' ')).output().unwrap().stdout).unwrap();
+        assert!(shown("link show nlv0").contains(&hex_mac(&veth.mac)));
+
+        nl.set_controller(v1, bridge).unwrap();
+        assert!(shown("link show nlv1").contains("master nlbr"));
+        for i in [bridge, v0, v1] {
+            nl.set_up(i).unwrap();
+        }
+        assert!(nl.links().unwrap().iter().filter(|l| l.name.starts_with("nl")).all(|l| l.up));
+        assert!(nl.links().unwrap().iter().find(|l| l.index == v0).unwrap().carrier, "the peer is up");
+
+        nl.add_address(v0, "100.64.7.2".parse().unwrap(), 24).unwrap();
+        nl.add_address(v0, "fd00:7::2".parse().unwrap(), 64).unwrap();
+        assert!(shown("-4 addr show nlv0").contains("inet 100.64.7.2/24 brd 100.64.7.255"));
+        let addresses = nl.addresses(v0).unwrap();
+        assert!(
+            addresses.contains(&"100.64.7.2".parse().unwrap()) && addresses.contains(&"fd00:7::2".parse().unwrap())
+        );
+        nl.set_default_route(v0, "100.64.7.1".parse().unwrap(), 100, true).unwrap();
+        assert!(shown("route show default").contains("default via 100.64.7.1 dev nlv0 proto dhcp metric 100"));
+        // Replacing, not adding a second: the same request again is fine.
+        nl.set_default_route(v0, "100.64.7.1".parse().unwrap(), 100, false).unwrap();
+        let err = nl.set_up(99_999).unwrap_err();
+        assert_eq!(err.raw_os_error(), Some(libc::ENODEV), "the kernel's error comes back as it was");
+    })
+    .join()
+    .unwrap();
+}
+
+fn hex_mac(mac: &[u8]) -> String {
+    mac.iter().map(|b| format!("{b:02x}")).collect::<Vec<_>>().join(":")
+}

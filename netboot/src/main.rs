@@ -97,8 +97,8 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Sign { manifest, key } => {
             let secret = read_secret(&key)?;
             let bytes = std::fs::read(&manifest).with_context(|| format!("reading {}", manifest.display()))?;
-            let signature = flint_init::manifest::sign(&bytes, &secret);
-            let plan = flint_init::manifest::verify(&bytes, Some(signature.as_bytes()), &secret.verifying_key())
+            let signature = flint_manifest::sign(&bytes, &secret);
+            let plan = flint_manifest::verify(&bytes, Some(signature.as_bytes()), &secret.verifying_key())
                 .context("a node would refuse this manifest")?;
             let out = PathBuf::from(format!("{}.sig", manifest.display()));
             std::fs::write(&out, format!("{signature}\n"))?;

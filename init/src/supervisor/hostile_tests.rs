@@ -11,7 +11,7 @@ use proptest::prelude::*;
 use serde_json::{json, Value};
 
 use super::state::{step, Backoff, Event, Spec, State};
-use crate::manifest::{sign, verify, MAX_SECONDS};
+use flint_manifest::{sign, verify, MAX_SECONDS};
 
 fn seconds() -> impl Strategy<Value = Value> {
     prop_oneof![

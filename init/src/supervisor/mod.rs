@@ -18,8 +18,9 @@ use nix::unistd::Pid;
 use serde_json::{json, Value};
 
 use crate::logring::Ring;
-use crate::manifest::{LogTarget, ServicePlan};
-use crate::vm::{Tools, VmPlan};
+use crate::vm::Tools;
+use flint_manifest::vm::VmPlan;
+use flint_manifest::{LogTarget, ServicePlan};
 use state::{step, Action, Backoff, Event, Spec, State};
 
 /// A control request, answered on its channel.
@@ -318,7 +319,13 @@ impl Supervisor {
     /// The runner's command line for `vm`: this very program (`init vm run`) with the VM's
     /// plan resolved against the flists in force.
     fn vm_argv(&self, vm: &VmPlan) -> Result<Vec<OsString>, String> {
-        let spec = vm.resolve(&self.opts.roots, &self.opts.vm_state, &self.opts.vm_run, &self.opts.vm_tools)?;
+        let spec = crate::vm::RunSpec::resolve(
+            vm,
+            &self.opts.roots,
+            &self.opts.vm_state,
+            &self.opts.vm_run,
+            &self.opts.vm_tools,
+        )?;
         let json = serde_json::to_string(&spec).map_err(|e| e.to_string())?;
         Ok(["/proc/self/exe", "vm", "run", "--spec", &json].into_iter().map(OsString::from).collect())
     }

@@ -11,7 +11,7 @@ use std::process::{Command, Stdio};
 use std::sync::Arc;
 
 use crate::logring::Ring;
-use crate::manifest::ServicePlan;
+use flint_manifest::ServicePlan;
 
 /// Where and as whom to run, resolved before forking.
 pub struct Launch<'a> {

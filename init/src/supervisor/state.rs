@@ -4,8 +4,8 @@
 
 use std::time::{Duration, Instant};
 
+use flint_manifest::RestartPolicy;
 use nix::sys::signal::Signal;
-use serde::{Deserialize, Serialize};
 
 /// Restart pacing: doubling delays, forgotten once a service has run long enough.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -36,30 +36,6 @@ impl Backoff {
     pub fn delay(&self, failures: u32) -> Duration {
         let factor = 1u32.checked_shl(failures.saturating_sub(1).min(20)).unwrap_or(u32::MAX);
         self.first.saturating_mul(factor).min(self.max)
-    }
-}
-
-/// Whether a service or VM that ended starts again (a oneshot's success always ends it).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "kebab-case")]
-pub enum RestartPolicy {
-    /// Started again in every case, with backoff.
-    Always,
-    /// Started again only when it failed; a clean exit (a guest's power-off) leaves it done.
-    OnFailure,
-    /// Never started again by itself.
-    Never,
-}
-
-impl RestartPolicy {
-    /// From the manifest's word.
-    pub fn parse(word: Option<&str>) -> Result<RestartPolicy, String> {
-        match word {
-            None | Some("always") => Ok(RestartPolicy::Always),
-            Some("on-failure") => Ok(RestartPolicy::OnFailure),
-            Some("never") => Ok(RestartPolicy::Never),
-            Some(other) => Err(format!("restart {other:?} is not always, on-failure or never")),
-        }
     }
 }
 

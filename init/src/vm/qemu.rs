@@ -11,7 +11,8 @@ use std::time::{Duration, Instant};
 
 use serde_json::{json, Value};
 
-use super::{Network, RunSpec};
+use super::RunSpec;
+use flint_manifest::vm::Network;
 
 /// What a runner needs from a hypervisor; another one (cloud-hypervisor: `--kernel`, `--fs`,
 /// `--api-socket`) fits behind the same [`RunSpec`].

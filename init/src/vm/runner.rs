@@ -20,7 +20,8 @@ use crossbeam_channel::{Receiver, Sender};
 use nix::sys::signal::{SigSet, Signal};
 
 use super::qemu::{probe_accel, Hypervisor, Qemu};
-use super::{console, HypervisorKind, Network, RunSpec};
+use super::{console, RunSpec};
+use flint_manifest::vm::{HypervisorKind, Network};
 use flist::overlay::Layers;
 
 /// How long virtiofsd may take to listen.

@@ -101,7 +101,7 @@ pub fn publish(dir: &Path, manifest: &Value, out: &Path) {
     let text = serde_json::to_string_pretty(manifest).unwrap().replace("$OUT", out.to_str().unwrap());
     std::fs::create_dir_all(dir).unwrap();
     std::fs::write(dir.join("manifest.json"), &text).unwrap();
-    std::fs::write(dir.join("manifest.json.sig"), flint_init::manifest::sign(text.as_bytes(), &key())).unwrap();
+    std::fs::write(dir.join("manifest.json.sig"), flint_manifest::sign(text.as_bytes(), &key())).unwrap();
 }
 
 /// Starts `init run` with `args` (the control socket and log directory are added) in `dir`, and

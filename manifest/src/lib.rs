@@ -1,4 +1,8 @@
-//! The node manifest: what a node runs, signed by its operator.
+//! # flint manifest
+//!
+//! The node manifest: what a node runs, signed by its operator. Shared by the node (`init`, which
+//! verifies and applies it) and the boot server (`netboot`, which signs and serves it); it knows
+//! neither.
 //!
 //! Three stages, as the data flows: the bytes fetched from the server with their detached
 //! ed25519 signature are checked against the baked-in public key ([`verify`]); only then are
@@ -6,6 +10,8 @@
 //! (argv as `OsString`s, `Duration`s, signals, digests). Nothing downstream sees unverified bytes
 //! or unvalidated strings. A manifest older than the last one applied is refused ([`Plan::newer_than`]),
 //! so a replayed old manifest can't roll a node back.
+
+#![deny(missing_docs)]
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::ffi::OsString;
@@ -17,8 +23,9 @@ use flist::Hash;
 use nix::sys::signal::Signal;
 use serde::{Deserialize, Serialize};
 
-use crate::supervisor::state::RestartPolicy;
 use crate::vm::{RawVm, VmPlan};
+
+pub mod vm;
 
 /// Why a manifest was refused.
 #[derive(Debug, thiserror::Error)]
@@ -186,6 +193,30 @@ pub struct RawService {
     /// `always` (default), `on-failure` or `never`: whether it starts again once it ended.
     #[serde(default)]
     pub restart: Option<String>,
+}
+
+/// Whether a service or VM that ended starts again (a oneshot's success always ends it).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum RestartPolicy {
+    /// Started again in every case, with backoff.
+    Always,
+    /// Started again only when it failed; a clean exit (a guest's power-off) leaves it done.
+    OnFailure,
+    /// Never started again by itself.
+    Never,
+}
+
+impl RestartPolicy {
+    /// From the manifest's word.
+    pub fn parse(word: Option<&str>) -> Result<RestartPolicy, String> {
+        match word {
+            None | Some("always") => Ok(RestartPolicy::Always),
+            Some("on-failure") => Ok(RestartPolicy::OnFailure),
+            Some("never") => Ok(RestartPolicy::Never),
+            Some(other) => Err(format!("restart {other:?} is not always, on-failure or never")),
+        }
+    }
 }
 
 /// Where a service's output goes.
@@ -358,7 +389,7 @@ pub const MAX_FLISTS: usize = 256;
 
 /// A duration field in seconds (`default` when absent), refused unless it is a number from 0 to
 /// [`MAX_SECONDS`]; the error names the field and the bound.
-pub(crate) fn seconds(what: &str, v: Option<f64>, default: f64) -> Result<Duration, String> {
+pub fn seconds(what: &str, v: Option<f64>, default: f64) -> Result<Duration, String> {
     let v = v.unwrap_or(default);
     if !(0.0..=MAX_SECONDS).contains(&v) {
         return Err(format!("{what}: {v} s is out of range (0 to {MAX_SECONDS} s)"));
