@@ -13,6 +13,7 @@ use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
+use crate::control::protocol::MountRow;
 use flist::cache::Cache;
 use flist::fetch::CachedSource;
 use flist::fuse::{FlistFs, FsOptions, MountOptions};
@@ -20,7 +21,6 @@ use flist::overlay::Layers;
 use flist::store::{RetryPolicy, Router};
 use flist::Flist;
 use nix::mount::{MntFlags, MsFlags};
-use serde_json::{json, Value};
 
 use crate::fetch::Fetcher;
 use flint_manifest::FlistPlan;
@@ -309,23 +309,19 @@ impl Mounts {
     }
 
     /// What is mounted, for `init ctl mounts`.
-    pub fn describe(&self) -> Value {
-        let rows: Vec<Value> = self
-            .active
+    pub fn describe(&self) -> Vec<MountRow> {
+        self.active
             .values()
-            .map(|a| {
-                json!({
-                    "name": a.plan.name,
-                    "digest": a.plan.digest.to_hex(),
-                    "mountpoint": a.plan.mountpoint,
-                    "writable": a.plan.writable,
-                    "staging": a.staging,
-                    "url": a.plan.url,
-                    "problem": a.problem,
-                    "stores": a.source.store_health(),
-                })
+            .map(|a| MountRow {
+                name: a.plan.name.clone(),
+                digest: a.plan.digest.to_hex(),
+                mountpoint: a.plan.mountpoint.clone(),
+                writable: a.plan.writable,
+                staging: a.staging.clone(),
+                url: a.plan.url.clone(),
+                problem: a.problem.clone(),
+                stores: a.source.store_health(),
             })
-            .collect();
-        Value::Array(rows)
+            .collect()
     }
 }

@@ -19,12 +19,13 @@ use crossbeam_channel::{select, Receiver, Sender};
 use ed25519_dalek::VerifyingKey;
 use flist::durable::lock;
 use flist::Hash;
-use serde_json::{json, Value};
 
+use crate::control::protocol::{Answer, Done, ManifestState, NodeRequest, Reloaded};
+use crate::control::NodeCall;
 use crate::error_chain;
 use crate::fetch::{with_suffix, FetchError, Fetcher};
 use crate::mounts::{prepare, MountConfig, MountError, Mounts, Prepared};
-use crate::supervisor::{Call, Request, Update};
+use crate::supervisor::Update;
 use flint_manifest::{verify, ManifestError, Plan, ServicePlan};
 
 /// Largest manifest accepted.
@@ -82,7 +83,7 @@ pub struct NodeConfig {
 /// Channels the node loop listens on.
 pub struct NodeInputs {
     /// Control requests for the node.
-    pub calls: Receiver<Call>,
+    pub calls: Receiver<NodeCall>,
     /// SIGHUP: reconcile now.
     pub hup: Receiver<()>,
     /// Signals asking to stop, reboot or power off.
@@ -409,40 +410,50 @@ impl Node {
         let _ = self.stop.try_send(());
     }
 
-    fn answer(&mut self, request: Request) -> Value {
+    fn answer(&mut self, request: NodeRequest) -> Answer {
+        let version = self.applied.as_ref().map(|p| p.version);
+        let applying = self.in_flight.as_ref().map(|f| f.plan.version);
         match request {
-            Request::Reload if self.in_flight.is_some() => {
-                let applying = self.in_flight.as_ref().map(|f| f.plan.version);
-                json!({"ok": true, "changed": false, "applying": applying,
-                       "note": "an update is in flight: reload again once it is in place"})
-            }
-            Request::Reload => match self.attempt() {
-                Ok(changed) => {
-                    json!({"ok": true, "changed": changed, "version": self.applied.as_ref().map(|p| p.version)})
-                }
-                Err(e) => json!({"error": error_chain(&e)}),
-            },
-            Request::Manifest => json!({
-                "url": self.cfg.manifest_url,
-                "version": self.applied.as_ref().map(|p| p.version),
-                "applying": self.in_flight.as_ref().map(|f| f.plan.version),
-                "digest": self.applied.as_ref().map(|p| p.digest.to_hex()),
-                "hostname": self.applied.as_ref().and_then(|p| p.hostname.clone()),
-                "services": self.applied.as_ref().map(|p| p.services.iter().map(|s| s.name.clone()).collect::<Vec<_>>()),
-                "flists": self.applied.as_ref().map(|p| p.flists.iter().map(|f| f.name.clone()).collect::<Vec<_>>()),
-                "last_check": self.last_check.and_then(|t| t.duration_since(SystemTime::UNIX_EPOCH).ok()).map(|d| d.as_secs()),
-                "last_error": self.last_error,
+            NodeRequest::Reload if applying.is_some() => Answer::Reloaded(Reloaded {
+                ok: true,
+                changed: false,
+                version,
+                applying,
+                note: Some("an update is in flight: reload again once it is in place".into()),
             }),
-            Request::Mounts => lock(&self.mounts).describe(),
-            Request::Reboot => {
+            NodeRequest::Reload => match self.attempt() {
+                Ok(changed) => Answer::Reloaded(Reloaded {
+                    ok: true,
+                    changed,
+                    version: self.applied.as_ref().map(|p| p.version),
+                    applying: self.in_flight.as_ref().map(|f| f.plan.version),
+                    note: None,
+                }),
+                Err(e) => Answer::refused(error_chain(&e)),
+            },
+            NodeRequest::Manifest => Answer::Manifest(Box::new(ManifestState {
+                url: self.cfg.manifest_url.clone(),
+                version,
+                applying,
+                digest: self.applied.as_ref().map(|p| p.digest.to_hex()),
+                hostname: self.applied.as_ref().and_then(|p| p.hostname.clone()),
+                services: self.applied.as_ref().map(|p| p.services.iter().map(|s| s.name.clone()).collect()),
+                flists: self.applied.as_ref().map(|p| p.flists.iter().map(|f| f.name.clone()).collect()),
+                last_check: self
+                    .last_check
+                    .and_then(|t| t.duration_since(SystemTime::UNIX_EPOCH).ok())
+                    .map(|d| d.as_secs()),
+                last_error: self.last_error.clone(),
+            })),
+            NodeRequest::Mounts => Answer::Mounts(lock(&self.mounts).describe()),
+            NodeRequest::Reboot => {
                 self.shut_down(Power::Reboot);
-                json!({"ok": true})
+                Answer::Done(Done::OK)
             }
-            Request::Poweroff => {
+            NodeRequest::Poweroff => {
                 self.shut_down(Power::Poweroff);
-                json!({"ok": true})
+                Answer::Done(Done::OK)
             }
-            _ => json!({"error": "the supervisor answers this, not the node"}),
         }
     }
 }

@@ -95,7 +95,7 @@ const COOL_OFF: Duration = Duration::from_secs(5);
 const MAX_COOL_OFF: Duration = Duration::from_secs(300);
 
 /// A store's health as reported by [`Router::health`].
-#[derive(Debug, Clone, serde::Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct StoreHealth {
     /// The store.
     pub url: String,

@@ -15,75 +15,14 @@ use crossbeam_channel::{select, Receiver, Sender};
 use nix::sys::signal::Signal;
 use nix::sys::wait::{waitpid, WaitPidFlag, WaitStatus};
 use nix::unistd::Pid;
-use serde_json::{json, Value};
 
+use crate::control::protocol::{Answer, Done, LogLine, LogPage, ServiceRequest, ServiceRow, VmRow};
+use crate::control::ServiceCall;
 use crate::logring::Ring;
 use crate::vm::Tools;
 use flint_manifest::vm::VmPlan;
 use flint_manifest::{LogTarget, ServicePlan};
 use state::{step, Action, Backoff, Event, Spec, State};
-
-/// A control request, answered on its channel.
-#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
-#[serde(tag = "cmd", rename_all = "lowercase")]
-pub enum Request {
-    /// Every service, a line each.
-    List,
-    /// One service in detail.
-    Status {
-        /// Which.
-        name: String,
-    },
-    /// Start a stopped service.
-    Start {
-        /// Which.
-        name: String,
-    },
-    /// Stop a service (it stays down).
-    Stop {
-        /// Which.
-        name: String,
-    },
-    /// Stop and start again.
-    Restart {
-        /// Which.
-        name: String,
-    },
-    /// Send a signal to a service's process group.
-    Kill {
-        /// Which.
-        name: String,
-        /// E.g. `SIGHUP`.
-        signal: String,
-    },
-    /// Log lines numbered `since` and later, of one service or all.
-    Log {
-        /// Which; all when absent.
-        name: Option<String>,
-        /// First line number wanted.
-        #[serde(default)]
-        since: u64,
-    },
-    /// Stop everything in reverse dependency order, then return from [`Supervisor::run`].
-    Shutdown,
-    /// Fetch the manifest now and apply it if it is newer.
-    Reload,
-    /// The manifest in force and the last attempt to get a newer one.
-    Manifest,
-    /// The flists in service.
-    Mounts,
-    /// Stop everything, unmount, sync, reboot (as PID 1; `init run` exits).
-    Reboot,
-    /// Stop everything, unmount, sync, power off (as PID 1; `init run` exits).
-    Poweroff,
-}
-
-impl Request {
-    /// Whether the node (manifest, mounts, power) answers it rather than the supervisor.
-    pub fn for_node(&self) -> bool {
-        matches!(self, Request::Reload | Request::Manifest | Request::Mounts | Request::Reboot | Request::Poweroff)
-    }
-}
 
 /// A new set of services to run (a newer manifest), applied by diff: services it no longer names
 /// or names differently, and those in `restart`, are stopped; once they are all down `switch` runs
@@ -107,9 +46,6 @@ struct Pending {
     update: Update,
     leaving: BTreeSet<String>,
 }
-
-/// A request with the channel for its answer.
-pub type Call = (Request, Sender<Value>);
 
 struct Service {
     plan: ServicePlan,
@@ -175,7 +111,7 @@ pub struct Inputs {
     /// A message on every SIGCHLD.
     pub children: Receiver<()>,
     /// Control requests.
-    pub calls: Receiver<Call>,
+    pub calls: Receiver<ServiceCall>,
     /// New manifests.
     pub updates: Receiver<Update>,
     /// A message asks for shutdown.
@@ -372,83 +308,77 @@ impl Supervisor {
         }
     }
 
-    fn answer(&mut self, request: Request) -> Value {
+    fn answer(&mut self, request: ServiceRequest) -> Answer {
         let named =
-            |me: &Self, name: &str| me.index(name).ok_or_else(|| json!({"error": format!("no service {name:?}")}));
+            |me: &Self, name: &str| me.index(name).ok_or_else(|| Answer::refused(format!("no service {name:?}")));
         let result = match request {
-            Request::List => Ok(Value::Array(self.services.iter().map(|s| self.describe(s)).collect())),
-            Request::Status { name } => {
-                named(self, &name).map(|i| self.services.get(i).map(|s| self.describe(s)).unwrap_or_default())
-            }
-            Request::Start { name } => named(self, &name).map(|i| self.act(i, Event::Start)),
-            Request::Stop { name } => named(self, &name).map(|i| self.act(i, Event::Stop)),
-            Request::Restart { name } => named(self, &name).map(|i| self.act(i, Event::Restart)),
-            Request::Kill { name, signal } => named(self, &name).and_then(|i| {
-                let full = if signal.starts_with("SIG") { signal.clone() } else { format!("SIG{signal}") };
-                let sig: Signal = full.parse().map_err(|_| json!({"error": format!("unknown signal {signal:?}")}))?;
-                let pid = self.services.get(i).and_then(|s| s.state.pids().first().copied());
-                match pid {
-                    Some(pid) => {
-                        let _ = nix::sys::signal::killpg(Pid::from_raw(pid), sig);
-                        Ok(json!({"ok": true}))
-                    }
-                    None => Err(json!({"error": "not running"})),
-                }
+            ServiceRequest::List => Ok(Answer::Services(self.services.iter().map(|s| self.describe(s)).collect())),
+            ServiceRequest::Status { name } => named(self, &name).and_then(|i| {
+                let service = self.services.get(i).ok_or_else(|| Answer::refused("gone"))?;
+                Ok(Answer::Service(Box::new(self.describe(service))))
             }),
-            Request::Log { name, since } => {
+            ServiceRequest::Start { name } => named(self, &name).map(|i| self.act(i, Event::Start)),
+            ServiceRequest::Stop { name } => named(self, &name).map(|i| self.act(i, Event::Stop)),
+            ServiceRequest::Restart { name } => named(self, &name).map(|i| self.act(i, Event::Restart)),
+            ServiceRequest::Kill { name, signal } => named(self, &name).and_then(|i| {
+                let full = if signal.starts_with("SIG") { signal.clone() } else { format!("SIG{signal}") };
+                let sig: Signal = full.parse().map_err(|_| Answer::refused(format!("unknown signal {signal:?}")))?;
+                let pid = self.services.get(i).and_then(|s| s.state.pids().first().copied());
+                let pid = pid.ok_or_else(|| Answer::refused("not running"))?;
+                let _ = nix::sys::signal::killpg(Pid::from_raw(pid), sig);
+                Ok(Answer::Done(Done::OK))
+            }),
+            ServiceRequest::Log { name, since } => {
                 let mut lines = Vec::new();
                 let mut next = since;
                 for s in self.services.iter().filter(|s| name.as_ref().is_none_or(|n| *n == s.plan.name)) {
                     let (got, n) = s.ring.since(since);
-                    lines.extend(got.into_iter().map(|(seq, l)| (seq, s.plan.name.clone(), l)));
+                    lines.extend(got.into_iter().map(|(seq, line)| LogLine {
+                        service: s.plan.name.clone(),
+                        seq,
+                        line,
+                    }));
                     next = next.max(n);
                 }
-                lines.sort();
-                let lines: Vec<Value> = lines
-                    .into_iter()
-                    .map(|(seq, service, line)| json!({"service": service, "seq": seq, "line": line}))
-                    .collect();
-                Ok(json!({"lines": lines, "next": next}))
+                lines.sort_by_key(|l| l.seq);
+                Ok(Answer::Log(LogPage { lines, next }))
             }
-            Request::Shutdown => {
+            ServiceRequest::Shutdown => {
                 self.shutting_down = true;
-                Ok(json!({"ok": true}))
-            }
-            Request::Reload | Request::Manifest | Request::Mounts | Request::Reboot | Request::Poweroff => {
-                Err(json!({"error": "the node answers this, not the supervisor"}))
+                Ok(Answer::Done(Done::OK))
             }
         };
-        result.unwrap_or_else(|e| e)
+        result.unwrap_or_else(|refused| refused)
     }
 
-    fn act(&mut self, i: usize, event: Event) -> Value {
+    fn act(&mut self, i: usize, event: Event) -> Answer {
         self.apply(i, event);
-        json!({"ok": true})
+        Answer::Done(Done::OK)
     }
 
-    fn describe(&self, s: &Service) -> Value {
-        json!({
-            "name": s.plan.name,
-            "state": s.state.word(),
-            "pid": s.state.pids().first(),
-            "starts": s.state.starts,
-            "failures": s.state.failures,
-            "after": s.plan.after,
-            "oneshot": s.plan.oneshot,
-            "restart": s.plan.restart,
-            "vm": s.plan.vm.as_ref().map(|vm| json!({
-                "vcpus": vm.vcpus,
-                "memory_mib": vm.memory_mib,
-                "root": vm.root,
-                "writable": vm.writable,
-                "machine": vm.machine,
-                "network": vm.network,
-                "console": self.opts.vm_run.join(&vm.name).join("console.sock"),
-            })),
-        })
+    fn describe(&self, s: &Service) -> ServiceRow {
+        ServiceRow {
+            name: s.plan.name.clone(),
+            state: s.state.word().into(),
+            pid: s.state.pids().first().copied(),
+            starts: s.state.starts,
+            failures: s.state.failures,
+            after: s.plan.after.clone(),
+            oneshot: s.plan.oneshot,
+            restart: s.plan.restart,
+            vm: s.plan.vm.as_ref().map(|vm| VmRow {
+                vcpus: vm.vcpus,
+                memory_mib: vm.memory_mib,
+                root: vm.root.clone(),
+                writable: vm.writable,
+                machine: vm.machine.clone(),
+                network: vm.network.clone(),
+                console: self.opts.vm_run.join(&vm.name).join("console.sock"),
+            }),
+        }
     }
 
-    /// Supervises until shut down (a [`Request::Shutdown`] or a message on `stop`), then stops
+    /// Supervises until shut down (a [`ServiceRequest::Shutdown`] or a message on `stop`), then stops
     /// every service in reverse dependency order and returns once all are down.
     pub fn run(&mut self, inputs: &Inputs) {
         let Inputs { children, calls, updates, stop } = inputs;
