@@ -21,12 +21,14 @@ pub fn start(url: String, mac: String, fetcher: Fetcher) {
         return;
     }
     let spawned = std::thread::Builder::new().name("report".into()).spawn(move || {
-        for (stage, detail) in rx {
-            let body = serde_json::json!({ "mac": mac, "stage": stage, "detail": detail }).to_string();
-            if let Err(e) = fetcher.post_json(&url, &body, Duration::from_secs(3)) {
-                tracing::debug!("report to {url}: {}", crate::error_chain(&e));
+        crate::guard::guard("report", || {
+            for (stage, detail) in rx.iter() {
+                let body = serde_json::json!({ "mac": mac, "stage": stage, "detail": detail }).to_string();
+                if let Err(e) = fetcher.post_json(&url, &body, Duration::from_secs(3)) {
+                    tracing::debug!("report to {url}: {}", crate::error_chain(&e));
+                }
             }
-        }
+        })
     });
     if let Err(e) = spawned {
         tracing::warn!("report thread: {e}; the boot server will not hear from this node");
