@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Builds a flint initramfs: the static init as /init, the kernel modules a server or qemu needs
-# (with their dependencies), CA certificates and the manifest public key. Same inputs, same bytes:
+# (with their dependencies), a static mkfs.ext4 and the manifest public key (init carries the
+# Mozilla CA roots itself; `flint.ca=` pins another). Same inputs, same bytes:
 # sorted entries, fixed times and owners, cpio --reproducible, zstd.
 # Usage: build.sh OUT.cpio.zst INIT_BINARY KERNEL_ROOT KEY_PUB [--allow-cmdline-key]
 set -euo pipefail
@@ -14,20 +15,13 @@ wanted="virtio_net virtio_blk virtio_scsi virtio_rng virtio_console e1000 e1000e
 work=$(mktemp -d)
 trap 'rm -rf "$work"' EXIT
 root=$work/root
-mkdir -p "$root"/{dev,proc,sys,run,tmp,etc/flint,etc/ssl/certs,lib/modules/$version,var/log}
+mkdir -p "$root"/{dev,proc,sys,run,tmp,etc/flint,lib/modules/$version,var/log}
 install -m 0755 "$init" "$root/init"
 install -m 0644 "$key" "$root/etc/flint/key.pub"
 [ "$allow" = --allow-cmdline-key ] && touch "$root/etc/flint/allow-cmdline-key"
-[ -f /etc/ssl/certs/ca-certificates.crt ] && install -m 0644 /etc/ssl/certs/ca-certificates.crt "$root/etc/ssl/certs/"
-# mkfs.ext4 (with its libraries) formats a blank cache partition when the manifest asks.
-if [ -x /sbin/mkfs.ext4 ]; then
-  mkdir -p "$root/sbin"
-  cp -L /sbin/mkfs.ext4 "$root/sbin/mkfs.ext4"
-  for lib in $(ldd /sbin/mkfs.ext4 | grep -o '/[^ ]*'); do
-    mkdir -p "$root$(dirname "$lib")"
-    cp -L "$lib" "$root$lib"
-  done
-fi
+# mkfs.ext4 formats a blank cache partition when the manifest asks: a static mke2fs, built once.
+mkdir -p "$root/sbin"
+install -m 0755 "$("$(dirname "$0")/mke2fs.sh")" "$root/sbin/mkfs.ext4"
 # The module closure: each wanted module's line in modules.dep names it and every dependency.
 declare -A files=()
 for m in $wanted; do
