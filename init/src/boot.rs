@@ -414,7 +414,7 @@ fn run(params: BootParams, started: Instant) -> Result<Power, String> {
 }
 
 /// Every service is stopped and every flist unmounted: sync, then reboot or power off.
-fn finish(power: Power) -> ! {
+pub(crate) fn finish(power: Power) -> ! {
     nix::unistd::sync();
     let mode = match power {
         Power::Reboot => nix::sys::reboot::RebootMode::RB_AUTOBOOT,
@@ -425,10 +425,15 @@ fn finish(power: Power) -> ! {
     rescue(&format!("reboot(2) failed: {e}"))
 }
 
-/// The last state: keeps reaping, repeats why on the console. Ctrl-alt-del or the power
-/// button still work through the kernel.
+/// The last state: keeps reaping, repeats why on the console and to the boot server, and keeps
+/// the control socket answering (why, and reboot or power off: [`crate::control::rescue`]).
+/// Ctrl-alt-del or the power button still work through the kernel.
 pub fn rescue(why: &str) -> ! {
     tracing::error!("RESCUE: {why}. The node stays up for inspection; fix the boot configuration and reboot.");
+    report::stage("rescue", why);
+    if let Err(e) = crate::control::rescue::serve(Path::new(crate::control::SOCKET), why, |power| finish(power)) {
+        tracing::error!("RESCUE: the control socket: {e}");
+    }
     let mut last = Instant::now();
     loop {
         match nix::sys::wait::waitpid(None, None) {

@@ -10,6 +10,7 @@
 //! - [`modules`]: kernel modules the hardware needs (coldplug and hotplug), with dependencies.
 //! - [`net`]: NICs up, DHCPv4 on all of them (or static), routes and DNS via netlink.
 //! - [`time`]: the clock set by SNTP before anything checks a certificate.
+//! - [`power`]: reboot, power off and exit, seen through even when another loop is stuck.
 //! - [`runtime`]: the threads of a running init wired together, each loop under a [`guard`].
 //! - [`control`]: the control socket (JSON lines) and its client; [`logring`]: services' output.
 //! - [`report`]: boot stages told to the boot server's status page.
@@ -25,6 +26,7 @@ pub mod modules;
 pub mod mounts;
 pub mod net;
 pub mod node;
+pub mod power;
 pub mod report;
 pub mod runtime;
 pub mod supervisor;

@@ -20,7 +20,7 @@ use ed25519_dalek::VerifyingKey;
 use flist::durable::lock;
 use flist::Hash;
 
-use crate::control::protocol::{Answer, Done, ManifestState, NodeRequest, Reloaded};
+use crate::control::protocol::{Answer, ManifestState, NodeRequest, Reloaded};
 use crate::control::NodeCall;
 use crate::error_chain;
 use crate::fetch::{with_suffix, FetchError, Fetcher};
@@ -86,7 +86,7 @@ pub struct NodeInputs {
     pub calls: Receiver<NodeCall>,
     /// SIGHUP: reconcile now.
     pub hup: Receiver<()>,
-    /// Signals asking to stop, reboot or power off.
+    /// The power keeper: stop, reboot or power off ([`crate::power`]).
     pub power: Receiver<Power>,
     /// The supervisor has returned.
     pub finished: Receiver<()>,
@@ -446,14 +446,6 @@ impl Node {
                 last_error: self.last_error.clone(),
             })),
             NodeRequest::Mounts => Answer::Mounts(lock(&self.mounts).describe()),
-            NodeRequest::Reboot => {
-                self.shut_down(Power::Reboot);
-                Answer::Done(Done::OK)
-            }
-            NodeRequest::Poweroff => {
-                self.shut_down(Power::Poweroff);
-                Answer::Done(Done::OK)
-            }
         }
     }
 }

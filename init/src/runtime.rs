@@ -10,6 +10,7 @@ use crate::control;
 use crate::fetch::{Fetcher, Trust};
 use crate::mounts::MountConfig;
 use crate::node::{Node, NodeConfig, NodeInputs, Power};
+use crate::power::Keeper;
 use crate::supervisor::{Inputs, Options, Supervisor};
 
 /// The signals init takes synchronously, on one thread.
@@ -104,24 +105,42 @@ pub fn supervise(setup: Setup) -> anyhow::Result<Power> {
 
     let (services_tx, calls) = crossbeam_channel::unbounded();
     let (node_tx, node_calls) = crossbeam_channel::unbounded();
-    let owners = control::Owners { services: services_tx, node: node_tx };
+    let (power_calls_tx, power_calls) = crossbeam_channel::unbounded();
+    let owners = control::Owners { services: services_tx, node: node_tx, power: power_calls_tx };
     control::serve(&setup.socket, owners).with_context(|| format!("control socket {}", setup.socket.display()))?;
 
     let (updates_tx, updates) = crossbeam_channel::unbounded();
     let (stop_tx, stop) = crossbeam_channel::bounded(1);
     let (finished_tx, finished) = crossbeam_channel::bounded(1);
+    let (stopped_tx, stopped) = crossbeam_channel::bounded(1);
     let mut supervisor = Supervisor::new(&[], setup.supervisor);
     let inputs = Inputs { children, calls, updates, stop };
     std::thread::Builder::new().name("supervisor".into()).spawn(move || {
         crate::guard::guard("supervisor", || supervisor.run(&inputs));
         let _ = finished_tx.send(());
+        let _ = stopped_tx.send(());
     })?;
 
     let fetcher = Fetcher::new(&setup.trust)?;
-    let mut node = Node::new(setup.node, fetcher, setup.mounts, updates_tx, stop_tx);
+    let (to_node, node_power) = crossbeam_channel::unbounded();
+    let (node_done_tx, node_done) = crossbeam_channel::bounded(1);
+    let mut node = Node::new(setup.node, fetcher, setup.mounts, updates_tx, stop_tx.clone());
     let mounts = node.mounts();
-    let inputs = NodeInputs { calls: node_calls, hup, power, finished };
+    let keeper = Keeper {
+        signals: power,
+        calls: power_calls,
+        node: to_node,
+        stop: stop_tx,
+        stopped,
+        node_done,
+        mounts: mounts.clone(),
+        socket: setup.socket.clone(),
+        pid1,
+    };
+    std::thread::Builder::new().name("power".into()).spawn(move || crate::guard::guard("power", || keeper.run()))?;
+    let inputs = NodeInputs { calls: node_calls, hup, power: node_power, finished };
     let result = crate::guard::guard("node", || node.run(&inputs, !pid1));
+    let _ = node_done_tx.send(());
     flist::durable::lock(&mounts).unmount_all();
     nix::unistd::sync();
     let _ = std::fs::remove_file(&setup.socket);

@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use anyhow::Context;
 use flint_init::control::protocol::{
-    Done, LogPage, ManifestState, MountRow, NodeRequest, Reloaded, Request, ServiceRequest, ServiceRow,
+    Done, LogPage, ManifestState, MountRow, NodeRequest, PowerRequest, Reloaded, Request, ServiceRequest, ServiceRow,
 };
 use flint_init::control::{self, CallError};
 use serde::de::DeserializeOwned;
@@ -35,6 +35,8 @@ enum CtlCommand {
     Service(ServiceRequest),
     #[command(flatten)]
     Node(NodeRequest),
+    #[command(flatten)]
+    Power(PowerRequest),
     /// The virtual machines.
     #[command(subcommand)]
     Vm(VmCommand),
@@ -131,10 +133,6 @@ impl Client {
                     }
                 })
             }
-            NodeRequest::Reboot | NodeRequest::Poweroff => {
-                let done: Done = self.ask(&ask)?;
-                self.print(&done, |_| {})
-            }
         }
     }
 
@@ -202,6 +200,10 @@ pub fn ctl(a: CtlArgs) -> anyhow::Result<ExitCode> {
     match a.command {
         CtlCommand::Service(request) => client.service(request),
         CtlCommand::Node(request) => client.node(request),
+        CtlCommand::Power(request) => {
+            let done: Done = client.ask(&Request::Power(request))?;
+            client.print(&done, |_| {})
+        }
         CtlCommand::Vm(command) => client.vm(command),
     }
 }

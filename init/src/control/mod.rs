@@ -1,8 +1,9 @@
 //! The control socket: one JSON request per line, one JSON answer per line ([`protocol`]). The
-//! server hands each request to its owner, the supervisor loop (services) or the node loop
-//! (manifest, mounts, power), and writes back its answer; `init ctl` is the client ([`call`]).
+//! server hands each request to its owner, the supervisor loop (services), the node loop
+//! (manifest, mounts) or the power keeper ([`crate::power`]), and writes back its answer; `init ctl` is the client ([`call`]).
 
 pub mod protocol;
+pub mod rescue;
 
 use std::io::{self, BufRead, BufReader, Write};
 use std::os::unix::net::{UnixListener, UnixStream};
@@ -12,12 +13,14 @@ use std::time::Duration;
 use crossbeam_channel::Sender;
 use serde::de::DeserializeOwned;
 
-use protocol::{Answer, NodeRequest, Request, ServiceRequest};
+use protocol::{Answer, NodeRequest, PowerRequest, Request, ServiceRequest};
 
 /// A request for the supervisor and where its answer goes.
 pub type ServiceCall = (ServiceRequest, Sender<Answer>);
 /// A request for the node and where its answer goes.
 pub type NodeCall = (NodeRequest, Sender<Answer>);
+/// A request for the power keeper and where its answer goes.
+pub type PowerCall = (PowerRequest, Sender<Answer>);
 
 /// Where init listens (PID 1, and `init run` and `init ctl` by default).
 pub const SOCKET: &str = "/run/flint/init.sock";
@@ -33,6 +36,8 @@ pub struct Owners {
     pub services: Sender<ServiceCall>,
     /// Node requests.
     pub node: Sender<NodeCall>,
+    /// Power requests.
+    pub power: Sender<PowerCall>,
 }
 
 /// Listens on `path` (replacing a stale socket) and forwards requests to their owners.
@@ -73,6 +78,7 @@ fn handle(conn: UnixStream, owners: &Owners) -> io::Result<()> {
         let sent = match Request::parse(&line) {
             Ok(Request::Service(request)) => owners.services.send((request, tx)).is_ok(),
             Ok(Request::Node(request)) => owners.node.send((request, tx)).is_ok(),
+            Ok(Request::Power(request)) => owners.power.send((request, tx)).is_ok(),
             Err(why) => {
                 writeln!(writer, "{}", serde_json::to_string(&Answer::refused(why))?)?;
                 continue;

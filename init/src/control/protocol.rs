@@ -1,5 +1,5 @@
 //! What the control socket speaks, typed once: the requests of each owner (the supervisor's
-//! [`ServiceRequest`]s, the node's [`NodeRequest`]s), which are also `init ctl`'s commands, and
+//! [`ServiceRequest`]s, the node's [`NodeRequest`]s, the power keeper's [`PowerRequest`]s), which are also `init ctl`'s commands, and
 //! the answers each gives. On the wire a request is one JSON object tagged by `cmd`, an answer
 //! one JSON object or array; a refusal is `{"error": "..."}`.
 
@@ -70,7 +70,7 @@ impl ServiceRequest {
     }
 }
 
-/// The requests the node answers: its manifest, mounts and power.
+/// The requests the node answers: its manifest and mounts.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, clap::Subcommand)]
 #[serde(tag = "cmd", rename_all = "lowercase")]
 pub enum NodeRequest {
@@ -80,9 +80,15 @@ pub enum NodeRequest {
     Manifest,
     /// The flists in service.
     Mounts,
-    /// Stop every service, unmount, sync and reboot.
+}
+
+/// The requests the power keeper answers (at once, whatever the other loops are doing).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, clap::Subcommand)]
+#[serde(tag = "cmd", rename_all = "lowercase")]
+pub enum PowerRequest {
+    /// Stop every service, unmount, sync and reboot (`init run` exits).
     Reboot,
-    /// Stop every service, unmount, sync and power off.
+    /// Stop every service, unmount, sync and power off (`init run` exits).
     Poweroff,
 }
 
@@ -94,6 +100,8 @@ pub enum Request {
     Service(ServiceRequest),
     /// For the node.
     Node(NodeRequest),
+    /// For the power keeper.
+    Power(PowerRequest),
 }
 
 impl Request {
@@ -107,7 +115,9 @@ impl Request {
             cmd: String,
         }
         let Tag { cmd } = serde_json::from_str(line).map_err(|e| format!("bad request: {e}"))?;
-        let parsed = if NodeRequest::has_subcommand(&cmd) {
+        let parsed = if PowerRequest::has_subcommand(&cmd) {
+            serde_json::from_str(line).map(Request::Power)
+        } else if NodeRequest::has_subcommand(&cmd) {
             serde_json::from_str(line).map(Request::Node)
         } else if ServiceRequest::has_subcommand(&cmd) {
             serde_json::from_str(line).map(Request::Service)
@@ -306,16 +316,8 @@ mod tests {
         .into_iter()
         .map(Request::Service)
         .collect();
-        all.extend(
-            [
-                NodeRequest::Reload,
-                NodeRequest::Manifest,
-                NodeRequest::Mounts,
-                NodeRequest::Reboot,
-                NodeRequest::Poweroff,
-            ]
-            .map(Request::Node),
-        );
+        all.extend([NodeRequest::Reload, NodeRequest::Manifest, NodeRequest::Mounts].map(Request::Node));
+        all.extend([PowerRequest::Reboot, PowerRequest::Poweroff].map(Request::Power));
         all
     }
 
