@@ -22,11 +22,13 @@ def run(*cmd, **kw):
     return subprocess.run(cmd, check=True, capture_output=True, text=True, **kw).stdout
 
 
-def mini_root(root):
-    """dash, cat and sleep with their libraries, and /hello.txt."""
+def mini_root(root, tools=()):
+    """dash, cat and sleep (and the host's `tools`, as /bin/NAME) with their libraries, and
+    /hello.txt."""
     for d in ["bin", "dev", "proc", "sys"]:
         os.makedirs(os.path.join(root, d), exist_ok=True)
-    for src, dst in [("/bin/dash", "bin/sh"), ("/bin/cat", "bin/cat"), ("/bin/sleep", "bin/sleep")]:
+    extra = [(shutil.which(t), f"bin/{t}") for t in tools]
+    for src, dst in [("/bin/dash", "bin/sh"), ("/bin/cat", "bin/cat"), ("/bin/sleep", "bin/sleep")] + extra:
         shutil.copy(src, os.path.join(root, dst))
         for lib in re.findall(r"(/\S+)", run("ldd", src)):
             os.makedirs(os.path.dirname(root + lib), exist_ok=True)

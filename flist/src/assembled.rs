@@ -5,8 +5,10 @@
 //! file above the minimum chunk size its own chunks) qualify: then the file is exactly the
 //! concatenation of its chunks, so it can be checked against the chunk hashes the flist pins.
 //! An assembled file is named by its content key (BLAKE3 over its chunks' hashes), so flists
-//! sharing a file share it too. It is verified before a mount first uses it, and trusted for the
-//! rest of that mount (the per-mount verified bit); one that fails is dropped.
+//! sharing a file share it too. Before a mount first uses it, fs-verity is turned on for it and
+//! its bytes are checked against the chunk hashes (read back through fs-verity, so what is
+//! checked is what the kernel pins); one that fails is dropped. From then on the kernel checks
+//! every page read from it, and the mount measures its fs-verity digest again on each open.
 
 use std::fs::File;
 use std::io::{self, Write};
@@ -62,16 +64,36 @@ pub enum AssembleError {
     /// The assembled file could not be written.
     #[error("writing the assembled file")]
     Write(#[source] io::Error),
+    /// fs-verity could not be turned on for it, or it did not match its chunks under fs-verity.
+    #[error("the assembled file could not be sealed with fs-verity")]
+    Sealing,
 }
 
-/// An assembled, verified file for `plan`: the cached one when it checks out, else a new one
-/// built from the disk cache. `Ok(None)` when the source has no disk cache or some chunk is not
-/// cached yet (assembling is never a reason to download).
-pub fn prepare(flist: &Flist, plan: &Plan, source: &CachedSource) -> Result<Option<File>, AssembleError> {
+/// An assembled file under fs-verity, checked against the flist, and the digest it had then.
+pub struct Ready {
+    /// The plan's content key, which names it in the cache.
+    pub key: Hash,
+    /// Open for reading: the backing file handed to the kernel.
+    pub file: File,
+    /// Its fs-verity digest when it was checked.
+    pub digest: crate::verity::Digest,
+}
+
+impl Ready {
+    /// Whether the file is still the one that was checked: fs-verity still on, same digest.
+    pub fn unchanged(&self) -> bool {
+        crate::verity::measure(&self.file).is_ok_and(|d| d == self.digest)
+    }
+}
+
+/// An assembled, verified file for `plan` under fs-verity: the cached one when it checks out,
+/// else a new one built from the disk cache. `Ok(None)` when the source has no disk cache or
+/// some chunk is not cached yet (assembling is never a reason to download).
+pub fn prepare(flist: &Flist, plan: &Plan, source: &CachedSource) -> Result<Option<Ready>, AssembleError> {
     let Some(cache) = source.cache() else { return Ok(None) };
     if let Some(file) = cache.open_file(&plan.key) {
-        if verify(flist, plan, &file) {
-            return Ok(Some(file));
+        if let Some(ready) = seal(flist, plan, file) {
+            return Ok(Some(ready));
         }
         cache.drop_file(&plan.key);
     }
@@ -94,9 +116,26 @@ pub fn prepare(flist: &Flist, plan: &Plan, source: &CachedSource) -> Result<Opti
     });
     match (written, failed) {
         (_, Some(e)) => Err(e),
-        (Ok(file), None) => Ok(Some(file)),
+        (Ok(file), None) => match seal(flist, plan, file) {
+            Some(ready) => Ok(Some(ready)),
+            None => {
+                cache.drop_file(&plan.key);
+                Err(AssembleError::Sealing)
+            }
+        },
         (Err(e), None) => Err(AssembleError::Write(e)),
     }
+}
+
+/// Turns fs-verity on for `file` (unless it is on already), then checks the bytes fs-verity now
+/// pins against the plan's chunks; the file and its digest when both hold.
+fn seal(flist: &Flist, plan: &Plan, file: File) -> Option<Ready> {
+    if let Err(e) = crate::verity::enable(&file) {
+        tracing::warn!("fs-verity on an assembled file: {e}");
+        return None;
+    }
+    let digest = crate::verity::measure(&file).ok()?;
+    verify(flist, plan, &file).then_some(Ready { key: plan.key, file, digest })
 }
 
 /// Whether `file` holds exactly the plan's chunks.

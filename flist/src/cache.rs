@@ -237,6 +237,11 @@ impl Cache {
         fs::File::open(self.path(&key))
     }
 
+    /// Whether assembled files here can have fs-verity; the error says why not.
+    pub fn probe_verity(&self) -> io::Result<()> {
+        crate::verity::probe(&self.root.join("tmp"))
+    }
+
     /// Drops an assembled file found corrupt.
     pub fn drop_file(&self, key: &Hash) {
         self.drop_corrupt(&Key::File(*key), "assembled file");

@@ -15,7 +15,6 @@
 
 use std::collections::{HashMap, HashSet};
 use std::ffi::OsStr;
-use std::fs::File;
 use std::os::unix::ffi::OsStrExt;
 use std::path::Path;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -101,8 +100,8 @@ struct Opens {
 /// Assembled files, shared with the background assembler.
 #[derive(Default)]
 struct Assembled {
-    /// Inodes whose assembled file is verified for this mount.
-    ready: Mutex<HashMap<u32, Arc<File>>>,
+    /// Inodes whose assembled file is sealed with fs-verity and verified for this mount.
+    ready: Mutex<HashMap<u32, Arc<crate::assembled::Ready>>>,
     /// Inodes queued or being assembled.
     pending: Mutex<HashSet<u32>>,
 }
@@ -193,8 +192,8 @@ impl FlistFs {
                 let plan = flist.inodes.get(index as usize).and_then(|i| crate::assembled::plan(&flist, i));
                 if let Some(plan) = plan {
                     match crate::assembled::prepare(&flist, &plan, &source) {
-                        Ok(Some(file)) => {
-                            lock(&shared.ready).insert(index, Arc::new(file));
+                        Ok(Some(ready)) => {
+                            lock(&shared.ready).insert(index, Arc::new(ready));
                         }
                         Ok(None) => {}
                         Err(e) => tracing::warn!("assembling inode {index} for passthrough: {e}"),
@@ -215,8 +214,9 @@ impl FlistFs {
         let mut opens = lock(&self.opens);
         let state = opens.entry(index).or_default();
         if state.backing.is_none() && state.cached == 0 {
-            if let Some(file) = lock(&pt.assembled.ready).get(&index).cloned() {
-                match reply.open_backing(&*file) {
+            let ready = lock(&pt.assembled.ready).get(&index).cloned();
+            if let Some(ready) = ready.filter(|r| self.still_sealed(index, r)) {
+                match reply.open_backing(&ready.file) {
                     Ok(id) => state.backing = Some(id),
                     Err(e) => {
                         tracing::warn!("the kernel refused a passthrough file ({e}); serving every read");
@@ -227,12 +227,30 @@ impl FlistFs {
         }
         if let Some(backing) = &state.backing {
             state.passthrough += 1;
-            self.counters.passthrough_opens.fetch_add(1, Ordering::Relaxed);
+            if self.counters.passthrough_opens.fetch_add(1, Ordering::Relaxed) == 0 {
+                tracing::info!("passthrough: the kernel reads assembled files directly, checking them with fs-verity");
+            }
             return reply.opened_passthrough(PASSTHROUGH_FH, FopenFlags::empty(), backing);
         }
         state.cached += 1;
         drop(opens);
         reply.opened(CACHED_FH, FopenFlags::FOPEN_KEEP_CACHE)
+    }
+
+    /// Whether `ready` is still the file that was checked (measured again on every open); one
+    /// that is not is dropped, and its inode's reads are served by flint again.
+    fn still_sealed(&self, index: u32, ready: &crate::assembled::Ready) -> bool {
+        if ready.unchanged() {
+            return true;
+        }
+        tracing::error!("the assembled file of inode {index} lost its fs-verity seal or changed: dropped");
+        if let Some(pt) = &self.passthrough {
+            lock(&pt.assembled.ready).remove(&index);
+        }
+        if let Some(cache) = self.source.cache() {
+            cache.drop_file(&ready.key);
+        }
+        false
     }
 
     /// Asks the assembler to make `index` ready for passthrough, when a cached open is released:
@@ -390,7 +408,17 @@ impl Filesystem for FlistFs {
             let _ = config.add_capabilities(flag);
         }
         // Passthrough needs a stacking depth; 1 still lets overlayfs sit on top (`--rw`).
-        let wants_passthrough = self.opts.passthrough && self.source.cache().is_some();
+        // Only files the kernel checks itself (fs-verity) are handed to it.
+        let wants_passthrough = self.opts.passthrough
+            && self.source.cache().is_some_and(|cache| match cache.probe_verity() {
+                Ok(()) => true,
+                Err(e) => {
+                    tracing::info!(
+                        "passthrough off: the cache filesystem has no fs-verity ({e}); flint serves and verifies every read"
+                    );
+                    false
+                }
+            });
         if wants_passthrough
             && config.add_capabilities(InitFlags::FUSE_PASSTHROUGH).is_ok()
             && config.set_max_stack_depth(1).is_ok()

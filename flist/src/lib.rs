@@ -48,5 +48,6 @@ pub mod store;
 pub mod unpack;
 #[cfg(feature = "tools")]
 pub mod verify;
+pub mod verity;
 
 pub use format::{Flist, Hash};
