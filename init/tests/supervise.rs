@@ -158,6 +158,72 @@ fn unsigned_tampered_and_foreign_manifests_are_refused() {
     assert!(String::from_utf8_lossy(&out.stderr).contains("bad signature"));
 }
 
+/// The hex capability sets and `NoNewPrivs` a service saw in its /proc/self/status.
+fn confinement_seen(path: &Path) -> std::collections::HashMap<String, u64> {
+    let text = std::fs::read_to_string(path).unwrap();
+    let field = |l: &str| {
+        let (k, v) = l.split_once(':')?;
+        let v = v.trim();
+        let n = if k == "NoNewPrivs" { v.parse().ok()? } else { u64::from_str_radix(v, 16).ok()? };
+        Some((k.to_string(), n))
+    };
+    text.lines().filter_map(field).collect()
+}
+
+#[test]
+fn services_run_with_a_bounded_capability_set_and_no_new_privileges() {
+    // Each writes what it holds, then whether it could make a mount namespace (sys_admin).
+    let probe = "grep -E '^(CapInh|CapPrm|CapEff|CapBnd|CapAmb|NoNewPrivs):' /proc/self/status > $OUT/$0; \
+                 unshare -m true 2>/dev/null; echo $? > $OUT/$0.unshare";
+    let service = |name: &str, extra: Value| {
+        let mut s = json!({"name": name, "oneshot": true, "exec": ["/bin/sh", "-c", probe, name]});
+        s.as_object_mut().unwrap().extend(extra.as_object().unwrap().clone());
+        s
+    };
+    let (dir, conf) = config(json!([
+        service("plain", json!({})),
+        service("wide", json!({"capabilities": {"add": ["sys_admin"], "drop": ["net_raw"]}, "new_privileges": true})),
+        service("all", json!({"capabilities": {"add": ["all"]}})),
+        service("none", json!({"capabilities": {"drop": ["all"]}})),
+    ]));
+    let node = start_config(dir, &conf);
+    let out = node.out();
+    for name in ["plain", "wide", "all", "none"] {
+        node.wait_for(name, |n| n.state(name)["state"] == "done");
+    }
+    let bit = |n: u32| 1u64 << n;
+    let (sys_admin, net_raw, chown, setuid) = (bit(21), bit(13), bit(0), bit(7));
+    let default = flint_manifest::caps::RawCapabilities::default().resolve().unwrap().0;
+
+    let plain = confinement_seen(&out.join("plain"));
+    assert_eq!(plain["CapBnd"], default, "{plain:?}");
+    assert!(plain["CapBnd"] & sys_admin == 0 && plain["CapBnd"] & chown != 0 && plain["CapBnd"] & setuid != 0);
+    // Root gets exactly the bounding set; nothing is left to inherit.
+    assert_eq!(plain["CapEff"], default);
+    assert_eq!(plain["CapPrm"], default);
+    assert_eq!(plain["CapInh"] & !default, 0);
+    assert_eq!(plain["CapAmb"], 0);
+    assert_eq!(plain["NoNewPrivs"], 1);
+    assert_ne!(
+        std::fs::read_to_string(out.join("plain.unshare")).unwrap().trim(),
+        "0",
+        "unshare worked without sys_admin"
+    );
+
+    let wide = confinement_seen(&out.join("wide"));
+    assert_eq!(wide["CapBnd"], (default | sys_admin) & !net_raw, "{wide:?}");
+    assert_eq!(wide["NoNewPrivs"], 0);
+    assert_eq!(std::fs::read_to_string(out.join("wide.unshare")).unwrap().trim(), "0", "unshare failed with sys_admin");
+
+    // `all` is what the host's kernel has: every capability init itself holds.
+    let all = confinement_seen(&out.join("all"));
+    let own = confinement_seen(Path::new("/proc/self/status"));
+    assert_eq!(all["CapBnd"], own["CapBnd"], "{all:?}");
+
+    let none = confinement_seen(&out.join("none"));
+    assert_eq!((none["CapBnd"], none["CapEff"]), (0, 0), "{none:?}");
+}
+
 /// `(pid, ppid, state)` of every process on the host.
 fn processes() -> Vec<(i32, i32, char)> {
     std::fs::read_dir("/proc")

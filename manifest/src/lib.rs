@@ -25,6 +25,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::vm::{RawVm, VmPlan};
 
+pub mod caps;
 pub mod vm;
 
 /// Why a manifest was refused.
@@ -193,6 +194,13 @@ pub struct RawService {
     /// `always` (default), `on-failure` or `never`: whether it starts again once it ended.
     #[serde(default)]
     pub restart: Option<String>,
+    /// Changes to the default capability bounding set ([`caps::DEFAULT`]).
+    #[serde(default)]
+    pub capabilities: caps::RawCapabilities,
+    /// Whether programs it runs may gain privileges (setuid programs, file capabilities);
+    /// default no (`no_new_privs`).
+    #[serde(default)]
+    pub new_privileges: bool,
 }
 
 /// Whether a service or VM that ended starts again (a oneshot's success always ends it).
@@ -286,6 +294,8 @@ pub struct ServicePlan {
     /// A virtual machine: the process is its runner (`init vm run`), made from this plan when
     /// it starts; `exec` is empty.
     pub vm: Option<Box<VmPlan>>,
+    /// What it may do as root.
+    pub confinement: caps::Confinement,
 }
 
 impl ServicePlan {
@@ -322,6 +332,8 @@ impl ServicePlan {
             log: LogTarget::File,
             restart: vm.restart,
             vm: Some(Box::new(vm)),
+            // The runner makes taps and starts virtiofsd, which sandboxes itself.
+            confinement: caps::Confinement::NONE,
         }
     }
 
@@ -494,6 +506,10 @@ impl Plan {
                 restart: RestartPolicy::parse(s.restart.as_deref())
                     .map_err(|e| invalid(format!("service {name}: {e}")))?,
                 vm: None,
+                confinement: caps::Confinement {
+                    capabilities: s.capabilities.resolve().map_err(|e| invalid(format!("service {name}: {e}")))?,
+                    no_new_privs: !s.new_privileges,
+                },
             });
         }
         let mountpoints: BTreeMap<String, PathBuf> =
