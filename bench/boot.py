@@ -6,7 +6,7 @@
   image: qemu start → firmware done → PID 1 → each init step → manifest applied → the web
   server answering the host; bytes the boot server sent vs the system flist's size;
 - PID 1's memory with 3 flists mounted and 12 services (9 with readiness checks).
-Built and served by qemu/flintnode.py."""
+Built and served by qemu/flintnode.py. Arguments name the boot paths to time (default: all)."""
 import os, re, shutil, subprocess, sys, tempfile, threading, time
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "qemu"))
@@ -126,9 +126,10 @@ def main():
     print(f"\nbaseline, kernel + busybox initramfs: qemu start → power off {base['total']:.2f} s; "
           f"kernel → busybox init {base['kernel']:.2f} s")
     system_bytes = demo.system_size
-    usb = site.usb_image(os.path.join(work, "usb.img"))
+    modes = sys.argv[1:] or ["direct", "pxe", "usb"]
+    usb = site.usb_image(os.path.join(work, "usb.img")) if "usb" in modes else None
     rows = {}
-    for mode in ["direct", "pxe", "usb"]:
+    for mode in modes:
         rows[mode] = timed_boot(demo, mode, usb=usb)
     print("\n| seconds (qemu start = 0) | " + " | ".join(rows) + " |\n|---|" + "---|" * len(rows))
     line = lambda name, f: print(f"| {name} | " + " | ".join(f(r) for r in rows.values()) + " |")  # noqa: E731

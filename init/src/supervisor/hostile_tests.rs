@@ -53,6 +53,27 @@ fn name() -> impl Strategy<Value = String> {
     ]
 }
 
+/// A service's `capabilities`: mostly absent or valid, else unknown, empty, NUL, huge or
+/// mistyped names and fields.
+fn capabilities() -> impl Strategy<Value = Value> {
+    let cap = prop_oneof![
+        8 => "(CAP_)?(sys_admin|NET_RAW|chown|all|bpf)",
+        1 => Just(String::new()),
+        1 => Just("cap_".to_string()),
+        1 => Just("sys_\0admin".to_string()),
+        1 => Just("x".repeat(100_000)),
+        1 => "[a-z_]{1,20}",
+    ];
+    prop_oneof![
+        8 => Just(Value::Null),
+        4 => (prop::collection::vec(cap.clone(), 0..4), prop::collection::vec(cap, 0..4))
+            .prop_map(|(add, drop)| json!({"add": add, "drop": drop})),
+        1 => Just(json!({"add": "sys_admin"})),
+        1 => Just(json!({"raise": ["sys_admin"]})),
+        1 => Just(json!(["sys_admin"])),
+    ]
+}
+
 fn service() -> impl Strategy<Value = Value> {
     (
         name(),
@@ -75,22 +96,28 @@ fn service() -> impl Strategy<Value = Value> {
             1 => Just(json!("SIGNOPE")),
             1 => Just(json!(""))
         ],
+        (capabilities(), any::<bool>()),
     )
-        .prop_map(|(name, exec, after, (stop, test, oneshot, has_test), restart, signal)| {
-            let mut s = json!({"name": name, "exec": exec, "after": after, "oneshot": oneshot,
-                               "restart": restart, "stop_signal": signal});
-            let o = s.as_object_mut().unwrap();
-            if !stop.is_null() {
-                o.insert("stop_timeout".into(), stop);
-            }
-            if !test.is_null() {
-                o.insert("test_timeout".into(), test);
-            }
-            if has_test {
-                o.insert("test".into(), json!(["/bin/true"]));
-            }
-            s
-        })
+        .prop_map(
+            |(name, exec, after, (stop, test, oneshot, has_test), restart, signal, (caps, new_privileges))| {
+                let mut s = json!({"name": name, "exec": exec, "after": after, "oneshot": oneshot,
+                               "restart": restart, "stop_signal": signal, "new_privileges": new_privileges});
+                let o = s.as_object_mut().unwrap();
+                if !caps.is_null() {
+                    o.insert("capabilities".into(), caps);
+                }
+                if !stop.is_null() {
+                    o.insert("stop_timeout".into(), stop);
+                }
+                if !test.is_null() {
+                    o.insert("test_timeout".into(), test);
+                }
+                if has_test {
+                    o.insert("test".into(), json!(["/bin/true"]));
+                }
+                s
+            },
+        )
 }
 
 fn event() -> impl Strategy<Value = (Event, u64)> {
@@ -126,6 +153,8 @@ proptest! {
         };
         for s in &plan.services {
             prop_assert!(s.stop_timeout.as_secs_f64() <= MAX_SECONDS && s.test_timeout.as_secs_f64() <= MAX_SECONDS);
+            let caps = s.confinement.capabilities;
+            prop_assert_eq!(caps.0 & !flint_manifest::caps::CapabilitySet::ALL.0, 0);
             let spec = Spec::from(s);
             let (mut state, mut now) = (State::default(), Instant::now());
             for (event, millis) in &events {
