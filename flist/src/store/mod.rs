@@ -136,6 +136,14 @@ mod tests {
     }
 
     #[test]
+    fn host_names_are_ascii_or_refused_with_an_error() {
+        // No IDNA in the build (idna_adapter 1.0): punycode works, Unicode names are an error.
+        assert!(open("http://xn--bcher-kva.example/store").is_ok());
+        let refused = open("http://bücher.example/store").err().map(|e| e.to_string());
+        assert!(refused.is_some_and(|e| e.contains("bücher.example")), "a Unicode host name was accepted");
+    }
+
+    #[test]
     fn routes_parse() {
         assert_eq!(parse_route("http://a").unwrap(), (0, 255, "http://a".into()));
         assert_eq!(parse_route("00-7f=http://a").unwrap(), (0, 0x7f, "http://a".into()));
