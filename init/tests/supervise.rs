@@ -195,6 +195,14 @@ fn services_run_with_a_bounded_capability_set_and_no_new_privileges() {
     let (sys_admin, net_raw, chown, setuid) = (bit(21), bit(13), bit(0), bit(7));
     let default = flint_manifest::caps::RawCapabilities::default().resolve().unwrap().0;
 
+    // `init ctl status` shows what each service may hold.
+    let shown = node.state("plain");
+    let names: Vec<&str> = shown["capabilities"].as_array().unwrap().iter().map(|c| c.as_str().unwrap()).collect();
+    assert!(names.contains(&"chown") && names.contains(&"setuid") && !names.contains(&"sys_admin"), "{shown}");
+    assert_eq!(shown["no_new_privs"], true);
+    assert_eq!(node.state("wide")["no_new_privs"], false);
+    assert_eq!(node.state("none")["capabilities"], json!([]));
+
     let plain = confinement_seen(&out.join("plain"));
     assert_eq!(plain["CapBnd"], default, "{plain:?}");
     assert!(plain["CapBnd"] & sys_admin == 0 && plain["CapBnd"] & chown != 0 && plain["CapBnd"] & setuid != 0);

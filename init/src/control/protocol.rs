@@ -150,6 +150,12 @@ pub struct ServiceRow {
     pub restart: RestartPolicy,
     /// For a VM, what it is.
     pub vm: Option<VmRow>,
+    /// Its capability bounding set, by name (without `CAP_`).
+    #[serde(default)]
+    pub capabilities: Vec<String>,
+    /// Whether exec can gain it no privileges (`no_new_privs`).
+    #[serde(default)]
+    pub no_new_privs: bool,
 }
 
 /// What a VM is, beside its service state.
@@ -360,6 +366,8 @@ mod tests {
             oneshot: false,
             restart: RestartPolicy::OnFailure,
             vm: None,
+            capabilities: vec!["chown".into(), "kill".into()],
+            no_new_privs: true,
         };
         let wire = |a: &Answer| serde_json::to_string(a).unwrap();
         let list: Vec<ServiceRow> = serde_json::from_str(&wire(&Answer::Services(vec![row.clone()]))).unwrap();

@@ -375,6 +375,8 @@ impl Supervisor {
                 network: vm.network.clone(),
                 console: self.opts.vm_run.join(&vm.name).join("console.sock"),
             }),
+            capabilities: s.plan.confinement.capabilities.names().map(String::from).collect(),
+            no_new_privs: s.plan.confinement.no_new_privs,
         }
     }
 
