@@ -420,6 +420,7 @@ fn run(params: BootParams, started: Instant) -> Result<Power, String> {
             vm_state: state.join("vms"),
             vm_run: Path::new(crate::mounts::RUN_DIR).join("vm"),
             vm_tools: crate::vm::Tools::find(),
+            cgroup_root: true,
         },
         socket: crate::control::SOCKET.into(),
         pid1: true,

@@ -232,6 +232,135 @@ fn services_run_with_a_bounded_capability_set_and_no_new_privileges() {
     assert_eq!((none["CapBnd"], none["CapEff"]), (0, 0), "{none:?}");
 }
 
+/// The cgroup (v2) a process is in, relative to the hierarchy.
+fn cgroup_of(pid: i64) -> String {
+    let text = std::fs::read_to_string(format!("/proc/{pid}/cgroup")).unwrap();
+    text.lines().find_map(|l| l.strip_prefix("0::")).unwrap().to_string()
+}
+
+#[test]
+fn each_service_has_a_cgroup_and_nothing_it_forked_outlives_it() {
+    // `setsid` takes the background sleep out of the service's process group and session:
+    // only the cgroup still knows it belongs to the service.
+    let escape = "setsid sleep 1000 & echo $! > $OUT/$0.escaped; exec sleep 1000";
+    let (dir, conf) = config(json!([
+        {"name": "forker", "exec": ["/bin/sh", "-c", escape, "forker"]},
+        {"name": "quitter", "restart": "never",
+         "exec": ["/bin/sh", "-c", "setsid sleep 1000 & echo $! > $OUT/$0.escaped; sleep 0.5", "quitter"]},
+        {"name": "limited", "exec": ["sleep", "1000"],
+         "limits": {"memory": "64M", "pids": 16, "cpu_weight": 50, "cpus": 0.5,
+                    "io": [{"device": "/dev/nonexistent-disk", "read_bps": 1048576}]}},
+    ]));
+    let node = start_config(dir, &conf);
+    let out = node.out();
+    node.wait_for("forker and limited", |n| {
+        n.state("forker")["state"] == "running" && n.state("limited")["state"] == "running"
+    });
+    node.wait_for("the escapees' pids", |_| {
+        out.join("forker.escaped").exists() && out.join("quitter.escaped").exists()
+    });
+    let escaped = |name: &str| -> i32 {
+        let path = out.join(format!("{name}.escaped"));
+        let mut text = String::new();
+        for _ in 0..50 {
+            text = std::fs::read_to_string(&path).unwrap();
+            if text.ends_with('\n') {
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        text.trim().parse().unwrap()
+    };
+    let (forker_bg, quitter_bg) = (escaped("forker"), escaped("quitter"));
+
+    // Every service's group is its own, under init's slice, and init is in none of them.
+    let status = node.state("forker");
+    let group = status["cgroup"]["path"].as_str().unwrap().to_string();
+    assert!(group.ends_with("/flint/forker"), "{status}");
+    let pid = node.pid("forker").unwrap();
+    assert!(group.ends_with(&cgroup_of(pid)), "{group} vs {}", cgroup_of(pid));
+    assert_eq!(cgroup_of(forker_bg.into()), cgroup_of(pid), "the escaped child left the group");
+    let procs = std::fs::read_to_string(Path::new(&group).join("cgroup.procs")).unwrap();
+    assert_eq!(procs.lines().count(), 2, "{procs}");
+    let init = node.child.as_ref().unwrap().id();
+    assert!(cgroup_of(init.into()).ends_with("/init"), "init itself is in a leaf of its own");
+    assert!(status["cgroup"]["cpu_usec"].as_u64().is_some(), "{status}");
+
+    // Limits this kernel's cgroup cannot take are named, not silently dropped; those it can are
+    // in the group's files.
+    let limited = node.state("limited");
+    let unenforced: Vec<String> =
+        limited["cgroup"]["unenforced"].as_array().unwrap().iter().map(|v| v.as_str().unwrap().into()).collect();
+    assert!(unenforced.iter().any(|u| u.starts_with("io.max") && u.contains("nonexistent-disk")), "{unenforced:?}");
+    let limited_group = PathBuf::from(limited["cgroup"]["path"].as_str().unwrap());
+    for (file, value) in
+        [("memory.max", "67108864"), ("pids.max", "16"), ("cpu.weight", "50"), ("cpu.max", "50000 100000")]
+    {
+        match std::fs::read_to_string(limited_group.join(file)) {
+            Ok(text) => assert_eq!(text.trim(), value, "{file}"),
+            Err(_) => assert!(unenforced.iter().any(|u| u.starts_with(file)), "{file} neither set nor reported"),
+        }
+    }
+    assert_eq!(limited["cgroup"]["memory_max"], 64 << 20);
+
+    // A service that exits leaves nothing behind: what it forked goes with it.
+    node.wait_for("quitter to end", |n| n.state("quitter")["state"] == "done");
+    node.wait_for("quitter's escapee to die", |_| !alive(quitter_bg));
+
+    // Stopping a service kills its whole group.
+    assert!(alive(forker_bg));
+    node.ctl(&["stop", "forker"]);
+    node.wait_for("forker to stop", |n| n.state("forker")["state"] == "stopped");
+    node.wait_for("forker's escapee to die", |_| !alive(forker_bg));
+
+    // On the way out init removes every group it made, and its own.
+    let node_group = Path::new(&group).parent().unwrap().parent().unwrap().to_path_buf();
+    let _ = node.ctl(&["shutdown"]);
+    node.wait_for("init to exit", |n| !n.socket().exists());
+    node.wait_for("init's groups to go", |_| !node_group.exists());
+}
+
+#[test]
+fn a_service_in_its_own_namespaces_sees_only_itself_and_stops_on_sigterm() {
+    // It reports what it sees, then waits as a service's pid 2 under the namespace's reaper;
+    // the readiness check must see the service's network (only loopback) to pass.
+    let probe = "echo $$ > $OUT/ns.pid; hostname > $OUT/ns.hostname; ls /proc | grep -c '^[0-9]' > $OUT/ns.procs; \
+                 cat /proc/net/dev > $OUT/ns.net; exec sleep 1000";
+    let (dir, conf) = config(json!([
+        {"name": "inside", "exec": ["/bin/sh", "-c", probe], "namespaces": ["pid", "uts", "ipc", "net"],
+         "stop_timeout": 60,
+         "test": ["/bin/sh", "-c", "test $(grep -c : /proc/net/dev) = 1 && hostname | grep -qx inside"]},
+        {"name": "outside", "exec": ["sleep", "1000"]},
+    ]));
+    let node = start_config(dir, &conf);
+    let out = node.out();
+    node.wait_for("inside to be ready", |n| n.state("inside")["state"] == "running");
+    node.wait_for("what it saw", |_| out.join("ns.net").exists());
+    std::thread::sleep(Duration::from_millis(100));
+    let read = |f: &str| std::fs::read_to_string(out.join(f)).unwrap().trim().to_string();
+    assert_eq!(read("ns.pid"), "2", "the service is pid 2, under the namespace's reaper");
+    assert_eq!(read("ns.hostname"), "inside");
+    let procs: u32 = read("ns.procs").parse().unwrap();
+    assert!(procs <= 4, "{procs} processes seen: the reaper, the shell and the two it ran");
+    let interfaces: Vec<String> =
+        read("ns.net").lines().skip(2).map(|l| l.split(':').next().unwrap().trim().to_string()).collect();
+    assert_eq!(interfaces, ["lo"]);
+    let status = node.state("inside");
+    assert_eq!(status["namespaces"], json!(["pid", "uts", "ipc", "net"]));
+    assert!(node.state("outside")["namespaces"].as_array().unwrap().is_empty());
+    let host_name = std::fs::read_to_string("/proc/sys/kernel/hostname").unwrap();
+    assert_ne!(host_name.trim(), "inside", "the service's host name stayed its own");
+
+    // SIGTERM reaches the service through the reaper: it stops well before its 60 s timeout,
+    // and is not killed.
+    node.ctl(&["stop", "inside"]);
+    node.wait_for("inside to stop", |n| n.state("inside")["state"] == "stopped");
+    let log = node.log("inside").join("\n");
+    assert!(!log.contains("did not stop in time"), "{log}");
+    let _ = node.ctl(&["shutdown"]);
+    node.wait_for("init to exit", |n| !n.socket().exists());
+}
+
 /// `(pid, ppid, state)` of every process on the host.
 fn processes() -> Vec<(i32, i32, char)> {
     std::fs::read_dir("/proc")

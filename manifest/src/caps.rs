@@ -112,11 +112,17 @@ pub struct Confinement {
     pub capabilities: CapabilitySet,
     /// `PR_SET_NO_NEW_PRIVS`: no exec gains privileges (setuid programs, file capabilities).
     pub no_new_privs: bool,
+    /// Namespaces of its own.
+    pub namespaces: crate::limits::Namespaces,
 }
 
 impl Confinement {
     /// Nothing taken away: init's own helpers (the VM runner, which sets up taps and virtiofsd).
-    pub const NONE: Confinement = Confinement { capabilities: CapabilitySet::ALL, no_new_privs: false };
+    pub const NONE: Confinement = Confinement {
+        capabilities: CapabilitySet::ALL,
+        no_new_privs: false,
+        namespaces: crate::limits::Namespaces::NONE,
+    };
 }
 
 #[cfg(test)]

@@ -26,6 +26,7 @@ use serde::{Deserialize, Serialize};
 use crate::vm::{RawVm, VmPlan};
 
 pub mod caps;
+pub mod limits;
 pub mod vm;
 
 /// Why a manifest was refused.
@@ -201,6 +202,12 @@ pub struct RawService {
     /// default no (`no_new_privs`).
     #[serde(default)]
     pub new_privileges: bool,
+    /// Its cgroup's limits (memory, pids, cpu, io).
+    #[serde(default)]
+    pub limits: limits::RawLimits,
+    /// Namespaces of its own: any of `pid`, `uts`, `ipc`, `net` (loopback only).
+    #[serde(default)]
+    pub namespaces: Vec<String>,
 }
 
 /// Whether a service or VM that ended starts again (a oneshot's success always ends it).
@@ -294,8 +301,10 @@ pub struct ServicePlan {
     /// A virtual machine: the process is its runner (`init vm run`), made from this plan when
     /// it starts; `exec` is empty.
     pub vm: Option<Box<VmPlan>>,
-    /// What it may do as root.
+    /// What it may do as root, and see.
     pub confinement: caps::Confinement,
+    /// What it may use.
+    pub limits: limits::Limits,
 }
 
 impl ServicePlan {
@@ -334,6 +343,7 @@ impl ServicePlan {
             vm: Some(Box::new(vm)),
             // The runner makes taps and starts virtiofsd, which sandboxes itself.
             confinement: caps::Confinement::NONE,
+            limits: limits::Limits::default(),
         }
     }
 
@@ -509,7 +519,10 @@ impl Plan {
                 confinement: caps::Confinement {
                     capabilities: s.capabilities.resolve().map_err(|e| invalid(format!("service {name}: {e}")))?,
                     no_new_privs: !s.new_privileges,
+                    namespaces: limits::Namespaces::parse(&s.namespaces)
+                        .map_err(|e| invalid(format!("service {name}: {e}")))?,
                 },
+                limits: s.limits.resolve().map_err(|e| invalid(format!("service {name}: {e}")))?,
             });
         }
         let mountpoints: BTreeMap<String, PathBuf> =

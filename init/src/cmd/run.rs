@@ -115,6 +115,7 @@ pub fn run(a: RunArgs) -> anyhow::Result<ExitCode> {
             vm_state: a.state.as_ref().unwrap_or(&a.run_dir).join("vms"),
             vm_run: a.run_dir.join("vm"),
             vm_tools: flint_init::vm::Tools::find(),
+            cgroup_root: false,
         },
         socket: a.socket.clone(),
         pid1: false,

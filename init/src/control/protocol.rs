@@ -156,6 +156,26 @@ pub struct ServiceRow {
     /// Whether exec can gain it no privileges (`no_new_privs`).
     #[serde(default)]
     pub no_new_privs: bool,
+    /// Namespaces of its own (`pid`, `uts`, `ipc`, `net`).
+    #[serde(default)]
+    pub namespaces: Vec<String>,
+    /// Its cgroup: limits and what it uses.
+    #[serde(default)]
+    pub cgroup: Option<CgroupRow>,
+}
+
+/// A service's cgroup.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CgroupRow {
+    /// What it uses now, and the kernel's counts.
+    #[serde(flatten)]
+    pub usage: crate::supervisor::cgroup::Usage,
+    /// `memory.max`, bytes.
+    pub memory_max: Option<u64>,
+    /// `pids.max`.
+    pub pids_max: Option<u64>,
+    /// Limits the manifest sets that this node cannot enforce, and why.
+    pub unenforced: Vec<String>,
 }
 
 /// What a VM is, beside its service state.
@@ -368,6 +388,18 @@ mod tests {
             vm: None,
             capabilities: vec!["chown".into(), "kill".into()],
             no_new_privs: true,
+            namespaces: vec!["pid".into()],
+            cgroup: Some(CgroupRow {
+                usage: crate::supervisor::cgroup::Usage {
+                    path: "/sys/fs/cgroup/flint/web".into(),
+                    memory: Some(1 << 20),
+                    oom_kills: 2,
+                    ..Default::default()
+                },
+                memory_max: Some(64 << 20),
+                pids_max: None,
+                unenforced: vec!["io.max (no io controller here)".into()],
+            }),
         };
         let wire = |a: &Answer| serde_json::to_string(a).unwrap();
         let list: Vec<ServiceRow> = serde_json::from_str(&wire(&Answer::Services(vec![row.clone()]))).unwrap();

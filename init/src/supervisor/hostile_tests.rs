@@ -11,7 +11,7 @@ use proptest::prelude::*;
 use serde_json::{json, Value};
 
 use super::state::{step, Backoff, Event, Spec, State};
-use flint_manifest::{sign, verify, MAX_SECONDS};
+use flint_manifest::{limits, sign, verify, MAX_SECONDS};
 
 fn seconds() -> impl Strategy<Value = Value> {
     prop_oneof![
@@ -74,6 +74,69 @@ fn capabilities() -> impl Strategy<Value = Value> {
     ]
 }
 
+/// A service's `limits`: mostly absent or valid, else out of range, mistyped, negative, huge,
+/// malformed sizes and devices.
+fn limits() -> impl Strategy<Value = Value> {
+    let number = prop_oneof![
+        4 => (1u64..100_000).prop_map(|n| json!(n)),
+        1 => Just(json!(0)),
+        1 => Just(json!(-1)),
+        1 => Just(json!(u64::MAX)),
+        1 => Just(json!(1e300)),
+        1 => Just(json!(0.5)),
+        1 => Just(json!("12")),
+    ];
+    let size = prop_oneof![
+        4 => "[1-9][0-9]{0,4}(K|M|G|KiB|MiB|m|)",
+        1 => "[0-9]{15,25}[KMGT]?",
+        1 => Just("".to_string()),
+        1 => Just("64 M".to_string()),
+        1 => Just("1.5G".to_string()),
+        1 => Just("\n64M".to_string()),
+        1 => ".{0,12}",
+    ];
+    let device = prop_oneof![
+        4 => "[0-9]{1,3}:[0-9]{1,3}",
+        2 => "/dev/[a-z]{1,5}",
+        1 => Just("/dev/".to_string()),
+        1 => Just("/dev/../etc".to_string()),
+        1 => Just("8:0\nrbps=1".to_string()),
+        1 => "[0-9]{11}:[0-9]",
+        1 => ".{0,10}",
+    ];
+    let io = (device, number.clone(), number.clone())
+        .prop_map(|(device, read, write)| json!({"device": device, "read_bps": read, "write_iops": write}));
+    let cpus = prop_oneof![
+        4 => (0.0..64.0f64).prop_map(|f| json!(f)),
+        1 => Just(json!(0.001)),
+        1 => Just(json!(-2)),
+        1 => Just(json!(1e308)),
+        1 => Just(json!(5e-324)),
+    ];
+    prop_oneof![
+        6 => Just(Value::Null),
+        4 => (
+            prop_oneof![2 => size.prop_map(|s| json!(s)), 1 => number.clone()],
+            number.clone(),
+            number,
+            cpus,
+            prop::collection::vec(io, 0..3),
+        )
+            .prop_map(|(memory, pids, weight, cpus, io)| {
+                json!({"memory": memory, "pids": pids, "cpu_weight": weight, "cpus": cpus, "io": io})
+            }),
+        1 => Just(json!({"io": vec![json!({"device": "8:0", "read_bps": 1}); 65]})),
+        1 => Just(json!({"memroy": "1G"})),
+        1 => Just(json!("1G")),
+    ]
+}
+
+/// A service's `namespaces`.
+fn namespaces() -> impl Strategy<Value = Value> {
+    let word = prop_oneof![8 => "(pid|uts|ipc|net)", 1 => Just("mnt".to_string()), 1 => ".{0,6}"];
+    prop_oneof![4 => Just(Value::Null), 2 => prop::collection::vec(word, 0..6).prop_map(|w| json!(w)), 1 => Just(json!("pid"))]
+}
+
 fn service() -> impl Strategy<Value = Value> {
     (
         name(),
@@ -96,15 +159,29 @@ fn service() -> impl Strategy<Value = Value> {
             1 => Just(json!("SIGNOPE")),
             1 => Just(json!(""))
         ],
-        (capabilities(), any::<bool>()),
+        (capabilities(), any::<bool>(), limits(), namespaces()),
     )
         .prop_map(
-            |(name, exec, after, (stop, test, oneshot, has_test), restart, signal, (caps, new_privileges))| {
+            |(
+                name,
+                exec,
+                after,
+                (stop, test, oneshot, has_test),
+                restart,
+                signal,
+                (caps, new_privileges, limits, ns),
+            )| {
                 let mut s = json!({"name": name, "exec": exec, "after": after, "oneshot": oneshot,
                                "restart": restart, "stop_signal": signal, "new_privileges": new_privileges});
                 let o = s.as_object_mut().unwrap();
                 if !caps.is_null() {
                     o.insert("capabilities".into(), caps);
+                }
+                if !limits.is_null() {
+                    o.insert("limits".into(), limits);
+                }
+                if !ns.is_null() {
+                    o.insert("namespaces".into(), ns);
                 }
                 if !stop.is_null() {
                     o.insert("stop_timeout".into(), stop);
@@ -155,6 +232,17 @@ proptest! {
             prop_assert!(s.stop_timeout.as_secs_f64() <= MAX_SECONDS && s.test_timeout.as_secs_f64() <= MAX_SECONDS);
             let caps = s.confinement.capabilities;
             prop_assert_eq!(caps.0 & !flint_manifest::caps::CapabilitySet::ALL.0, 0);
+            // What init would write into the service's cgroup is numbers, one line each.
+            let limits = &s.limits;
+            prop_assert!(limits.memory_max.is_none_or(|m| (limits::MIN_MEMORY..=limits::MAX_AMOUNT).contains(&m)));
+            prop_assert!(limits.pids_max.is_none_or(|p| (1..=limits::MAX_PIDS).contains(&p)));
+            for (_, _, value) in limits.files() {
+                prop_assert!(!value.is_empty() && value.bytes().all(|b| b.is_ascii_digit() || b == b' '), "{}", value);
+            }
+            for io in &limits.io {
+                let line = io.line((8, 0));
+                prop_assert!(!line.contains('\n') && line.split(' ').count() == 5, "{}", line);
+            }
             let spec = Spec::from(s);
             let (mut state, mut now) = (State::default(), Instant::now());
             for (event, millis) in &events {

@@ -2,6 +2,7 @@
 //! timers and control requests; each service's life is the pure machine in [`state`], and this
 //! loop only performs its actions (spawn, signal) and feeds back what happened.
 
+pub mod cgroup;
 pub mod spawn;
 pub mod state;
 
@@ -16,7 +17,7 @@ use nix::sys::signal::Signal;
 use nix::sys::wait::{waitpid, WaitPidFlag, WaitStatus};
 use nix::unistd::Pid;
 
-use crate::control::protocol::{Answer, Done, LogLine, LogPage, ServiceRequest, ServiceRow, VmRow};
+use crate::control::protocol::{Answer, CgroupRow, Done, LogLine, LogPage, ServiceRequest, ServiceRow, VmRow};
 use crate::control::ServiceCall;
 use crate::logring::Ring;
 use crate::vm::Tools;
@@ -53,6 +54,10 @@ struct Service {
     state: State,
     ring: Arc<Ring>,
     root: Option<PathBuf>,
+    /// The kernel's counts of OOM kills and refused forks in its cgroup already reported.
+    reported: Option<(u64, u64)>,
+    /// Limits of its plan this node cannot enforce.
+    unenforced: Vec<String>,
 }
 
 impl From<&ServicePlan> for Spec {
@@ -76,6 +81,8 @@ impl Service {
             ring: Arc::new(Ring::default()),
             root: plan.root.as_ref().and_then(|r| roots.get(r).cloned()),
             plan: plan.clone(),
+            reported: None,
+            unenforced: Vec::new(),
         }
     }
 }
@@ -94,6 +101,9 @@ pub struct Options {
     pub vm_run: PathBuf,
     /// The programs VMs run with.
     pub vm_tools: Tools,
+    /// The machine's init: services' cgroups go under the hierarchy's root, not under a group
+    /// init makes for itself where it was started.
+    pub cgroup_root: bool,
 }
 
 /// The supervisor: owns every service.
@@ -104,6 +114,9 @@ pub struct Supervisor {
     procs: HashMap<i32, usize>,
     shutting_down: bool,
     pending: Option<Pending>,
+    /// Every service's own cgroup; none where the kernel has no cgroup2 (services then run
+    /// unlimited, in init's).
+    cgroups: Option<cgroup::Cgroups>,
 }
 
 /// Where the supervisor's events come from.
@@ -122,7 +135,10 @@ impl Supervisor {
     /// A supervisor for `services`, none started yet.
     pub fn new(services: &[ServicePlan], opts: Options) -> Supervisor {
         let services = services.iter().map(|p| Service::new(p, &opts.roots)).collect();
-        Supervisor { services, opts, procs: HashMap::new(), shutting_down: false, pending: None }
+        let cgroups = cgroup::Cgroups::set_up(opts.cgroup_root)
+            .map_err(|e| tracing::warn!("cgroups: {e}; services run in init's own cgroup, without limits"))
+            .ok();
+        Supervisor { services, opts, procs: HashMap::new(), shutting_down: false, pending: None, cgroups }
     }
 
     /// Starts applying `update`: stops what leaves or changes.
@@ -161,6 +177,13 @@ impl Supervisor {
             })
             .collect();
         self.opts.roots = update.roots;
+        if let Some(cgroups) = &self.cgroups {
+            for gone in old.keys() {
+                if !cgroups.remove(gone) {
+                    tracing::warn!("service {gone}: its cgroup is still busy; left behind");
+                }
+            }
+        }
         // Indices moved: map the live processes again.
         self.procs = self
             .services
@@ -208,6 +231,7 @@ impl Supervisor {
                     },
                     None => None,
                 };
+                let cgroup = self.cgroup_for(i, test);
                 let Some(svc) = self.services.get(i) else { return };
                 let argv = match &vm_argv {
                     Some(argv) => argv,
@@ -224,6 +248,8 @@ impl Supervisor {
                     ring,
                     log_file,
                     prefix: if test { "test: " } else { "" },
+                    cgroup: cgroup.as_ref(),
+                    joins: if test { svc.state.pids().first().copied() } else { None },
                 };
                 let name = svc.plan.name.clone();
                 match spawn::start(launch) {
@@ -244,11 +270,65 @@ impl Supervisor {
                 // The group may be gone already: nothing to report then.
                 let _ = nix::sys::signal::killpg(Pid::from_raw(pid), signal);
             }
-            Action::Note(what) => {
-                tracing::info!("service {}: {what}", svc.plan.name);
-                crate::report::stage("service", format!("{}: {what}", svc.plan.name));
-                svc.ring.push(format!("[init] {what}"));
+            Action::Note(what) => self.note(i, what),
+        }
+    }
+
+    /// Logs why something happened to service `i`, reports it, and keeps it in its log.
+    fn note(&self, i: usize, what: &str) {
+        let Some(svc) = self.services.get(i) else { return };
+        tracing::info!("service {}: {what}", svc.plan.name);
+        crate::report::stage("service", format!("{}: {what}", svc.plan.name));
+        svc.ring.push(format!("[init] {what}"));
+    }
+
+    /// The `cgroup.procs` a new process of service `i` writes itself into: for the service
+    /// itself a group made afresh with the plan's limits, for its readiness check the same group.
+    fn cgroup_for(&mut self, i: usize, test: bool) -> Option<std::fs::File> {
+        let cgroups = self.cgroups.as_ref()?;
+        let svc = self.services.get_mut(i)?;
+        let name = &svc.plan.name;
+        if test {
+            return cgroups.join(name).map_err(|e| tracing::warn!("service {name}: its cgroup: {e}")).ok();
+        }
+        match cgroups.prepare(name, &svc.plan.limits) {
+            Ok((procs, unenforced)) => {
+                if !unenforced.is_empty() && unenforced != svc.unenforced {
+                    tracing::warn!("service {name}: limits not enforced: {}", unenforced.join("; "));
+                }
+                svc.unenforced = unenforced;
+                if svc.reported.is_none() {
+                    let usage = cgroups.usage(name);
+                    svc.reported = Some((usage.oom_kills, usage.fork_refusals));
+                }
+                Some(procs)
             }
+            Err(e) => {
+                tracing::warn!("service {name}: no cgroup ({e}); it runs in init's, without limits");
+                None
+            }
+        }
+    }
+
+    /// After service `i`'s own process ended: ends whatever it left in its cgroup, and reports
+    /// what the kernel did to it there (OOM kills, refused forks).
+    fn ended(&mut self, i: usize) {
+        let Some(cgroups) = self.cgroups.as_ref() else { return };
+        let Some(svc) = self.services.get_mut(i) else { return };
+        let (name, limits) = (svc.plan.name.clone(), svc.plan.limits.clone());
+        if cgroups.populated(&name) {
+            cgroups.kill(&name);
+        }
+        let usage = cgroups.usage(&name);
+        let (oom, refused) = svc.reported.unwrap_or_default();
+        svc.reported = Some((usage.oom_kills, usage.fork_refusals));
+        let counts = [
+            ("OOM kills at memory.max", usage.oom_kills, oom, limits.memory_max),
+            ("forks refused at pids.max", usage.fork_refusals, refused, limits.pids_max),
+        ];
+        for (what, now, before, limit) in counts.into_iter().filter(|(_, now, before, _)| now > before) {
+            let limit = limit.map_or("none".to_string(), |v| v.to_string());
+            self.note(i, &format!("the kernel: {} {what} {limit} ({now} in all)", now - before));
         }
     }
 
@@ -303,6 +383,10 @@ impl Supervisor {
                 Ok(_) => continue,
             };
             if let Some(i) = self.procs.remove(&pid.as_raw()) {
+                let own = self.services.get(i).is_some_and(|s| s.state.pids().first() == Some(&pid.as_raw()));
+                if own {
+                    self.ended(i);
+                }
                 self.apply(i, Event::Exited { pid: pid.as_raw(), success });
             }
         }
@@ -377,6 +461,13 @@ impl Supervisor {
             }),
             capabilities: s.plan.confinement.capabilities.names().map(String::from).collect(),
             no_new_privs: s.plan.confinement.no_new_privs,
+            namespaces: s.plan.confinement.namespaces.names().into_iter().map(String::from).collect(),
+            cgroup: self.cgroups.as_ref().map(|cgroups| CgroupRow {
+                usage: cgroups.usage(&s.plan.name),
+                memory_max: s.plan.limits.memory_max,
+                pids_max: s.plan.limits.pids_max,
+                unenforced: s.unenforced.clone(),
+            }),
         }
     }
 
@@ -417,6 +508,9 @@ impl Supervisor {
                 self.settle();
             }
             if self.shutting_down && self.services.iter().all(|s| s.state.is_down()) {
+                if let Some(cgroups) = &self.cgroups {
+                    cgroups.tear_down();
+                }
                 tracing::info!("every service is stopped");
                 return;
             }

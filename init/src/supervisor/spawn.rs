@@ -1,9 +1,12 @@
-//! Starting a service's process: its own session and process group, a minimal environment,
-//! optionally chrooted into a mounted flist in a mount namespace of its own, as its user, with
-//! its output captured line by line into its log ring (and file).
+//! Starting a service's process: its own session and process group, in its cgroup, a minimal
+//! environment, optionally chrooted into a mounted flist in a mount namespace of its own and in
+//! namespaces of its own (pid under a small reaper, uts, ipc, loopback-only net), as its user,
+//! with its output captured line by line into its log ring (and file).
 
-use std::ffi::{CString, OsString};
+use std::ffi::{CStr, CString, OsString};
+use std::fs::File;
 use std::io::{self, BufRead, Write};
+use std::os::fd::AsRawFd;
 use std::os::unix::ffi::OsStrExt;
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
@@ -11,6 +14,7 @@ use std::process::{Command, Stdio};
 use std::sync::Arc;
 
 use crate::logring::Ring;
+use flint_manifest::limits::Namespaces;
 use flint_manifest::ServicePlan;
 
 /// Where and as whom to run, resolved before forking.
@@ -27,6 +31,11 @@ pub struct Launch<'a> {
     pub log_file: Option<PathBuf>,
     /// Prefix for each captured line (`test: ` for readiness checks).
     pub prefix: &'static str,
+    /// The `cgroup.procs` of its cgroup, which the process writes itself into first.
+    pub cgroup: Option<&'a File>,
+    /// A readiness check: the service's process, whose network, host name and IPC namespaces it
+    /// joins (so that it reaches what the service serves) instead of making its own.
+    pub joins: Option<i32>,
 }
 
 fn cstring(p: &Path) -> io::Result<CString> {
@@ -115,6 +124,121 @@ fn confine(dropped: &[u32], no_new_privs: bool) -> io::Result<()> {
     Ok(())
 }
 
+/// Between fork and exec, in a new network namespace: brings its loopback up (all it has).
+fn loopback_up() -> io::Result<()> {
+    // SAFETY: a socket and two ioctls on an `ifreq` that outlives them.
+    unsafe {
+        let fd = libc::socket(libc::AF_INET, libc::SOCK_DGRAM | libc::SOCK_CLOEXEC, 0);
+        if fd < 0 {
+            return Err(io::Error::last_os_error());
+        }
+        let mut ifr: libc::ifreq = std::mem::zeroed();
+        for (slot, byte) in ifr.ifr_name.iter_mut().zip(b"lo") {
+            *slot = *byte as libc::c_char;
+        }
+        let result = if libc::ioctl(fd, libc::SIOCGIFFLAGS, &mut ifr) < 0 {
+            Err(io::Error::last_os_error())
+        } else {
+            ifr.ifr_ifru.ifru_flags |= libc::IFF_UP as libc::c_short;
+            match libc::ioctl(fd, libc::SIOCSIFFLAGS, &ifr) {
+                r if r < 0 => Err(io::Error::last_os_error()),
+                _ => Ok(()),
+            }
+        };
+        libc::close(fd);
+        result
+    }
+}
+
+/// The exit code that reports `status` (from `waitpid`) onwards: its code, or 128 + the signal.
+fn exit_code(status: libc::c_int) -> libc::c_int {
+    if libc::WIFSIGNALED(status) {
+        128 + libc::WTERMSIG(status)
+    } else {
+        libc::WEXITSTATUS(status)
+    }
+}
+
+/// Closes every descriptor above stderr: the processes that stay behind to wait must not hold
+/// the pipe through which the spawning side learns that exec happened.
+unsafe fn close_from_3() {
+    // SAFETY: closing descriptors of this (single-threaded, forked) process.
+    unsafe {
+        if libc::syscall(libc::SYS_close_range, 3, libc::c_uint::MAX, 0) < 0 {
+            for fd in 3..4096 {
+                libc::close(fd);
+            }
+        }
+    }
+}
+
+/// Between fork and exec, after `unshare(CLONE_NEWPID)`: makes the namespace's pid 1 a reaper
+/// that forwards signals to the service, so that the service itself is pid 2 and keeps the
+/// default meaning of SIGTERM. Three processes then: this one (the supervisor's child, outside
+/// the namespace) waits for the reaper and exits as it does; the reaper (pid 1) mounts the
+/// namespace's `/proc` on `proc_dir`, forwards every signal it gets to the service's process
+/// group, reaps orphans, and exits with the service's code; only the service returns from here.
+/// Only system calls: async-signal-safe.
+unsafe fn enter_pid_namespace(proc_dir: Option<&CStr>) -> io::Result<()> {
+    // SAFETY: fork, wait and signal calls in a forked, single-threaded process, on local data.
+    unsafe {
+        let mut all: libc::sigset_t = std::mem::zeroed();
+        libc::sigfillset(&mut all);
+        let mut none: libc::sigset_t = std::mem::zeroed();
+        libc::sigemptyset(&mut none);
+        // Blocked, not ignored: signals from outside still reach a namespace's pid 1 this way.
+        libc::sigprocmask(libc::SIG_SETMASK, &all, std::ptr::null_mut());
+        let reaper = libc::fork();
+        if reaper < 0 {
+            return Err(io::Error::last_os_error());
+        }
+        if reaper > 0 {
+            close_from_3();
+            loop {
+                let mut status = 0;
+                if libc::sigwaitinfo(&all, std::ptr::null_mut()) == libc::SIGCHLD
+                    && libc::waitpid(reaper, &mut status, libc::WNOHANG) == reaper
+                {
+                    libc::_exit(exit_code(status));
+                }
+            }
+        }
+        if let Some(dir) = proc_dir {
+            let flags = libc::MS_NOSUID | libc::MS_NODEV | libc::MS_NOEXEC;
+            if libc::mount(c"proc".as_ptr(), dir.as_ptr(), c"proc".as_ptr(), flags, std::ptr::null()) < 0 {
+                return Err(io::Error::last_os_error());
+            }
+        }
+        let service = libc::fork();
+        if service < 0 {
+            return Err(io::Error::last_os_error());
+        }
+        if service == 0 {
+            libc::setpgid(0, 0);
+            libc::sigprocmask(libc::SIG_SETMASK, &none, std::ptr::null_mut());
+            return Ok(());
+        }
+        // Both sides, so that a signal forwarded at once finds the group.
+        libc::setpgid(service, service);
+        close_from_3();
+        loop {
+            let signal = libc::sigwaitinfo(&all, std::ptr::null_mut());
+            if signal == libc::SIGCHLD {
+                loop {
+                    let mut status = 0;
+                    match libc::waitpid(-1, &mut status, libc::WNOHANG) {
+                        pid if pid == service => libc::_exit(exit_code(status)),
+                        pid if pid > 0 => continue,
+                        _ => break,
+                    }
+                }
+            } else if signal > 0 {
+                libc::kill(-service, signal);
+            }
+        }
+    }
+}
+
 /// Starts the process; returns its pid (also its process group).
 pub fn start(l: Launch<'_>) -> io::Result<i32> {
     let (program, args) = l.argv.split_first().ok_or_else(|| io::Error::other("empty argv"))?;
@@ -139,7 +263,42 @@ pub fn start(l: Launch<'_>) -> io::Result<i32> {
     };
     let dir = cstring(l.plan.dir.as_deref().unwrap_or(Path::new("/")))?;
     let confinement = l.plan.confinement;
+    // A readiness check joins the service's namespaces, but not its pids: it is no child of the
+    // service's reaper.
+    let fresh_namespaces = l.joins.is_none();
+    let ns = match fresh_namespaces {
+        true => confinement.namespaces,
+        false => Namespaces { pid: false, ..confinement.namespaces },
+    };
     let dropped: Vec<u32> = confinement.capabilities.missing_up_to(last_capability()).collect();
+    let cgroup = l.cgroup.map(|f| f.as_raw_fd());
+    let hostname = CString::new(l.plan.name.as_str()).map_err(|_| io::Error::other("name contains NUL"))?;
+    // With its own pids, the service gets a /proc of its own (mounted in the namespace) instead
+    // of the node's.
+    let proc_dir = match (l.root, ns.pid) {
+        (_, false) => None,
+        (Some(r), true) => r.join("proc").is_dir().then(|| cstring(&r.join("proc"))).transpose()?,
+        (None, true) => Some(c"/proc".to_owned()),
+    };
+    let binds: Vec<(CString, CString)> =
+        binds.into_iter().filter(|(src, _)| !ns.pid || src.as_c_str() != c"/proc").collect();
+    let wanted =
+        [("uts", ns.uts, libc::CLONE_NEWUTS), ("ipc", ns.ipc, libc::CLONE_NEWIPC), ("net", ns.net, libc::CLONE_NEWNET)];
+    let joined: Vec<File> = match l.joins {
+        Some(pid) => wanted
+            .iter()
+            .filter(|(_, on, _)| *on)
+            .map(|(kind, _, _)| File::open(format!("/proc/{pid}/ns/{kind}")))
+            .collect::<io::Result<_>>()?,
+        None => Vec::new(),
+    };
+    let joined_fds: Vec<i32> = joined.iter().map(|f| f.as_raw_fd()).collect();
+    let mut unshare_flags = if ns.pid { libc::CLONE_NEWPID } else { 0 };
+    for (_, on, flag) in wanted {
+        if on && fresh_namespaces {
+            unshare_flags |= flag;
+        }
+    }
 
     let mut cmd = Command::new(program);
     cmd.args(args)
@@ -164,7 +323,13 @@ pub fn start(l: Launch<'_>) -> io::Result<i32> {
             if libc::setsid() < 0 {
                 return Err(io::Error::last_os_error());
             }
-            if let Some(root) = &chroot {
+            // First, so that everything it ever forks is in its group.
+            if let Some(fd) = cgroup {
+                if libc::write(fd, b"0".as_ptr().cast(), 1) < 0 {
+                    return Err(io::Error::last_os_error());
+                }
+            }
+            if chroot.is_some() || ns.pid {
                 // A private mount namespace: the service's /dev, /proc, /sys binds stay its own.
                 if libc::unshare(libc::CLONE_NEWNS) < 0
                     || libc::mount(
@@ -177,12 +342,32 @@ pub fn start(l: Launch<'_>) -> io::Result<i32> {
                 {
                     return Err(io::Error::last_os_error());
                 }
-                for (src, dst) in &binds {
-                    let flags = libc::MS_BIND | libc::MS_REC;
-                    if libc::mount(src.as_ptr(), dst.as_ptr(), std::ptr::null(), flags, std::ptr::null()) < 0 {
-                        return Err(io::Error::last_os_error());
-                    }
+            }
+            for (src, dst) in &binds {
+                let flags = libc::MS_BIND | libc::MS_REC;
+                if libc::mount(src.as_ptr(), dst.as_ptr(), std::ptr::null(), flags, std::ptr::null()) < 0 {
+                    return Err(io::Error::last_os_error());
                 }
+            }
+            for &fd in &joined_fds {
+                if libc::setns(fd, 0) < 0 {
+                    return Err(io::Error::last_os_error());
+                }
+            }
+            if unshare_flags != 0 && libc::unshare(unshare_flags) < 0 {
+                return Err(io::Error::last_os_error());
+            }
+            if ns.uts && fresh_namespaces && libc::sethostname(hostname.as_ptr(), hostname.as_bytes().len()) < 0 {
+                return Err(io::Error::last_os_error());
+            }
+            if ns.net && fresh_namespaces {
+                loopback_up()?;
+            }
+            if ns.pid {
+                // Returns only in the service's own process, pid 2 of the new namespace.
+                enter_pid_namespace(proc_dir.as_deref())?;
+            }
+            if let Some(root) = &chroot {
                 if libc::chroot(root.as_ptr()) < 0 {
                     return Err(io::Error::last_os_error());
                 }

@@ -82,6 +82,17 @@ impl Node {
 impl Drop for Node {
     fn drop(&mut self) {
         if let Some(mut c) = self.child.take() {
+            // Init and every service with it: the group init made for itself holds them all.
+            let cgroup = std::fs::read_to_string(format!("/proc/{}/cgroup", c.id())).unwrap_or_default();
+            let own = cgroup.lines().find_map(|l| l.strip_prefix("0::")).and_then(|p| p.strip_suffix("/init"));
+            if let Some(group) = own {
+                let hierarchy = ["/sys/fs/cgroup/unified", "/sys/fs/cgroup"]
+                    .into_iter()
+                    .find(|h| Path::new(h).join(group.trim_start_matches('/')).join("cgroup.kill").exists());
+                if let Some(h) = hierarchy {
+                    let _ = std::fs::write(Path::new(h).join(group.trim_start_matches('/')).join("cgroup.kill"), "1");
+                }
+            }
             let _ = c.kill();
             let _ = c.wait();
         }
