@@ -116,13 +116,24 @@ pub struct Confinement {
     pub namespaces: crate::limits::Namespaces,
 }
 
+/// What the VM runner needs beyond [`DEFAULT`]: making taps and bridging them (`net_admin`),
+/// and virtiofsd's sandbox (`sys_admin`: its namespaces and mounts; `dac_read_search`: file
+/// handles; `sys_resource`: raising its file limit). qemu itself needs nothing more than access
+/// to `/dev/kvm` and the tap.
+pub const VM_RUNNER_EXTRA: &[&str] = &["net_admin", "sys_admin", "dac_read_search", "sys_resource"];
+
 impl Confinement {
-    /// Nothing taken away: init's own helpers (the VM runner, which sets up taps and virtiofsd).
-    pub const NONE: Confinement = Confinement {
-        capabilities: CapabilitySet::ALL,
-        no_new_privs: false,
-        namespaces: crate::limits::Namespaces::NONE,
-    };
+    /// The VM runner's: [`DEFAULT`] and [`VM_RUNNER_EXTRA`]. Not `no_new_privs`: what it runs
+    /// may be a distribution's qemu wrapper.
+    pub fn vm_runner() -> Confinement {
+        let names = DEFAULT.iter().chain(VM_RUNNER_EXTRA).copied();
+        Confinement {
+            // The names are this table's own; the fallback is never taken (a test checks).
+            capabilities: CapabilitySet::of(names).unwrap_or(CapabilitySet::ALL),
+            no_new_privs: false,
+            namespaces: crate::limits::Namespaces::NONE,
+        }
+    }
 }
 
 #[cfg(test)]
@@ -143,6 +154,19 @@ mod tests {
         assert_eq!(number("sys_admin"), Ok(21));
         assert_eq!(number("net_raw"), Ok(13));
         assert_eq!(CapabilitySet::ALL.names().last(), Some("checkpoint_restore"));
+    }
+
+    #[test]
+    fn the_vm_runner_gets_the_default_set_and_what_taps_and_virtiofsd_need() {
+        let runner = Confinement::vm_runner().capabilities;
+        assert_ne!(runner, CapabilitySet::ALL);
+        assert_eq!(runner.names().count(), DEFAULT.len() + VM_RUNNER_EXTRA.len());
+        for name in ["net_admin", "sys_admin", "chown", "kill"] {
+            assert!(runner.contains(number(name).unwrap()), "{name}");
+        }
+        for name in ["sys_module", "sys_rawio", "sys_boot", "sys_time", "bpf", "sys_ptrace"] {
+            assert!(!runner.contains(number(name).unwrap()), "{name}");
+        }
     }
 
     #[test]

@@ -342,7 +342,7 @@ impl ServicePlan {
             restart: vm.restart,
             vm: Some(Box::new(vm)),
             // The runner makes taps and starts virtiofsd, which sandboxes itself.
-            confinement: caps::Confinement::NONE,
+            confinement: caps::Confinement::vm_runner(),
             limits: limits::Limits::default(),
         }
     }

@@ -136,11 +136,11 @@ fn loopback_up() -> io::Result<()> {
         for (slot, byte) in ifr.ifr_name.iter_mut().zip(b"lo") {
             *slot = *byte as libc::c_char;
         }
-        let result = if libc::ioctl(fd, libc::SIOCGIFFLAGS, &mut ifr) < 0 {
+        let result = if libc::ioctl(fd, libc::SIOCGIFFLAGS as _, &mut ifr) < 0 {
             Err(io::Error::last_os_error())
         } else {
             ifr.ifr_ifru.ifru_flags |= libc::IFF_UP as libc::c_short;
-            match libc::ioctl(fd, libc::SIOCSIFFLAGS, &ifr) {
+            match libc::ioctl(fd, libc::SIOCSIFFLAGS as _, &ifr) {
                 r if r < 0 => Err(io::Error::last_os_error()),
                 _ => Ok(()),
             }
