@@ -37,6 +37,8 @@ ip link set lo up; ip link set eth0 up; ip addr add ${addr:-10.0.2.15/24} dev et
 mkdir -p /tmp/www; echo "flint guest, boot $boots" > /tmp/www/index.html
 httpd -p 80 -h /tmp/www
 acpid -f -l /tmp/acpid.log -c /etc/acpi &
+# "serving" once acpid holds the power button's event device: a stop right after it must not be lost.
+n=0; while [ $n -lt 50 ] && ! ls -l /proc/$!/fd 2>/dev/null | grep -q /dev/input/event; do sleep 0.1; n=$((n+1)); done
 echo "flint-guest: serving"
 while :; do sh; done
 """
