@@ -87,8 +87,26 @@ pub fn open(chunk: &ChunkRef, stored: &[u8]) -> Result<Verified, ChunkError> {
         }
     };
     // The capacity bounds what a hostile object can make us allocate.
-    let plain = zstd::bulk::decompress(compressed, chunk.len as usize).map_err(|_| ChunkError::Decompress(chunk.id))?;
+    let plain = decompress(compressed, chunk.len as usize).map_err(|_| ChunkError::Decompress(chunk.id))?;
     verify_plain(chunk, plain)
+}
+
+thread_local! {
+    /// One decompression context per thread: making one per chunk cost more than some chunks.
+    static DECOMPRESSOR: std::cell::RefCell<Option<zstd::bulk::Decompressor<'static>>> =
+        const { std::cell::RefCell::new(None) };
+}
+
+/// zstd-decompresses `compressed` into at most `capacity` bytes.
+fn decompress(compressed: &[u8], capacity: usize) -> std::io::Result<Vec<u8>> {
+    DECOMPRESSOR.with(|cell| {
+        let mut slot = cell.try_borrow_mut().map_err(std::io::Error::other)?;
+        let decompressor = match slot.as_mut() {
+            Some(d) => d,
+            None => slot.insert(zstd::bulk::Decompressor::new()?),
+        };
+        decompressor.decompress(compressed, capacity)
+    })
 }
 
 /// Checks bytes that claim to be a chunk's plain content (a cache file, say).

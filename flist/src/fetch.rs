@@ -1,8 +1,10 @@
 //! The chunk source a mount reads through: a small in-memory LRU, then the verified disk cache,
 //! then the stores. Concurrent requests for one chunk share one download (single-flight), and
-//! [`CachedSource::prefetch`] fetches ahead on background threads for sequential readers.
+//! [`CachedSource::prefetch`] fetches ahead on background threads for sequential readers: each
+//! chunk asked for ahead is queued once, the bytes queued or in flight ahead are capped, and a
+//! fetcher never waits on another's download (it moves on to the next chunk instead).
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::{HashMap, HashSet, VecDeque};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Condvar, Mutex};
 
@@ -62,6 +64,21 @@ pub struct FetchStats {
     pub disk_hits: u64,
     /// Requests that joined a download already in flight.
     pub joined: u64,
+    /// The most bytes ever queued or in flight ahead of the readers (at most the cap).
+    pub prefetch_peak_bytes: u64,
+}
+
+/// Chunks asked for ahead of readers: queued or being fetched.
+#[derive(Default)]
+struct Ahead {
+    /// Their plain hashes.
+    wanted: HashSet<Hash>,
+    /// Their plain bytes.
+    bytes: u64,
+    /// At most this many bytes.
+    cap: u64,
+    /// The most there ever were.
+    peak: u64,
 }
 
 /// Memory, disk cache and stores behind one [`ChunkSource`].
@@ -72,6 +89,7 @@ pub struct CachedSource {
     flights: Mutex<HashMap<Hash, Arc<Flight>>>,
     prefetch_tx: crossbeam_channel::Sender<(Arc<Flist>, u32)>,
     prefetch_rx: crossbeam_channel::Receiver<(Arc<Flist>, u32)>,
+    ahead: Mutex<Ahead>,
     fetched: AtomicU64,
     fetched_bytes: AtomicU64,
     memory_hits: AtomicU64,
@@ -83,7 +101,8 @@ impl CachedSource {
     /// A source over `router`, caching on disk in `cache` when given and keeping up to
     /// `memory_bytes` of recent chunks in memory.
     pub fn new(router: Router, cache: Option<Arc<Cache>>, memory_bytes: usize) -> Arc<Self> {
-        let (prefetch_tx, prefetch_rx) = crossbeam_channel::bounded(64);
+        // Unbounded: what is queued is bounded in bytes by `ahead`.
+        let (prefetch_tx, prefetch_rx) = crossbeam_channel::unbounded();
         Arc::new(CachedSource {
             router,
             cache,
@@ -96,6 +115,7 @@ impl CachedSource {
             flights: Mutex::new(HashMap::new()),
             prefetch_tx,
             prefetch_rx,
+            ahead: Mutex::new(Ahead::default()),
             fetched: AtomicU64::new(0),
             fetched_bytes: AtomicU64::new(0),
             memory_hits: AtomicU64::new(0),
@@ -104,8 +124,10 @@ impl CachedSource {
         })
     }
 
-    /// Starts `threads` background fetchers serving [`CachedSource::prefetch`].
-    pub fn start_prefetchers(self: &Arc<Self>, threads: usize) {
+    /// Starts `threads` background fetchers serving [`CachedSource::prefetch`], with at most
+    /// `cap` bytes queued or in flight ahead of the readers.
+    pub fn start_prefetchers(self: &Arc<Self>, threads: usize, cap: u64) {
+        crate::durable::lock(&self.ahead).cap = cap;
         for i in 0..threads {
             let me = Arc::downgrade(self);
             let rx = self.prefetch_rx.clone();
@@ -113,8 +135,13 @@ impl CachedSource {
                 for (flist, index) in rx {
                     // The source is gone once its mount is: stop.
                     let Some(me) = me.upgrade() else { return };
-                    if let Err(e) = me.chunk(&flist, index) {
+                    let Some(c) = flist.chunks.get(index as usize) else { continue };
+                    if let Err(e) = me.fetch_ahead(c) {
                         tracing::debug!("prefetch of chunk {index} failed: {e}");
+                    }
+                    let mut ahead = crate::durable::lock(&me.ahead);
+                    if ahead.wanted.remove(&c.plain_hash()) {
+                        ahead.bytes = ahead.bytes.saturating_sub(u64::from(c.len));
                     }
                 }
             });
@@ -124,13 +151,42 @@ impl CachedSource {
         }
     }
 
-    /// Asks the background fetchers for a chunk; dropped silently when they are busy.
+    /// Asks the background fetchers for a chunk: ignored when it is in memory, being fetched or
+    /// queued already, or when the bytes ahead of the readers are at their cap.
     pub fn prefetch(&self, flist: &Arc<Flist>, index: u32) {
         let Some(c) = flist.chunks.get(index as usize) else { return };
-        if self.lock_memory().get(&c.plain_hash()).is_some() {
+        let key = c.plain_hash();
+        if self.lock_memory().get(&key).is_some() || crate::durable::lock(&self.flights).contains_key(&key) {
             return;
         }
-        let _ = self.prefetch_tx.try_send((flist.clone(), index));
+        {
+            let mut ahead = crate::durable::lock(&self.ahead);
+            let bytes = ahead.bytes.saturating_add(u64::from(c.len));
+            if bytes > ahead.cap || !ahead.wanted.insert(key) {
+                return;
+            }
+            ahead.bytes = bytes;
+            ahead.peak = ahead.peak.max(bytes);
+        }
+        if self.prefetch_tx.send((flist.clone(), index)).is_err() {
+            let mut ahead = crate::durable::lock(&self.ahead);
+            ahead.wanted.remove(&key);
+            ahead.bytes = ahead.bytes.saturating_sub(u64::from(c.len));
+        }
+    }
+
+    /// Brings a chunk into memory for a reader to come: from the disk cache, or downloaded
+    /// unless another thread is downloading it already.
+    fn fetch_ahead(&self, c: &ChunkRef) -> Result<(), FetchError> {
+        let key = c.plain_hash();
+        if self.lock_memory().get(&key).is_some() {
+            return Ok(());
+        }
+        if let Some(v) = self.cache.as_ref().and_then(|cache| cache.get(c)) {
+            self.lock_memory().put(key, v);
+            return Ok(());
+        }
+        self.download(c, false).map(|_| ())
     }
 
     fn lock_memory(&self) -> std::sync::MutexGuard<'_, Memory> {
@@ -150,6 +206,7 @@ impl CachedSource {
             memory_hits: self.memory_hits.load(Ordering::Relaxed),
             disk_hits: self.disk_hits.load(Ordering::Relaxed),
             joined: self.joined.load(Ordering::Relaxed),
+            prefetch_peak_bytes: crate::durable::lock(&self.ahead).peak,
         }
     }
 
@@ -169,15 +226,25 @@ impl CachedSource {
             self.lock_memory().put(key, v.clone());
             return Ok(v);
         }
+        match self.download(c, true)? {
+            Some(v) => Ok(v),
+            None => Err(FetchError { id: c.id, failures: vec!["download vanished".into()] }),
+        }
+    }
+
+    /// Downloads a chunk, or (with `join`) waits for the download of it already in flight;
+    /// `None` when another thread is downloading it and `join` is false.
+    fn download(&self, c: &ChunkRef, join: bool) -> Result<Option<Verified>, FetchError> {
+        let key = c.plain_hash();
         let (flight, leader) = {
             let mut flights = crate::durable::lock(&self.flights);
             match flights.get(&key) {
+                Some(_) if !join => return Ok(None),
                 Some(f) => (f.clone(), false),
                 None => {
                     // A download may have finished between the memory check and this lock.
                     if let Some(v) = self.lock_memory().get(&key) {
-                        self.memory_hits.fetch_add(1, Ordering::Relaxed);
-                        return Ok(v);
+                        return Ok(Some(v));
                     }
                     let f = Arc::new(Flight::default());
                     flights.insert(key, f.clone());
@@ -192,9 +259,9 @@ impl CachedSource {
                 result = flight.done.wait(result).unwrap_or_else(|p| p.into_inner());
             }
             return match result.as_ref() {
-                Some(Ok(v)) => Ok(v.clone()),
+                Some(Ok(v)) => Ok(Some(v.clone())),
                 Some(Err(failures)) => Err(FetchError { id: c.id, failures: failures.clone() }),
-                None => Err(FetchError { id: c.id, failures: vec!["download vanished".into()] }),
+                None => Ok(None),
             };
         }
         let result = self.router.fetch(c);
@@ -213,7 +280,7 @@ impl CachedSource {
         });
         flight.done.notify_all();
         crate::durable::lock(&self.flights).remove(&key);
-        result
+        result.map(Some)
     }
 }
 

@@ -69,7 +69,7 @@ pub struct FsOptions {
 
 impl Default for FsOptions {
     fn default() -> Self {
-        FsOptions { ttl: Duration::from_secs(24 * 3600), readahead_chunks: 4, passthrough: true }
+        FsOptions { ttl: Duration::from_secs(24 * 3600), readahead_chunks: 32, passthrough: true }
     }
 }
 
@@ -84,6 +84,11 @@ pub struct FsCounters {
 
 /// Requests at least this large, continuing the previous one, start chunk prefetch.
 const STREAMING_REQUEST: u32 = 64 << 10;
+
+/// Reads in a row that move on through the chunks in stream order (the next chunk, or the next
+/// file in the same chunk) before read-ahead crosses file boundaries: a tree walked in the order
+/// it was packed (`tar`, `cp -r`, `rsync`), not a program loading its libraries.
+const WALKING_READS: u32 = 4;
 
 const CACHED_FH: FileHandle = FileHandle(0);
 const PASSTHROUGH_FH: FileHandle = FileHandle(1);
@@ -122,6 +127,9 @@ pub struct FlistFs {
     opts: FsOptions,
     /// Per inode, where the last read ended: a read starting there is sequential.
     next_offset: Mutex<HashMap<u32, u64>>,
+    /// Where reads go through the image's chunks: the last chunk read, the inode it was read
+    /// for, and how many reads in a row moved on through the chunks in order.
+    walk: Mutex<(u32, u32, u32)>,
     /// Set up in `init` when the kernel accepts passthrough and there is a disk cache.
     passthrough: Option<Passthrough>,
     opens: Mutex<HashMap<u32, Opens>>,
@@ -170,6 +178,7 @@ impl FlistFs {
             entry_of,
             opts,
             next_offset: Mutex::new(HashMap::new()),
+            walk: Mutex::new((0, 0, 0)),
             passthrough: None,
             opens: Mutex::new(HashMap::new()),
             counters: Arc::default(),
@@ -326,10 +335,28 @@ impl FlistFs {
         let mut out = Vec::with_capacity(size as usize);
         copy_extents(&self.flist, self.source.as_ref(), &extents, &mut out)
             .map_err(|e| FsError::Fetch(e.to_string()))?;
-        let last_chunk = extents.iter().rev().find_map(|e| match e {
-            Extent::Data { chunk, .. } => Some(*chunk),
-            Extent::Hole { .. } => None,
-        });
+        let data_chunks = || {
+            extents.iter().filter_map(|e| match e {
+                Extent::Data { chunk, .. } => Some(*chunk),
+                Extent::Hole { .. } => None,
+            })
+        };
+        let (first_chunk, last_chunk) = (data_chunks().next(), data_chunks().next_back());
+        let walking = match (first_chunk, last_chunk) {
+            (Some(first), Some(last)) => {
+                let mut walk = lock(&self.walk);
+                let (previous, previous_inode, run) = *walk;
+                let run = match first {
+                    f if f == previous.saturating_add(1) => run.saturating_add(1),
+                    f if f == previous && index != previous_inode => run.saturating_add(1),
+                    f if f == previous => run,
+                    _ => 0,
+                };
+                *walk = (last, index, run);
+                run >= WALKING_READS
+            }
+            _ => false,
+        };
         let end = offset + out.len() as u64;
         // A streaming reader continues where it stopped, and the kernel's read-ahead has grown
         // its requests; a program loader reads a header, then faults pages here and there.
@@ -338,9 +365,11 @@ impl FlistFs {
             let was = next.insert(index, end);
             was == Some(offset) && size >= STREAMING_REQUEST
         };
-        if let (true, Some(last)) = (streaming, last_chunk) {
-            // Only chunks that still hold this file's data: the next ones belong to other files.
+        if let (true, Some(last)) = (streaming || walking, last_chunk) {
+            // Only chunks that still hold this file's data, unless the reader walks the tree:
+            // the next ones belong to other files.
             let file_end = match inode.data {
+                _ if walking => u64::MAX,
                 InodeData::File { stream_offset, .. } => stream_offset + inode.data_len(),
                 _ => 0,
             };
@@ -433,6 +462,11 @@ impl Filesystem for FlistFs {
         // speed from chunk prefetch instead.
         if let Err(max) = config.set_max_readahead(128 << 10) {
             let _ = config.set_max_readahead(max);
+        }
+        // Nothing is written here; this sets how large one read request may be (fuser derives
+        // FUSE's max_pages from it): a reader asking for 1 MiB at a time gets it in one request.
+        if let Err(max) = config.set_max_write(1 << 20) {
+            let _ = config.set_max_write(max);
         }
         Ok(())
     }

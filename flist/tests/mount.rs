@@ -8,7 +8,7 @@ use std::collections::HashMap;
 use std::fs;
 use std::time::{Duration, Instant};
 
-use util::servers::{free_port, http_server_logged};
+use util::servers::{free_port, http_server_logged, http_server_slow};
 use util::{assert_same_tree, awkward_tree, flist_ok, store_objects, Mounted, TestDir};
 
 fn pack(t: &TestDir, src: &str, out: &str, stores: &[String]) {
@@ -158,6 +158,81 @@ fn parallel_readers_fetch_each_chunk_once() {
     assert!(chunks >= 8, "too few chunks to show anything: {chunks}");
     assert_eq!(gets.len(), chunks, "every chunk fetched");
     assert!(gets.values().all(|&n| n == 1), "some chunk fetched more than once: {gets:?}");
+}
+
+#[test]
+fn a_cold_mount_under_many_readers_serves_the_true_bytes_from_a_slow_store_while_another_fails() {
+    use std::os::unix::fs::FileExt;
+    use std::sync::Arc;
+    let t = TestDir::new();
+    // Files from empty to 3 MiB in three directories, every fifth a copy of an earlier one.
+    let mut files: Vec<(String, Vec<u8>)> = Vec::new();
+    for i in 0..30u64 {
+        let content = match i {
+            i if i % 5 == 4 => files[(i as usize) / 2].1.clone(),
+            i => util::noise(((i * 104_729) % (3 << 20)) as usize, i as u32),
+        };
+        let name = format!("d{}/f{i}", i % 3);
+        util::write(&t.join("src").join(&name), &content);
+        files.push((name, content));
+    }
+    pack(&t, "src", "f.fl", &[t.store("store")]);
+    let slow = http_server_slow(&t.join("store"), free_port(), 5);
+    let mut failing = http_server_logged(&t.join("store"), free_port(), None);
+    let stores = [format!("http://127.0.0.1:{}", failing.port), format!("http://127.0.0.1:{}", slow.port)];
+
+    let mnt = t.join("mnt");
+    fs::create_dir_all(&mnt).unwrap();
+    let flist = Arc::new(flist::Flist::decode(&fs::read(t.join("f.fl")).unwrap()).unwrap());
+    let policy = flist::store::RetryPolicy {
+        attempts: 2,
+        first_backoff: Duration::from_millis(5),
+        max_backoff: Duration::from_millis(20),
+    };
+    let router = flist::store::Router::from_specs(&stores, policy).unwrap();
+    let cache = Arc::new(flist::cache::Cache::open(&t.join("cache"), 1 << 30).unwrap());
+    const CAP: u64 = 2 << 20;
+    let source = flist::fetch::CachedSource::new(router, Some(cache), 4 << 20);
+    source.start_prefetchers(8, CAP);
+    let fs_ = flist::fuse::FlistFs::new(flist, source.clone(), Default::default());
+    let session = flist::fuse::mount(fs_, &mnt, &Default::default()).unwrap();
+
+    // Eight readers at once, each through every file in its own order: whole-file reads, and
+    // pieces at scattered offsets. The first store goes away while they read.
+    let started = Instant::now();
+    std::thread::scope(|s| {
+        for reader in 0..8usize {
+            let (files, mnt) = (&files, &mnt);
+            s.spawn(move || {
+                for k in 0..files.len() {
+                    let (name, content) = &files[(k * 7 + reader * 11) % files.len()];
+                    let path = mnt.join(name);
+                    if reader % 2 == 0 {
+                        assert!(fs::read(&path).unwrap() == *content, "{name} read whole by reader {reader}");
+                        continue;
+                    }
+                    let file = fs::File::open(&path).unwrap();
+                    for piece in 0..12u64 {
+                        let len = content.len() as u64;
+                        let at = (piece * 918_273 + reader as u64 * 4099) % len.max(1);
+                        let size = ((piece * 37_119) % 200_000 + 1).min(len - at.min(len));
+                        let mut buf = vec![0; size as usize];
+                        file.read_exact_at(&mut buf, at).unwrap();
+                        assert!(buf[..] == content[at as usize..(at + size) as usize], "{name} at {at}+{size}");
+                    }
+                }
+            });
+        }
+        std::thread::sleep(Duration::from_millis(150));
+        failing.stop();
+    });
+    assert!(started.elapsed() < Duration::from_secs(120), "the readers took {:?}", started.elapsed());
+    let stats = source.stats();
+    assert!(stats.prefetch_peak_bytes <= CAP, "fetched ahead beyond the cap: {stats:?}");
+    assert!(stats.fetched > 0 && stats.prefetch_peak_bytes > 0, "{stats:?}");
+    let health = source.store_health();
+    assert!(health.iter().any(|h| h.failures > 0), "the failing store was never tried: {health:?}");
+    session.umount_and_join().unwrap();
 }
 
 /// Mounts in this process, through the library, so that the server's counters can be read.

@@ -412,7 +412,12 @@ fn run(params: BootParams, started: Instant) -> Result<Power, String> {
             set_hostname: true,
         },
         trust,
-        mounts: MountConfig::new(crate::mounts::RUN_DIR.into(), Some(state.clone()), cache),
+        mounts: MountConfig {
+            // What is fetched ahead must still be in memory when the reader comes.
+            memory: (params.prefetch_bytes as usize).saturating_mul(2).max(16 << 20),
+            prefetch_bytes: params.prefetch_bytes,
+            ..MountConfig::new(crate::mounts::RUN_DIR.into(), Some(state.clone()), cache)
+        },
         supervisor: Options {
             backoff: Backoff::default(),
             log_dir: "/var/log".into(),

@@ -11,6 +11,7 @@
 //! | `flint.modules=a,b` | extra kernel modules to load |
 //! | `flint.cache=LABEL` | GPT partition name of the cache disk (default `flint-cache`) |
 //! | `flint.report=URL` | where to POST boot stages (`netboot serve`'s `/report`); none by default |
+//! | `flint.prefetch=SIZE` | bytes each mount fetches ahead of its readers at most (default 8M, up to 1G) |
 //! | `flint.debug` | debug logging |
 
 use std::path::PathBuf;
@@ -21,6 +22,11 @@ use crate::net::NetConfig;
 pub const DEFAULT_INTERVAL_SECS: u64 = 300;
 /// The longest `flint.interval=` (a day): a node looks for a new manifest at least daily.
 pub const MAX_INTERVAL_SECS: u64 = 86_400;
+
+/// Bytes each mount may fetch ahead of its readers unless `flint.prefetch=` says otherwise.
+pub const DEFAULT_PREFETCH_BYTES: u64 = 8 << 20;
+/// The most `flint.prefetch=` may ask for.
+pub const MAX_PREFETCH_BYTES: u64 = 1 << 30;
 
 /// What the command line asks for.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -43,6 +49,8 @@ pub struct BootParams {
     pub cache_label: String,
     /// `flint.report`.
     pub report: Option<String>,
+    /// `flint.prefetch`.
+    pub prefetch_bytes: u64,
     /// `flint.debug`.
     pub debug: bool,
     /// What was not understood: reported, never fatal.
@@ -61,6 +69,7 @@ impl Default for BootParams {
             modules: Vec::new(),
             cache_label: "flint-cache".into(),
             report: None,
+            prefetch_bytes: DEFAULT_PREFETCH_BYTES,
             debug: false,
             problems: Vec::new(),
         }
@@ -117,6 +126,13 @@ pub fn parse(cmdline: &str) -> BootParams {
             ("modules", Some(v)) => p.modules.extend(v.split(',').filter(|m| !m.is_empty()).map(String::from)),
             ("cache", Some(v)) => p.cache_label = v.to_string(),
             ("report", Some(v)) => p.report = Some(v.to_string()),
+            ("prefetch", Some(v)) => match flint_manifest::limits::parse_size(v) {
+                Ok(bytes) if bytes <= MAX_PREFETCH_BYTES => p.prefetch_bytes = bytes,
+                _ => p.problems.push(format!(
+                    "flint.prefetch={v}: not a size up to 1G (bytes, or with K, M or G); using {}",
+                    p.prefetch_bytes
+                )),
+            },
             ("debug", None | Some("1" | "yes" | "true")) => p.debug = true,
             _ => p.problems.push(format!("unknown or incomplete parameter {word:?}")),
         }
@@ -148,7 +164,7 @@ mod tests {
         let p = parse(
             "BOOT_IMAGE=/vmlinuz console=ttyS0 quiet flint.manifest=http://10.0.2.2:8000/node/manifest.json \
              flint.key=abcd flint.net=static:eth0,10.0.2.15/24,10.0.2.2 flint.debug flint.modules=virtio_rng,e1000 \
-             flint.interval=60 flint.cache=\"my cache\" flint.report=http://10.0.2.2:8000/report\n",
+             flint.interval=60 flint.cache=\"my cache\" flint.report=http://10.0.2.2:8000/report flint.prefetch=64M\n",
         );
         assert_eq!(p.manifest.as_deref(), Some("http://10.0.2.2:8000/node/manifest.json"));
         assert_eq!(p.key.as_deref(), Some("abcd"));
@@ -158,6 +174,7 @@ mod tests {
         assert_eq!(p.interval_secs, 60);
         assert_eq!(p.cache_label, "my cache");
         assert_eq!(p.report.as_deref(), Some("http://10.0.2.2:8000/report"));
+        assert_eq!(p.prefetch_bytes, 64 << 20);
         assert!(p.problems.is_empty(), "{:?}", p.problems);
         assert_eq!(ntp_servers(&p), ["10.0.2.2", "pool.ntp.org"]);
         let both = parse("flint.ntp=10.0.2.2 flint.manifest=http://10.0.2.2/m.json");
@@ -166,10 +183,11 @@ mod tests {
 
     #[test]
     fn mistakes_are_reported_and_defaults_kept() {
-        let p = parse("flint.net=wifi flint.interval=0 flint.bogus=1 flint.manifest");
+        let p = parse("flint.net=wifi flint.interval=0 flint.bogus=1 flint.manifest flint.prefetch=2G");
         assert_eq!(p.net, NetConfig::Dhcp);
         assert_eq!(p.interval_secs, 300);
-        assert_eq!(p.problems.len(), 4, "{:?}", p.problems);
+        assert_eq!(p.prefetch_bytes, DEFAULT_PREFETCH_BYTES);
+        assert_eq!(p.problems.len(), 5, "{:?}", p.problems);
         assert_eq!(p.manifest, None);
     }
 }

@@ -96,8 +96,12 @@ pub struct MountConfig {
     pub cache: Option<Arc<Cache>>,
     /// Memory for recently used chunks, per mount.
     pub memory: usize,
-    /// FUSE request threads and prefetch threads, per mount.
+    /// Bytes fetched ahead of readers at most, per mount (`flint.prefetch=`).
+    pub prefetch_bytes: u64,
+    /// FUSE request threads, per mount.
     pub threads: usize,
+    /// Background fetchers (one store connection each while they download), per mount.
+    pub prefetch_threads: usize,
 }
 
 /// Where PID 1 (and `init run` by default) keeps its staging mounts and control socket.
@@ -105,9 +109,18 @@ pub const RUN_DIR: &str = "/run/flint";
 
 impl MountConfig {
     /// Mounts under `run_dir`, keeping state in `state_dir`, with the per-mount memory and
-    /// threads sized for a node (16 MiB of recent chunks, 2 FUSE and 2 prefetch threads).
+    /// threads sized for a node (16 MiB of recent chunks, 8 MiB of them fetched ahead, 2 FUSE
+    /// threads, 8 fetchers).
     pub fn new(run_dir: PathBuf, state_dir: Option<PathBuf>, cache: Option<Arc<Cache>>) -> MountConfig {
-        MountConfig { run_dir, state_dir, cache, memory: 16 << 20, threads: 2 }
+        MountConfig {
+            run_dir,
+            state_dir,
+            cache,
+            memory: 16 << 20,
+            prefetch_bytes: crate::cmdline::DEFAULT_PREFETCH_BYTES,
+            threads: 2,
+            prefetch_threads: 8,
+        }
     }
 }
 
@@ -183,7 +196,7 @@ pub fn prepare(
     let staging = cfg.run_dir.join("flists").join(format!("{name}.{}.{generation}", hex.get(..16).unwrap_or_default()));
     std::fs::create_dir_all(&staging).map_err(io("creating", &staging))?;
     let source = CachedSource::new(router, cfg.cache.clone(), cfg.memory);
-    source.start_prefetchers(cfg.threads);
+    source.start_prefetchers(cfg.prefetch_threads, cfg.prefetch_bytes);
     let tags = flist.tags.clone();
     let fs = FlistFs::new(Arc::new(flist), source.clone(), FsOptions::default());
     let session = flist::fuse::mount(fs, &staging, &MountOptions { threads: cfg.threads, allow_other: true })

@@ -31,19 +31,24 @@ pub(crate) struct MountArgs {
     /// Most bytes the disk cache keeps (e.g. 10G); least recently used chunks are evicted.
     #[arg(long, default_value = "10G", value_parser = size_bytes)]
     cache_size: u64,
-    /// Memory for recently used chunks (e.g. 64M).
-    #[arg(long, default_value = "64M", value_parser = size_bytes)]
+    /// Memory for recently used chunks (e.g. 64M); at least twice --prefetch-bytes, so that
+    /// what is fetched ahead is still there when the reader comes.
+    #[arg(long, default_value = "128M", value_parser = size_bytes)]
     memory: u64,
+    /// Bytes fetched ahead of the readers at most (queued or in flight).
+    #[arg(long, default_value = "64M", value_parser = size_bytes)]
+    prefetch_bytes: u64,
     #[command(flatten)]
     stores: StoreArgs,
     /// FUSE request threads.
     #[arg(long, default_value_t = 4)]
     threads: usize,
-    /// Background fetchers for read-ahead.
-    #[arg(long, default_value_t = 4)]
+    /// Background fetchers for read-ahead (each holds one connection to a store while it
+    /// downloads).
+    #[arg(long, default_value_t = 16)]
     prefetch_threads: usize,
-    /// Chunks fetched ahead of a sequential reader.
-    #[arg(long, default_value_t = 4)]
+    /// Chunks fetched ahead of a sequential reader, or of one walking the tree in order.
+    #[arg(long, default_value_t = 64)]
     readahead: u32,
     /// Detach: return once the mount answers, keep serving in the background.
     #[arg(short, long)]
@@ -161,8 +166,8 @@ fn serve(
         Some(dir) => Some(Arc::new(Cache::open(dir, a.cache_size)?)),
         None => None,
     };
-    let source = CachedSource::new(router, cache, a.memory as usize);
-    source.start_prefetchers(a.prefetch_threads);
+    let source = CachedSource::new(router, cache, (a.memory.max(a.prefetch_bytes.saturating_mul(2))) as usize);
+    source.start_prefetchers(a.prefetch_threads.min(flist::store::CONNECTIONS_PER_HOST), a.prefetch_bytes);
     let fs = FlistFs::new(flist, source, FsOptions { readahead_chunks: a.readahead, ..FsOptions::default() });
     let layers = match a.rw.as_deref().map(Layers::create).transpose() {
         Ok(l) => l,

@@ -1,7 +1,13 @@
 //! `http(s)://BASE`: a read-only store behind any HTTP server (rustls, with the webpki roots
 //! compiled in, so it works in an initramfs without a CA bundle).
 
-use std::time::Duration;
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+
+use ureq::unversioned::resolver::{DefaultResolver, ResolvedSocketAddrs, Resolver};
+use ureq::unversioned::transport::{DefaultConnector, NextTimeout};
 
 use super::{object_path, Store, StoreError};
 use crate::format::{Hash, MAX_CHUNK_LEN};
@@ -15,14 +21,57 @@ pub(crate) struct HttpStore {
     agent: ureq::Agent,
 }
 
-/// An agent that never waits forever: a stalled server costs at most the global timeout.
+/// Connections kept open per host between requests: as many as fetch from one store at once.
+pub const CONNECTIONS_PER_HOST: usize = 16;
+
+/// How long a host name's addresses are reused before it is looked up again.
+const RESOLVED_FOR: Duration = Duration::from_secs(60);
+
+/// Looks a host up once a minute, not before every request: ureq's own resolver runs each lookup
+/// on a thread of its own when a timeout is set (a thread per chunk). Addresses are taken as
+/// they are; IP literals need no lookup at all.
+#[derive(Debug, Default)]
+struct CachingResolver {
+    known: Mutex<HashMap<String, (Instant, ResolvedSocketAddrs)>>,
+}
+
+impl Resolver for CachingResolver {
+    fn resolve(
+        &self,
+        uri: &ureq::http::Uri,
+        config: &ureq::config::Config,
+        timeout: NextTimeout,
+    ) -> Result<ResolvedSocketAddrs, ureq::Error> {
+        let authority = uri.authority().map(|a| a.as_str().to_string()).unwrap_or_default();
+        let scheme_port = if uri.scheme_str() == Some("https") { 443 } else { 80 };
+        let literal = uri.host().map(|h| h.trim_start_matches('[').trim_end_matches(']')).and_then(|h| h.parse().ok());
+        if let Some(ip) = literal {
+            let mut out = self.empty();
+            out.push(SocketAddr::new(ip, uri.port_u16().unwrap_or(scheme_port)));
+            return Ok(out);
+        }
+        if let Some((at, addrs)) = crate::durable::lock(&self.known).get(&authority) {
+            if at.elapsed() < RESOLVED_FOR {
+                return Ok(addrs.clone());
+            }
+        }
+        let addrs = DefaultResolver::default().resolve(uri, config, timeout)?;
+        crate::durable::lock(&self.known).insert(authority, (Instant::now(), addrs.clone()));
+        Ok(addrs)
+    }
+}
+
+/// An agent that never waits forever (a stalled server costs at most the global timeout), keeps
+/// connections to a host open for the next request, and looks host names up once a minute.
 pub(crate) fn agent() -> ureq::Agent {
-    ureq::Agent::config_builder()
+    let config = ureq::Agent::config_builder()
         .timeout_connect(Some(Duration::from_secs(5)))
         .timeout_global(Some(Duration::from_secs(60)))
         .http_status_as_error(false)
-        .build()
-        .into()
+        .max_idle_connections(4 * CONNECTIONS_PER_HOST)
+        .max_idle_connections_per_host(CONNECTIONS_PER_HOST)
+        .build();
+    ureq::Agent::with_parts(config, DefaultConnector::default(), CachingResolver::default())
 }
 
 /// Maps a transport error: everything at this level is worth a retry.

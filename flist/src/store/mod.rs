@@ -14,6 +14,7 @@ mod http;
 mod router;
 mod s3;
 
+pub use http::CONNECTIONS_PER_HOST;
 pub use s3::create_bucket;
 
 use std::sync::Arc;

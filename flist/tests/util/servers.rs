@@ -59,6 +59,30 @@ pub fn http_server_logged(dir: &Path, port: u16, log: Option<&Path>) -> Server {
     Server { child, port }
 }
 
+/// Serves `dir` over HTTP on 127.0.0.1 at `port`, each answer `delay_ms` late (a far store).
+pub fn http_server_slow(dir: &Path, port: u16, delay_ms: u64) -> Server {
+    let script = format!(
+        "import functools, http.server, time\n\
+         class Slow(http.server.SimpleHTTPRequestHandler):\n\
+         \x20   def do_GET(self):\n\
+         \x20       time.sleep({delay})\n\
+         \x20       super().do_GET()\n\
+         \x20   def log_message(self, *a):\n\
+         \x20       pass\n\
+         http.server.ThreadingHTTPServer(('127.0.0.1', {port}), functools.partial(Slow, directory={dir:?})).serve_forever()\n",
+        delay = delay_ms as f64 / 1000.0,
+        dir = dir.to_str().unwrap(),
+    );
+    let mut child = Command::new("python3")
+        .args(["-u", "-c", &script])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("python3 must be installed");
+    wait_ready(port, &mut child, "a slow python3 http.server");
+    Server { child, port }
+}
+
 /// Serves `dir` over HTTP on 127.0.0.1 at `port`.
 pub fn http_server_on(dir: &Path, port: u16) -> Server {
     http_server_logged(dir, port, None)
