@@ -2,7 +2,8 @@
 # Builds a flint initramfs: the static init as /init, the kernel modules a server or qemu needs
 # (with their dependencies), a static mkfs.ext4 and the manifest public key (init carries the
 # Mozilla CA roots itself; `flint.ca=` pins another). Same inputs, same bytes:
-# sorted entries, fixed times and owners, cpio --reproducible, zstd.
+# sorted entries, fixed times and owners, cpio --reproducible, zstd. Every file's time is the
+# build's (SOURCE_DATE_EPOCH, else the last commit's): a floor below which init never trusts its RTC.
 # Usage: build.sh OUT.cpio.zst INIT_BINARY KERNEL_ROOT KEY_PUB [--allow-cmdline-key]
 set -euo pipefail
 out=$1 init=$2 kroot=$3 key=$4 allow=${5:-}
@@ -38,7 +39,8 @@ for f in "${!files[@]}"; do grep -E "^$f:" "$moddir/modules.dep"; done | sort > 
 names=$(for f in "${!files[@]}"; do basename "$f" | sed -E 's/\.ko(\.xz|\.zst)?$//; s/-/_/g'; done | sort -u | paste -sd'|')
 grep -E " ($names)\$" "$moddir/modules.alias" | sort > "$root/lib/modules/$version/modules.alias" || true
 cp "$moddir/modules.builtin" "$moddir/modules.softdep" "$root/lib/modules/$version/"
-find "$root" -exec touch -h -d @0 {} +
+when=${SOURCE_DATE_EPOCH:-$(git -C "$(dirname "$0")" log -1 --format=%ct 2>/dev/null || echo 0)}
+find "$root" -exec touch -h -d "@$when" {} +
 (cd "$root" && { echo .; find . -mindepth 1 | LC_ALL=C sort; } | \
   cpio --quiet --reproducible -o -H newc -R 0:0) > "$work/body.cpio"
 # /dev/console must exist before init opens anything (the FUSE fd must not land on 0-2).

@@ -64,6 +64,9 @@ pub struct FetchStats {
     pub disk_hits: u64,
     /// Requests that joined a download already in flight.
     pub joined: u64,
+    /// Reader requests that had to wait for a download (their own or one in flight): what
+    /// read-ahead and traces are there to bring down.
+    pub waited: u64,
     /// The most bytes ever queued or in flight ahead of the readers (at most the cap).
     pub prefetch_peak_bytes: u64,
 }
@@ -95,6 +98,7 @@ pub struct CachedSource {
     memory_hits: AtomicU64,
     disk_hits: AtomicU64,
     joined: AtomicU64,
+    waited: AtomicU64,
 }
 
 impl CachedSource {
@@ -121,6 +125,7 @@ impl CachedSource {
             memory_hits: AtomicU64::new(0),
             disk_hits: AtomicU64::new(0),
             joined: AtomicU64::new(0),
+            waited: AtomicU64::new(0),
         })
     }
 
@@ -151,20 +156,25 @@ impl CachedSource {
         }
     }
 
-    /// Asks the background fetchers for a chunk: ignored when it is in memory, being fetched or
-    /// queued already, or when the bytes ahead of the readers are at their cap.
-    pub fn prefetch(&self, flist: &Arc<Flist>, index: u32) {
-        let Some(c) = flist.chunks.get(index as usize) else { return };
+    /// Asks the background fetchers for a chunk: nothing to do when it is in memory, being
+    /// fetched or queued already; `false` when the bytes ahead of the readers are at their cap
+    /// (or the index is not a chunk), and it was not queued.
+    pub fn prefetch(&self, flist: &Arc<Flist>, index: u32) -> bool {
+        let Some(c) = flist.chunks.get(index as usize) else { return false };
         let key = c.plain_hash();
         if self.lock_memory().get(&key).is_some() || crate::durable::lock(&self.flights).contains_key(&key) {
-            return;
+            return true;
         }
         {
             let mut ahead = crate::durable::lock(&self.ahead);
-            let bytes = ahead.bytes.saturating_add(u64::from(c.len));
-            if bytes > ahead.cap || !ahead.wanted.insert(key) {
-                return;
+            if ahead.wanted.contains(&key) {
+                return true;
             }
+            let bytes = ahead.bytes.saturating_add(u64::from(c.len));
+            if bytes > ahead.cap {
+                return false;
+            }
+            ahead.wanted.insert(key);
             ahead.bytes = bytes;
             ahead.peak = ahead.peak.max(bytes);
         }
@@ -172,6 +182,37 @@ impl CachedSource {
             let mut ahead = crate::durable::lock(&self.ahead);
             ahead.wanted.remove(&key);
             ahead.bytes = ahead.bytes.saturating_sub(u64::from(c.len));
+            return false;
+        }
+        true
+    }
+
+    /// Fetches a recorded trace's chunks ahead of the readers, in its order, on a thread of its
+    /// own: each waits for room under the prefetch cap, and no more than `cap` bytes in all are
+    /// asked for. Ends early when the mount is gone.
+    pub fn replay(self: &Arc<Self>, flist: Arc<Flist>, trace: crate::trace::Trace, cap: u64) {
+        let me = Arc::downgrade(self);
+        let spawned = std::thread::Builder::new().name("trace-replay".into()).spawn(move || {
+            let mut asked = 0u64;
+            for index in trace.chunks {
+                let Some(c) = flist.chunks.get(index as usize) else { continue };
+                asked = asked.saturating_add(u64::from(c.len));
+                if asked > cap {
+                    tracing::info!("trace replay stopped at its cap of {cap} bytes");
+                    return;
+                }
+                loop {
+                    let Some(me) = me.upgrade() else { return };
+                    if me.prefetch(&flist, index) {
+                        break;
+                    }
+                    drop(me);
+                    std::thread::sleep(std::time::Duration::from_millis(2));
+                }
+            }
+        });
+        if let Err(e) = spawned {
+            tracing::warn!("no trace replay: {e}");
         }
     }
 
@@ -206,6 +247,7 @@ impl CachedSource {
             memory_hits: self.memory_hits.load(Ordering::Relaxed),
             disk_hits: self.disk_hits.load(Ordering::Relaxed),
             joined: self.joined.load(Ordering::Relaxed),
+            waited: self.waited.load(Ordering::Relaxed),
             prefetch_peak_bytes: crate::durable::lock(&self.ahead).peak,
         }
     }
@@ -226,6 +268,7 @@ impl CachedSource {
             self.lock_memory().put(key, v.clone());
             return Ok(v);
         }
+        self.waited.fetch_add(1, Ordering::Relaxed);
         match self.download(c, true)? {
             Some(v) => Ok(v),
             None => Err(FetchError { id: c.id, failures: vec!["download vanished".into()] }),

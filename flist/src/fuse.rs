@@ -16,7 +16,7 @@
 use std::collections::{HashMap, HashSet};
 use std::ffi::OsStr;
 use std::os::unix::ffi::OsStrExt;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
@@ -134,6 +134,24 @@ pub struct FlistFs {
     passthrough: Option<Passthrough>,
     opens: Mutex<HashMap<u32, Opens>>,
     counters: Arc<FsCounters>,
+    /// Recording a trace of the first reads, and where it goes when done.
+    recording: Mutex<Option<(crate::trace::Recorder, PathBuf)>>,
+}
+
+fn write_trace(recorder: &crate::trace::Recorder, out: &Path) {
+    let trace = recorder.trace();
+    match crate::durable::write_whole(out, &trace.encode()) {
+        Ok(()) => tracing::info!("trace of {} chunks written to {}", trace.chunks.len(), out.display()),
+        Err(e) => tracing::warn!("writing the trace {}: {e}", out.display()),
+    }
+}
+
+impl Drop for FlistFs {
+    fn drop(&mut self) {
+        if let Some((recorder, out)) = lock(&self.recording).take() {
+            write_trace(&recorder, &out);
+        }
+    }
 }
 
 fn system_time(t: Timestamp) -> SystemTime {
@@ -182,6 +200,26 @@ impl FlistFs {
             passthrough: None,
             opens: Mutex::new(HashMap::new()),
             counters: Arc::default(),
+            recording: Mutex::new(None),
+        }
+    }
+
+    /// Records which chunks are read, in order, until `recorder`'s window ends (or the mount
+    /// does), then writes the trace to `out`.
+    pub fn record_trace(self, recorder: crate::trace::Recorder, out: PathBuf) -> Self {
+        *lock(&self.recording) = Some((recorder, out));
+        self
+    }
+
+    /// Notes the chunks a read used, for the trace being recorded.
+    fn record(&self, first: u32, last: u32) {
+        let mut slot = lock(&self.recording);
+        let Some((recorder, _)) = slot.as_mut() else { return };
+        let open = (first..=last).all(|c| recorder.read(c));
+        if !open {
+            if let Some((recorder, out)) = slot.take() {
+                write_trace(&recorder, &out);
+            }
         }
     }
 
@@ -342,6 +380,9 @@ impl FlistFs {
             })
         };
         let (first_chunk, last_chunk) = (data_chunks().next(), data_chunks().next_back());
+        if let (Some(first), Some(last)) = (first_chunk, last_chunk) {
+            self.record(first, last);
+        }
         let walking = match (first_chunk, last_chunk) {
             (Some(first), Some(last)) => {
                 let mut walk = lock(&self.walk);
@@ -378,7 +419,9 @@ impl FlistFs {
                 if next as usize >= self.flist.chunks.len() || self.flist.chunk_start(next as usize) >= file_end {
                     break;
                 }
-                self.source.prefetch(&self.flist, next);
+                if !self.source.prefetch(&self.flist, next) {
+                    break;
+                }
             }
         }
         Ok(out)

@@ -44,6 +44,7 @@ pub mod replicate;
 #[cfg(feature = "tools")]
 pub mod source;
 pub mod store;
+pub mod trace;
 #[cfg(feature = "tools")]
 pub mod unpack;
 #[cfg(feature = "tools")]

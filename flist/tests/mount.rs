@@ -235,6 +235,126 @@ fn a_cold_mount_under_many_readers_serves_the_true_bytes_from_a_slow_store_while
     session.umount_and_join().unwrap();
 }
 
+/// A mount in this process with read-ahead fetchers, replaying `replay` (bytes of a trace file,
+/// hostile or not) and recording into `record`.
+fn traced_mount(
+    t: &TestDir,
+    store: &str,
+    cache: &str,
+    mnt: &str,
+    replay: Option<(&[u8], u64)>,
+    record: Option<std::path::PathBuf>,
+) -> (fuser::BackgroundSession, std::sync::Arc<flist::fetch::CachedSource>) {
+    use std::sync::Arc;
+    let file = fs::read(t.join("f.fl")).unwrap();
+    let digest = flist::Hash(*blake3::hash(&file).as_bytes());
+    let flist = Arc::new(flist::Flist::decode(&file).unwrap());
+    let router = flist::store::Router::from_specs(&[store], Default::default()).unwrap();
+    let cache = Arc::new(flist::cache::Cache::open(&t.join(cache), 1 << 30).unwrap());
+    let source = flist::fetch::CachedSource::new(router, Some(cache), 64 << 20);
+    source.start_prefetchers(4, 32 << 20);
+    if let Some((bytes, cap)) = replay {
+        if let Ok(trace) = flist::trace::Trace::decode_for(bytes, &digest, flist.chunks.len()) {
+            source.replay(flist.clone(), trace, cap);
+        }
+    }
+    let mut fs_ = flist::fuse::FlistFs::new(flist, source.clone(), Default::default());
+    if let Some(out) = record {
+        fs_ = fs_.record_trace(flist::trace::Recorder::new(digest, Duration::from_secs(600)), out);
+    }
+    fs::create_dir_all(t.join(mnt)).unwrap();
+    (flist::fuse::mount(fs_, &t.join(mnt), &Default::default()).unwrap(), source)
+}
+
+#[test]
+fn a_recorded_trace_is_replayed_and_a_hostile_one_changes_no_byte() {
+    let t = TestDir::new();
+    let mut files = Vec::new();
+    for i in 0..40u32 {
+        let content = util::noise(300_000 + (i as usize) * 1000, i);
+        util::write(&t.join(&format!("src/f{i:02}")), &content);
+        files.push(content);
+    }
+    pack(&t, "src", "f.fl", &[t.store("store")]);
+    let log = t.join("http.log");
+    let server = http_server_logged(&t.join("store"), free_port(), Some(&log));
+    let store = format!("http://127.0.0.1:{}", server.port);
+    // A start that reads a few files, scattered through the image.
+    let start = [31usize, 4, 17, 9];
+    let read_start = |mnt: &str| {
+        for &i in &start {
+            assert!(fs::read(t.join(mnt).join(format!("f{i:02}"))).unwrap() == files[i], "f{i:02} under {mnt}");
+        }
+    };
+    let gets = || fs::read_to_string(&log).unwrap().lines().filter(|l| l.contains("\"GET ")).count();
+
+    // Recorded on the first start; written when the mount ends.
+    let trace_path = t.join("f.trace");
+    let (session, cold) = traced_mount(&t, &store, "c1", "m1", None, Some(trace_path.clone()));
+    read_start("m1");
+    session.umount_and_join().unwrap();
+    let bytes = fs::read(&trace_path).unwrap();
+    let trace = flist::trace::Trace::decode(&bytes).unwrap();
+    assert!(trace.chunks.len() >= start.len(), "{trace:?}");
+    let shown = flist_ok(&[&"trace", &"show", &trace_path, &"--flist", &t.join("f.fl"), &"--json"]);
+    let shown: serde_json::Value = serde_json::from_str(&shown).unwrap();
+    assert_eq!(shown["matches"], true, "{shown}");
+    assert_eq!(shown["chunks"], trace.chunks.len());
+
+    // Replayed on a fresh cache, before any read: it alone fetches every chunk of the trace,
+    // and the start then waits for no download at all.
+    let (session, replayed) = traced_mount(&t, &store, "c2", "m2", Some((&bytes, 1 << 30)), None);
+    wait_for("the replay to fetch every chunk of the trace", || {
+        replayed.stats().fetched as usize >= trace.chunks.len()
+    });
+    read_start("m2");
+    assert_eq!(replayed.stats().waited, 0, "{:?}", replayed.stats());
+    session.umount_and_join().unwrap();
+    // And with the start right after the mount: never more waits than on the cold start.
+    let (session, racing) = traced_mount(&t, &store, "c3", "m3", Some((&bytes, 1 << 30)), None);
+    read_start("m3");
+    let (cold_waits, replay_waits) = (cold.stats().waited, racing.stats().waited);
+    assert!(cold_waits > 0 && replay_waits <= cold_waits, "replayed {replay_waits} waits, cold {cold_waits}");
+    eprintln!("reads that waited for a download: cold {cold_waits}, with the trace {replay_waits}");
+    session.umount_and_join().unwrap();
+
+    // Hostile traces: none changes a byte, and none costs more requests than its cap allows.
+    let image = flist::Flist::decode(&fs::read(t.join("f.fl")).unwrap()).unwrap();
+    let cap = 3 * 300_000u64;
+    let within_cap = image.chunks.iter().scan(0u64, |sum, c| {
+        *sum += u64::from(c.len);
+        Some(*sum)
+    });
+    let within_cap = within_cap.take_while(|sum| *sum <= cap).count();
+    let every: Vec<u32> = (0..u32::MAX).take(100_000).collect();
+    let own = flist::trace::Trace::decode(&bytes).unwrap().flist;
+    let mut truncated = bytes.clone();
+    truncated.truncate(bytes.len() - 2);
+    let hostile: Vec<(&str, Vec<u8>, u64)> = vec![
+        ("garbage", b"FLTRACE1 not really".to_vec(), 1 << 30),
+        ("truncated", truncated, 1 << 30),
+        (
+            "foreign",
+            flist::trace::Trace { flist: flist::Hash([9; 32]), chunks: trace.chunks.clone() }.encode(),
+            1 << 30,
+        ),
+        ("oversized", flist::trace::Trace { flist: own, chunks: every }.encode(), cap),
+        ("empty", Vec::new(), 1 << 30),
+    ];
+    for (n, (what, bytes, cap)) in hostile.iter().enumerate() {
+        let before = gets();
+        let (session, source) =
+            traced_mount(&t, &store, &format!("h{n}"), &format!("hm{n}"), Some((bytes, *cap)), None);
+        std::thread::sleep(Duration::from_millis(300));
+        let replayed = gets() - before;
+        let allowed = if *what == "oversized" { within_cap } else { 0 };
+        assert!(replayed <= allowed, "{what}: {replayed} requests before any read (at most {allowed})");
+        read_start(&format!("hm{n}"));
+        assert!(source.stats().prefetch_peak_bytes <= 32 << 20);
+        session.umount_and_join().unwrap();
+    }
+}
+
 /// Mounts in this process, through the library, so that the server's counters can be read.
 struct InProcess {
     session: Option<fuser::BackgroundSession>,

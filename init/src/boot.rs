@@ -283,25 +283,6 @@ fn network(params: &BootParams) -> (String, String) {
     }
 }
 
-fn set_time(params: &BootParams) -> String {
-    for server in cmdline::ntp_servers(params) {
-        match crate::time::query(&server, Duration::from_secs(1)) {
-            Ok(sample) => {
-                let outcome = match crate::time::step_clock(sample.offset) {
-                    Ok(()) => format!("{server} says the clock was off by {:.3} s; set", sample.offset),
-                    Err(e) => format!("setting the clock: {e}"),
-                };
-                tracing::info!("time: {outcome}");
-                return outcome;
-            }
-            Err(e) => tracing::warn!("time: {}", crate::error_chain(&e)),
-        }
-    }
-    let outcome = "no server answered; TLS may refuse certificates until the clock is right";
-    tracing::error!("time: {outcome}");
-    outcome.into()
-}
-
 /// The operator's key: baked into the initramfs, or from the command line if the build allows it.
 fn manifest_key(params: &BootParams) -> Result<ed25519_dalek::VerifyingKey, String> {
     let text = match (&params.key, Path::new(ALLOW_CMDLINE_KEY).exists()) {
@@ -371,9 +352,16 @@ fn run(params: BootParams, started: Instant) -> Result<Power, String> {
         "network",
         format!("{uplinks}; PID 1 up {:.2} s after the kernel; modules: {summary}", boot_uptime()),
     );
-    let time = step(&mut timings, "time", || set_time(&params));
-    report::stage("time", time);
+    // In the background: nothing below waits for an answer unless it needs a trusted clock.
+    step(&mut timings, "time", || crate::clock::start_sntp(cmdline::ntp_servers(&params)));
     let manifest_url = params.manifest.clone().ok_or("no flint.manifest= on the kernel command line")?;
+    // Certificates are checked against the clock: give SNTP its chance first.
+    if manifest_url.starts_with("https://") && !crate::clock::wait_trusted(Duration::from_secs(3)) {
+        tracing::warn!(
+            "clock {}: the server's certificate is checked against a clock nothing vouches for",
+            crate::clock::now()
+        );
+    }
     let key = manifest_key(&params)?;
     // The manifest's wishes for the cache disk come before the disk (and so before the version
     // check it keeps): this look is verified but applies nothing.
@@ -397,12 +385,16 @@ fn run(params: BootParams, started: Instant) -> Result<Power, String> {
     let storage = step(&mut timings, "storage", || storage(&params.cache_label, format_as.as_deref()));
     tracing::info!("storage: {storage}");
     report::stage("storage", storage);
+    let state = Path::new(CACHE_MOUNT).join("state");
+    if let Err(e) = std::fs::create_dir_all(&state) {
+        tracing::warn!("state directory {}: {e}", state.display());
+    }
+    crate::clock::judge_rtc(Some(&state));
     let cache_dir = Path::new(CACHE_MOUNT).join("chunks");
     let cache = flist::cache::Cache::open(&cache_dir, cache_quota())
         .map_err(|e| tracing::error!("chunk cache: {e}; chunks stay in memory only"))
         .ok()
         .map(Arc::new);
-    let state = Path::new(CACHE_MOUNT).join("state");
     let setup = Setup {
         node: NodeConfig {
             manifest_url,
@@ -441,6 +433,7 @@ fn run(params: BootParams, started: Instant) -> Result<Power, String> {
 
 /// Every service is stopped and every flist unmounted: sync, then reboot or power off.
 pub(crate) fn finish(power: Power) -> ! {
+    crate::clock::record_kept();
     nix::unistd::sync();
     let mode = match power {
         Power::Reboot => nix::sys::reboot::RebootMode::RB_AUTOBOOT,

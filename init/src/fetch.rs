@@ -94,7 +94,12 @@ impl Fetcher {
                 _ => std::fs::read(path).map_err(|e| failed(e.to_string())),
             };
         }
-        let mut resp = self.agent.get(url).call().map_err(|e| failed(e.to_string()))?;
+        let mut resp = self.agent.get(url).call().map_err(|e| failed(untrusted_clock(e.to_string())))?;
+        if let Some(date) = resp.headers().get("date").and_then(|d| d.to_str().ok()) {
+            if let Ok(date) = httpdate::parse_http_date(date) {
+                crate::clock::server_date(date, url);
+            }
+        }
         match resp.status().as_u16() {
             200 => resp.body_mut().with_config().limit(limit).read_to_vec().map_err(|e| failed(e.to_string())),
             404 | 410 => Err(FetchError::NotFound { url: url.into() }),
@@ -127,6 +132,19 @@ impl Fetcher {
             Err(FetchError::NotFound { .. }) => Ok(None),
             Err(e) => Err(e),
         }
+    }
+}
+
+/// A transport error, with the clock's state when a certificate may have been judged against a
+/// clock nothing vouches for.
+fn untrusted_clock(why: String) -> String {
+    let clock = crate::clock::now();
+    match clock.trust {
+        crate::clock::Trust::Trusted => why,
+        _ if why.contains("ertificate") => {
+            format!("{why} (the clock is {clock}: certificate validity was not checked against a trusted time)")
+        }
+        _ => why,
     }
 }
 

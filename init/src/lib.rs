@@ -17,6 +17,7 @@
 #![deny(missing_docs)]
 
 pub mod boot;
+pub mod clock;
 pub mod cmdline;
 pub mod control;
 pub mod fetch;

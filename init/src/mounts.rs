@@ -145,14 +145,16 @@ struct Active {
     problem: Option<String>,
 }
 
-/// Mounts `plan`'s flist on a staging directory. `url` and `stores` are its URL and store specs
-/// resolved against the manifest's URL; the plan keeps them as written, and that identifies a mount.
+/// Mounts `plan`'s flist on a staging directory. `url`, `stores` and `trace` are its URL, store
+/// specs and prefetch trace's URL resolved against the manifest's URL; the plan keeps them as
+/// written, and that identifies a mount.
 pub fn prepare(
     cfg: &MountConfig,
     fetcher: &Fetcher,
     plan: &FlistPlan,
     url: &str,
     stores: &[String],
+    trace: &str,
 ) -> Result<Prepared, MountError> {
     let name = &plan.name;
     let hex = plan.digest.to_hex();
@@ -198,11 +200,59 @@ pub fn prepare(
     let source = CachedSource::new(router, cfg.cache.clone(), cfg.memory);
     source.start_prefetchers(cfg.prefetch_threads, cfg.prefetch_bytes);
     let tags = flist.tags.clone();
-    let fs = FlistFs::new(Arc::new(flist), source.clone(), FsOptions::default());
+    let flist = Arc::new(flist);
+    let kept_trace = cfg.state_dir.as_ref().map(|d| d.join("flists").join(format!("{hex}.trace")));
+    replay_trace(name, fetcher, &source, &flist, &plan.digest, kept_trace.as_deref(), trace);
+    let mut fs = FlistFs::new(flist, source.clone(), FsOptions::default());
+    // The first seconds of this flist's use on this node, kept for the next cold start.
+    if let Some(path) = kept_trace.filter(|p| !p.exists()) {
+        fs = fs.record_trace(flist::trace::Recorder::new(plan.digest, TRACE_WINDOW), path);
+    }
     let session = flist::fuse::mount(fs, &staging, &MountOptions { threads: cfg.threads, allow_other: true })
         .map_err(io("mounting on", &staging))?;
     std::fs::metadata(&staging).map_err(io("the mount does not answer at", &staging))?;
     Ok(Prepared { plan: plan.clone(), tags, staging, session, source })
+}
+
+/// How long after a mount its reads are recorded into a trace.
+const TRACE_WINDOW: std::time::Duration = std::time::Duration::from_secs(30);
+/// The most bytes a trace's replay fetches ahead.
+const TRACE_BYTES: u64 = 256 << 20;
+
+/// Replays the flist's prefetch trace in the background: the one this node kept for the digest,
+/// else the one published at `url`. A missing, bad or foreign trace is logged and ignored.
+fn replay_trace(
+    name: &str,
+    fetcher: &Fetcher,
+    source: &Arc<CachedSource>,
+    flist: &Arc<Flist>,
+    digest: &flist::Hash,
+    kept: Option<&Path>,
+    url: &str,
+) {
+    let (name, fetcher, source, flist, digest) =
+        (name.to_string(), fetcher.clone(), source.clone(), flist.clone(), *digest);
+    let (kept, url) = (kept.map(Path::to_path_buf), url.to_string());
+    let spawned = std::thread::Builder::new().name("trace".into()).spawn(move || {
+        let (bytes, from) = match kept.as_ref().and_then(|k| std::fs::read(k).ok()) {
+            Some(b) => (b, kept.as_ref().map_or(String::new(), |k| k.display().to_string())),
+            None => match fetcher.get_optional(&url, (flist::trace::MAX_CHUNKS as u64 + 11) * 4) {
+                Ok(Some(b)) => (b, url),
+                Ok(None) => return tracing::debug!("flist {name}: no trace at {url}"),
+                Err(e) => return tracing::info!("flist {name}: no trace ({e})"),
+            },
+        };
+        match flist::trace::Trace::decode_for(&bytes, &digest, flist.chunks.len()) {
+            Ok(trace) => {
+                tracing::info!("flist {name}: replaying the trace {from} ({} chunks)", trace.chunks.len());
+                source.replay(flist, trace, TRACE_BYTES);
+            }
+            Err(e) => tracing::warn!("flist {name}: trace {from} ignored: {e}"),
+        }
+    });
+    if let Err(e) = spawned {
+        tracing::warn!("no trace thread: {e}");
+    }
 }
 
 /// Unmounts a staging mount. Processes still inside keep it alive (lazy detach), so its FUSE

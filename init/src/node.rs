@@ -243,7 +243,12 @@ impl Node {
         for f in &missing {
             let url = resolve(&self.cfg.manifest_url, &f.url);
             let stores: Vec<String> = f.stores.iter().map(|s| resolve_store(&self.cfg.manifest_url, s)).collect();
-            match prepare(&self.mount_cfg, &self.fetcher, f, &url, &stores) {
+            // By convention NAME.trace beside NAME.fl, unless the manifest names one.
+            let trace = match &f.trace {
+                Some(t) => resolve(&self.cfg.manifest_url, t),
+                None => format!("{}.trace", url.strip_suffix(".fl").unwrap_or(&url)),
+            };
+            match prepare(&self.mount_cfg, &self.fetcher, f, &url, &stores, &trace) {
                 Ok(p) => prepared.push(p),
                 Err(e) => {
                     prepared.into_iter().for_each(Prepared::discard);

@@ -141,6 +141,10 @@ pub struct RawFlist {
     /// An overlay with a writable upper layer on top.
     #[serde(default)]
     pub writable: bool,
+    /// Where a recorded prefetch trace of it is (relative to the manifest's URL); by default
+    /// its URL with `.trace` for `.fl`. A missing or bad one is ignored.
+    #[serde(default)]
+    pub trace: Option<String>,
 }
 
 /// A service.
@@ -260,6 +264,8 @@ pub struct FlistPlan {
     pub mountpoint: PathBuf,
     /// Writable overlay on top.
     pub writable: bool,
+    /// Its prefetch trace's URL, if the manifest names one.
+    pub trace: Option<String>,
 }
 
 /// A validated service.
@@ -456,6 +462,7 @@ impl Plan {
                 stores: f.stores,
                 mountpoint: PathBuf::from(f.mountpoint),
                 writable: f.writable,
+                trace: f.trace,
             });
         }
         let names: BTreeSet<&str> =

@@ -6,6 +6,7 @@ mod mount;
 mod pack;
 mod show;
 mod store;
+mod trace;
 
 use std::path::Path;
 use std::process::ExitCode;
@@ -59,6 +60,7 @@ enum Command {
     Store(store::StoreCmd),
     Push(hub::PushArgs),
     Pull(hub::PullArgs),
+    Trace(trace::TraceCmd),
 }
 
 /// How to reach an OCI registry.
@@ -156,6 +158,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Verify(a) => data::verify(a),
         Command::Diff(a) => data::diff(a),
         Command::Mount(a) => mount::mount(a),
+        Command::Trace(a) => trace::trace(a),
         Command::Umount(a) => mount::umount(a),
         Command::Cache(a) => mount::cache(a),
     }

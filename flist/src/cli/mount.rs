@@ -50,6 +50,20 @@ pub(crate) struct MountArgs {
     /// Chunks fetched ahead of a sequential reader, or of one walking the tree in order.
     #[arg(long, default_value_t = 64)]
     readahead: u32,
+    /// Record which chunks are read, in order, during the first --trace-window seconds (or until
+    /// unmounted) into FILE: a trace to keep or publish next to the flist (NAME.trace).
+    #[arg(long, value_name = "FILE")]
+    record_trace: Option<PathBuf>,
+    /// Seconds after mounting that --record-trace records.
+    #[arg(long, default_value_t = 30, value_name = "SECS")]
+    trace_window: u64,
+    /// Replay a trace: its chunks are fetched ahead of the readers, in its order. A missing,
+    /// malformed or foreign (other flist) trace is ignored with a warning.
+    #[arg(long, value_name = "FILE")]
+    trace: Option<PathBuf>,
+    /// Bytes a trace's replay asks for at most.
+    #[arg(long, default_value = "256M", value_parser = size_bytes)]
+    trace_bytes: u64,
     /// Detach: return once the mount answers, keep serving in the background.
     #[arg(short, long)]
     daemon: bool,
@@ -168,7 +182,25 @@ fn serve(
     };
     let source = CachedSource::new(router, cache, (a.memory.max(a.prefetch_bytes.saturating_mul(2))) as usize);
     source.start_prefetchers(a.prefetch_threads.min(flist::store::CONNECTIONS_PER_HOST), a.prefetch_bytes);
-    let fs = FlistFs::new(flist, source, FsOptions { readahead_chunks: a.readahead, ..FsOptions::default() });
+    let digest = flist::Hash(*blake3::hash(&std::fs::read(&a.flist)?).as_bytes());
+    if let Some(path) = &a.trace {
+        let trace = std::fs::read(path).map_err(|e| e.to_string()).and_then(|bytes| {
+            flist::trace::Trace::decode_for(&bytes, &digest, flist.chunks.len()).map_err(|e| e.to_string())
+        });
+        match trace {
+            Ok(trace) => {
+                tracing::info!("replaying the trace {} ({} chunks)", path.display(), trace.chunks.len());
+                source.replay(flist.clone(), trace, a.trace_bytes);
+            }
+            Err(e) => tracing::warn!("trace {} ignored: {e}", path.display()),
+        }
+    }
+    let mut fs =
+        FlistFs::new(flist, source.clone(), FsOptions { readahead_chunks: a.readahead, ..FsOptions::default() });
+    if let Some(out) = &a.record_trace {
+        let recorder = flist::trace::Recorder::new(digest, Duration::from_secs(a.trace_window));
+        fs = fs.record_trace(recorder, out.clone());
+    }
     let layers = match a.rw.as_deref().map(Layers::create).transpose() {
         Ok(l) => l,
         Err(e) => {
@@ -213,15 +245,25 @@ fn serve(
                         .context("unmounting the overlay")?;
                 }
                 session.umount_and_join().context("unmounting")?;
+                log_stats(&source);
                 return Ok(ExitCode::SUCCESS);
             }
             Err(_) if !is_mounted(&a.mountpoint) => {
                 tracing::info!("{} was unmounted", a.mountpoint.display());
                 drop(session);
+                log_stats(&source);
                 return Ok(ExitCode::SUCCESS);
             }
             Err(_) => {}
         }
+    }
+}
+
+/// What the mount fetched and how often readers waited, for the log (`-v`).
+fn log_stats(source: &CachedSource) {
+    match serde_json::to_string(&source.stats()) {
+        Ok(stats) => tracing::info!("fetch stats: {stats}"),
+        Err(e) => tracing::warn!("fetch stats: {e}"),
     }
 }
 
