@@ -5,9 +5,12 @@
 - the demo node (Debian system flist, sshd, web server) booted directly, by PXE and from the USB
   image: qemu start → firmware done → PID 1 → each init step → manifest applied → the web
   server answering the host; bytes the boot server sent vs the system flist's size;
-- PID 1's memory with 3 flists mounted and 12 services (9 with readiness checks).
+- PID 1's memory with 3 flists mounted and 12 services (9 with readiness checks);
+- `trace`: the direct boot on a blank cache disk, which records the system flist's prefetch
+  trace there, then the same boot on an empty cache with that trace published beside the flist
+  (system.trace): PID 1 → web ready and the chunk requests made, without and with the trace.
 Built and served by qemu/flintnode.py. Arguments name the boot paths to time (default: all)."""
-import os, re, shutil, subprocess, sys, tempfile, threading, time
+import glob, json, os, re, shutil, subprocess, sys, tempfile, threading, time
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "qemu"))
 from flintnode import Demo, Site, Vm, http_get, pack_initrd, tcg_accel  # noqa: E402
@@ -50,13 +53,14 @@ def answered_at(vm, url, stop):
         time.sleep(0.2)
 
 
-def timed_boot(demo, mode, usb=None):
+def timed_boot(demo, mode, usb=None, disk=None, log=None):
     """Boots the demo node; returns its figures (seconds since qemu start unless said)."""
     demo.publish()
     demo.site.stop()
     demo.site.serve()
     figures = {}
-    with Vm(demo.site, mode, usb=usb, hostfwd=[(HTTP, 80), (SSH, 22)], log=f"console-{mode}.log") as vm:
+    log = log or f"console-{mode}.log"
+    with Vm(demo.site, mode, usb=usb, disk=disk, hostfwd=[(HTTP, 80), (SSH, 22)], log=log) as vm:
         vm.answered, stop = None, threading.Event()
         poller = threading.Thread(target=answered_at, args=(vm, f"http://127.0.0.1:{HTTP}/", stop), daemon=True)
         poller.start()
@@ -76,6 +80,8 @@ def timed_boot(demo, mode, usb=None):
             figures["ipxe_script"] = vm.first("flint: node")[0]
         node = demo.site.status()["nodes"].get("127.0.0.1", {})
         figures["fetched"] = {k: v["bytes"] for k, v in node.get("by_kind", {}).items()}
+        figures["requests"] = {k: v["requests"] for k, v in node.get("by_kind", {}).items()}
+        figures["replayed"] = bool(vm.first("replaying the trace"))
         demo.poweroff(vm, Quiet(), SSH)
     return figures
 
@@ -110,6 +116,32 @@ def memory(work):
     return status, up[0] - pid1[0]
 
 
+def traced_boots(demo, work):
+    """Boot 1 on a blank cache disk records the trace; it is taken off the disk and published as
+    system.trace; boot 2, on an empty cache, replays it. Returns both boots' figures."""
+    disk = os.path.join(work, "trace-disk.img")
+    subprocess.run(["truncate", "-s", "512M", disk], check=True)
+    subprocess.run(["sfdisk", "-q", disk], input=b"label: gpt\nsize=400M, name=flint-cache\n", check=True)
+    published = os.path.join(demo.site.srv, "system.trace")
+    if os.path.exists(published):
+        os.remove(published)
+    recording = timed_boot(demo, "direct", disk=disk, log="console-trace-record.log")
+    start = json.loads(subprocess.run(["sfdisk", "--json", disk], capture_output=True, check=True).stdout)
+    offset = start["partitiontable"]["partitions"][0]["start"] * 512
+    mnt = os.path.join(work, "trace-disk")
+    os.makedirs(mnt, exist_ok=True)
+    subprocess.run(["mount", "-o", f"loop,ro,offset={offset}", disk, mnt], check=True)
+    try:
+        traces = glob.glob(os.path.join(mnt, "state", "flists", "*.trace"))
+        if not traces:
+            raise RuntimeError("boot 1 recorded no trace")
+        shutil.copy(traces[0], published)
+    finally:
+        subprocess.run(["umount", mnt], check=True)
+    replaying = timed_boot(demo, "direct", log="console-trace-replay.log")
+    return recording, replaying, os.path.getsize(published)
+
+
 def mib(b):
     return f"{b / (1 << 20):.2f} MiB"
 
@@ -126,11 +158,15 @@ def main():
     print(f"\nbaseline, kernel + busybox initramfs: qemu start → power off {base['total']:.2f} s; "
           f"kernel → busybox init {base['kernel']:.2f} s")
     system_bytes = demo.system_size
-    modes = sys.argv[1:] or ["direct", "pxe", "usb"]
+    modes = sys.argv[1:] or ["direct", "pxe", "usb", "trace"]
     usb = site.usb_image(os.path.join(work, "usb.img")) if "usb" in modes else None
     rows = {}
-    for mode in modes:
+    for mode in [m for m in modes if m != "trace"]:
         rows[mode] = timed_boot(demo, mode, usb=usb)
+    if "trace" in modes:
+        recording, replaying, trace_size = traced_boots(demo, work)
+        rows["direct, recording a trace"] = recording
+        rows["direct, with the trace"] = replaying
     print("\n| seconds (qemu start = 0) | " + " | ".join(rows) + " |\n|---|" + "---|" * len(rows))
     line = lambda name, f: print(f"| {name} | " + " | ".join(f(r) for r in rows.values()) + " |")  # noqa: E731
     line("firmware (SeaBIOS/iPXE/OVMF) + loading", lambda r: f"{r['firmware']:.2f}")
@@ -145,9 +181,12 @@ def main():
     for mode, r in rows.items():
         f = r["fetched"]
         chunks = f.get("chunk", 0)
-        print(f"{mode}: fetched from the server: chunks {mib(chunks)} ({100 * chunks / system_bytes:.1f}% of the "
+        print(f"{mode}: fetched from the server: chunks {mib(chunks)} in {r['requests'].get('chunk', 0)} requests "
+              f"({100 * chunks / system_bytes:.1f}% of the "
               f"system flist's {mib(system_bytes)}), flist {f.get('flist', 0):,} B, manifest {f.get('manifest', 0):,} B, "
               f"kernel {mib(f.get('kernel', 0))}, initramfs {mib(f.get('initrd', 0))}")
+    if "trace" in modes:
+        print(f"trace: {trace_size:,} bytes; replayed on the second boot: {rows['direct, with the trace']['replayed']}")
     site.stop()
     status, up = memory(os.path.join(work, "memory"))
     print(f"\nPID 1 with 3 flists + 12 services (all up {up:.2f} s after PID 1): VmRSS "
