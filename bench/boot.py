@@ -130,7 +130,8 @@ def traced_boots(demo, work):
     offset = start["partitiontable"]["partitions"][0]["start"] * 512
     mnt = os.path.join(work, "trace-disk")
     os.makedirs(mnt, exist_ok=True)
-    subprocess.run(["mount", "-o", f"loop,ro,offset={offset}", disk, mnt], check=True)
+    # noload: the node powered off without unmounting its cache disk; its journal stays as it is.
+    subprocess.run(["mount", "-o", f"loop,ro,noload,offset={offset}", disk, mnt], check=True)
     try:
         traces = glob.glob(os.path.join(mnt, "state", "flists", "*.trace"))
         if not traces:
