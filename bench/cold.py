@@ -1,0 +1,117 @@
+#!/usr/bin/env python3
+"""Cold reads through a mount, side by side in one run: flist mount (chunks from `netboot serve`
+on 127.0.0.1, empty cache on tmpfs and on a disk directory) against squashfuse (image on tmpfs)
+and `flist unpack`, on the demo's Debian root and a 1 GiB random file. Also: warm reads (page
+cache, and a warm disk cache on a new mount), the walk, peak RSS, and `chroot MNT apt-get
+--version` cold without and with a prefetch trace recorded by a first run (the reads that had to
+wait for a download, from the mount's fetch stats). Run as root (FUSE, chroot)."""
+import json, os, re, shutil, subprocess, sys, tempfile, time
+from pathlib import Path
+
+TOP = Path(__file__).resolve().parent.parent
+FLIST, NETBOOT = TOP / "target/release/flist", TOP / "target/release/netboot"
+PORT = 18990 + os.getpid() % 500
+
+
+def sh(*cmd, **kw):
+    return subprocess.run([str(c) for c in cmd], check=True, capture_output=True, **kw)
+
+
+def timed(cmd):
+    t0 = time.perf_counter()
+    subprocess.run(cmd, shell=True, check=True, stdout=subprocess.DEVNULL)
+    return time.perf_counter() - t0
+
+
+def read_cmd(kind, mnt):
+    return f"cd {mnt} && tar cf - . | wc -c" if kind == "root" else f"dd if={mnt}/big.bin bs=1M of=/dev/null 2>/dev/null"
+
+
+class Mount:
+    def __init__(self, fl, mnt, cache, *extra):
+        os.makedirs(mnt, exist_ok=True)
+        self.mnt, self.log = mnt, f"{mnt}.log"
+        self.proc = subprocess.Popen([FLIST, "-v", "mount", fl, mnt, "--cache", cache, *extra],
+                                     stdout=subprocess.DEVNULL, stderr=open(self.log, "w"))
+        until = time.time() + 30
+        while subprocess.run(["mountpoint", "-q", mnt]).returncode != 0:
+            if time.time() > until or self.proc.poll() is not None:
+                raise RuntimeError(f"flist mount of {fl} failed: {open(self.log).read()}")
+            time.sleep(0.01)
+
+    def rss_kb(self):
+        status = open(f"/proc/{self.proc.pid}/status").read()
+        return int(re.search(r"VmHWM:\s+(\d+)", status).group(1))
+
+    def close(self):
+        subprocess.run(["umount", self.mnt], check=True)
+        self.proc.wait(30)
+        m = re.search(r"fetch stats: (\{.*\})", open(self.log).read())
+        return json.loads(m.group(1)) if m else {}
+
+
+def main():
+    work = Path(tempfile.mkdtemp(prefix="flint-cold-", dir="/dev/shm"))
+    disk_work = Path(tempfile.mkdtemp(prefix="flint-cold-", dir="/var/tmp"))
+    tar = sh(TOP / "tests/lib/rootfs.sh", "bookworm-demo", "openssh-server,busybox").stdout.decode().strip()
+    srv = work / "srv"
+    trees = {"root": work / "root", "big": work / "bigtree"}
+    trees["root"].mkdir(parents=True)
+    sh("tar", "-xf", tar, "-C", trees["root"])
+    trees["big"].mkdir()
+    with open(trees["big"] / "big.bin", "wb") as f:
+        for _ in range(1024):
+            f.write(os.urandom(1 << 20))
+    for kind, tree in trees.items():
+        sh(FLIST, "pack", tree, "--output", srv / f"{kind}.fl", "--store", f"dir://{srv}/store",
+           "--record", f"http://127.0.0.1:{PORT}/store")
+        sh("mksquashfs", tree, work / f"{kind}.sqfs", "-comp", "zstd", "-quiet", "-no-progress")
+    server = subprocess.Popen([NETBOOT, "serve", "--root", srv, "--listen", f"127.0.0.1:{PORT}"],
+                              stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
+    server.stdout.readline()
+    try:
+        print(f"work in {work} and {disk_work}; flist mount defaults; cache entries are not fsynced")
+        for kind in trees:
+            sq = work / f"sq-{kind}"
+            sq.mkdir()
+            sh("squashfuse", work / f"{kind}.sqfs", sq)
+            Path("/proc/sys/vm/drop_caches").write_text("3")
+            sq_cold = timed(read_cmd(kind, sq))
+            sq_warm = timed(read_cmd(kind, sq))
+            sh("umount", sq)
+            out = work / f"unpack-{kind}"
+            unpack = timed(f"{FLIST} unpack {srv}/{kind}.fl {out}")
+            shutil.rmtree(out)
+            print(f"\n{kind}: squashfuse cold {sq_cold:.2f} s, warm {sq_warm:.2f} s; flist unpack {unpack:.2f} s")
+            for where, base in [("tmpfs", work), ("disk", disk_work)]:
+                cache = base / f"cache-{kind}"
+                m = Mount(srv / f"{kind}.fl", str(work / f"m-{kind}"), str(cache))
+                cold, warm, rss = timed(read_cmd(kind, m.mnt)), timed(read_cmd(kind, m.mnt)), m.rss_kb()
+                m.close()
+                m = Mount(srv / f"{kind}.fl", str(work / f"m-{kind}"), str(cache))
+                disk = timed(read_cmd(kind, m.mnt))
+                walk = timed(f"find {m.mnt} -type f -print0 | xargs -0 stat > /dev/null") if kind == "root" else None
+                m.close()
+                shutil.rmtree(cache)
+                print(f"  flist mount, cache on {where}: cold {cold:.2f} s ({sq_cold / cold:.2f}x squashfuse), "
+                      f"page-cache warm {warm:.2f} s, disk-cache warm on a new mount {disk:.2f} s, peak RSS "
+                      f"{rss / 1024:.0f} MiB" + (f", walk {walk:.3f} s" if walk else ""))
+        print("\nchroot MNT /usr/bin/apt-get --version, empty cache each time:")
+        trace = work / "apt.trace"
+        for label, extra in [("recording a trace", ["--record-trace", trace]), ("no trace", []),
+                             ("with the trace", ["--trace", trace])]:
+            cache = work / "cache-apt"
+            m = Mount(srv / "root.fl", str(work / "m-apt"), str(cache), *extra)
+            took = timed(f"chroot {m.mnt} /usr/bin/apt-get --version")
+            stats = m.close()
+            shutil.rmtree(cache)
+            print(f"  {label}: {took:.3f} s, {stats.get('fetched')} chunks fetched "
+                  f"({stats.get('fetched_bytes', 0) / (1 << 20):.1f} MiB), {stats.get('waited')} reads waited for a download")
+    finally:
+        server.kill()
+        shutil.rmtree(work, ignore_errors=True)
+        shutil.rmtree(disk_work, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
