@@ -4,7 +4,7 @@
 #![no_main]
 
 use ed25519_dalek::SigningKey;
-use flint_init::manifest::{sign, verify};
+use flint_manifest::{sign, verify};
 use libfuzzer_sys::fuzz_target;
 
 fuzz_target!(|data: &[u8]| {
