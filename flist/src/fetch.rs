@@ -84,6 +84,15 @@ struct Ahead {
     peak: u64,
 }
 
+impl Ahead {
+    /// A chunk asked for ahead is no longer: fetched, failed, or never queued.
+    fn release(&mut self, c: &ChunkRef) {
+        if self.wanted.remove(&c.plain_hash()) {
+            self.bytes = self.bytes.saturating_sub(u64::from(c.len));
+        }
+    }
+}
+
 /// Memory, disk cache and stores behind one [`ChunkSource`].
 pub struct CachedSource {
     router: Router,
@@ -144,10 +153,7 @@ impl CachedSource {
                     if let Err(e) = me.fetch_ahead(c) {
                         tracing::debug!("prefetch of chunk {index} failed: {e}");
                     }
-                    let mut ahead = crate::durable::lock(&me.ahead);
-                    if ahead.wanted.remove(&c.plain_hash()) {
-                        ahead.bytes = ahead.bytes.saturating_sub(u64::from(c.len));
-                    }
+                    crate::durable::lock(&me.ahead).release(c);
                 }
             });
             if let Err(e) = spawned {
@@ -179,9 +185,7 @@ impl CachedSource {
             ahead.peak = ahead.peak.max(bytes);
         }
         if self.prefetch_tx.send((flist.clone(), index)).is_err() {
-            let mut ahead = crate::durable::lock(&self.ahead);
-            ahead.wanted.remove(&key);
-            ahead.bytes = ahead.bytes.saturating_sub(u64::from(c.len));
+            crate::durable::lock(&self.ahead).release(c);
             return false;
         }
         true

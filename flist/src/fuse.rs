@@ -380,11 +380,9 @@ impl FlistFs {
             })
         };
         let (first_chunk, last_chunk) = (data_chunks().next(), data_chunks().next_back());
-        if let (Some(first), Some(last)) = (first_chunk, last_chunk) {
-            self.record(first, last);
-        }
         let walking = match (first_chunk, last_chunk) {
             (Some(first), Some(last)) => {
+                self.record(first, last);
                 let mut walk = lock(&self.walk);
                 let (previous, previous_inode, run) = *walk;
                 let run = match first {

@@ -18,6 +18,8 @@ use crate::format::Hash;
 const MAGIC: &[u8; 8] = b"FLTRACE1";
 /// The most chunks a trace may name (a 4 MiB file).
 pub const MAX_CHUNKS: usize = 1 << 20;
+/// The longest a trace file may be: its header and [`MAX_CHUNKS`] indices.
+pub const MAX_LEN: u64 = 44 + 4 * MAX_CHUNKS as u64;
 
 /// A decoded trace.
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -236,7 +236,7 @@ fn replay_trace(
     let spawned = std::thread::Builder::new().name("trace".into()).spawn(move || {
         let (bytes, from) = match kept.as_ref().and_then(|k| std::fs::read(k).ok()) {
             Some(b) => (b, kept.as_ref().map_or(String::new(), |k| k.display().to_string())),
-            None => match fetcher.get_optional(&url, (flist::trace::MAX_CHUNKS as u64 + 11) * 4) {
+            None => match fetcher.get_optional(&url, flist::trace::MAX_LEN) {
                 Ok(Some(b)) => (b, url),
                 Ok(None) => return tracing::debug!("flist {name}: no trace at {url}"),
                 Err(e) => return tracing::info!("flist {name}: no trace ({e})"),

@@ -134,11 +134,6 @@ impl Limits {
         }
         files
     }
-
-    /// Whether any limit is set.
-    pub fn any(&self) -> bool {
-        *self != Limits::default()
-    }
 }
 
 fn bounded(what: &str, v: u64, low: u64, high: u64) -> Result<u64, String> {
@@ -309,7 +304,7 @@ mod tests {
         assert!(refused(r#"{"io": [{"device": "/dev/../etc/passwd"}]}"#).contains("/dev"));
         assert!(refused(r#"{"io": [{"device": "8:0", "read_bps": 0}]}"#).contains("read_bps"));
         assert!(serde_json::from_str::<RawLimits>(r#"{"memroy": 1}"#).is_err());
-        assert!(!RawLimits::default().resolve().unwrap().any());
+        assert_eq!(RawLimits::default().resolve().unwrap(), Limits::default());
     }
 
     #[test]

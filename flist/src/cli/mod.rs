@@ -122,8 +122,14 @@ impl StoreArgs {
 }
 
 pub(crate) fn load(path: &Path) -> anyhow::Result<Flist> {
+    load_with_digest(path).map(|(flist, _)| flist)
+}
+
+/// [`load`], with the BLAKE3 digest of the file (what manifests pin and traces name).
+pub(crate) fn load_with_digest(path: &Path) -> anyhow::Result<(Flist, flist::Hash)> {
     let bytes = std::fs::read(path).with_context(|| format!("reading {}", path.display()))?;
-    Flist::decode(&bytes).with_context(|| format!("decoding {}", path.display()))
+    let flist = Flist::decode(&bytes).with_context(|| format!("decoding {}", path.display()))?;
+    Ok((flist, flist::Hash(*blake3::hash(&bytes).as_bytes())))
 }
 
 /// A byte-counting progress bar on stderr, drawn only on a terminal.

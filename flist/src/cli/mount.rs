@@ -14,7 +14,7 @@ use flist::overlay::Layers;
 use nix::sys::signal::{SigSet, Signal};
 
 use super::pack::size_bytes;
-use super::{load, print_json, StoreArgs};
+use super::{load_with_digest, print_json, StoreArgs};
 
 /// Mount an flist read-only: the whole tree at once, content fetched when read, verified, and
 /// cached on disk. Runs in the foreground until SIGINT/SIGTERM or `flist umount` (then unmounts
@@ -118,7 +118,8 @@ fn is_mounted(path: &Path) -> bool {
 }
 
 pub(crate) fn mount(a: MountArgs) -> anyhow::Result<ExitCode> {
-    let flist = Arc::new(load(&a.flist)?);
+    let (flist, digest) = load_with_digest(&a.flist)?;
+    let flist = Arc::new(flist);
     let router = a.stores.router(&flist)?;
     anyhow::ensure!(a.mountpoint.is_dir(), "{} is not a directory", a.mountpoint.display());
 
@@ -151,7 +152,7 @@ pub(crate) fn mount(a: MountArgs) -> anyhow::Result<ExitCode> {
     } else {
         None
     };
-    let result = serve(&a, flist, router, ready);
+    let result = serve(&a, flist, digest, router, ready);
     if let Err(e) = &result {
         tracing::error!("{e:#}");
     }
@@ -161,6 +162,7 @@ pub(crate) fn mount(a: MountArgs) -> anyhow::Result<ExitCode> {
 fn serve(
     a: &MountArgs,
     flist: Arc<flist::Flist>,
+    digest: flist::Hash,
     router: flist::store::Router,
     mut ready: Option<std::fs::File>,
 ) -> anyhow::Result<ExitCode> {
@@ -182,7 +184,6 @@ fn serve(
     };
     let source = CachedSource::new(router, cache, (a.memory.max(a.prefetch_bytes.saturating_mul(2))) as usize);
     source.start_prefetchers(a.prefetch_threads.min(flist::store::CONNECTIONS_PER_HOST), a.prefetch_bytes);
-    let digest = flist::Hash(*blake3::hash(&std::fs::read(&a.flist)?).as_bytes());
     if let Some(path) = &a.trace {
         let trace = std::fs::read(path).map_err(|e| e.to_string()).and_then(|bytes| {
             flist::trace::Trace::decode_for(&bytes, &digest, flist.chunks.len()).map_err(|e| e.to_string())

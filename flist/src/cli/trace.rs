@@ -51,9 +51,7 @@ pub(crate) fn trace(cmd: TraceCmd) -> anyhow::Result<ExitCode> {
         first: decoded.chunks.iter().take(16).copied().collect(),
     };
     if let Some(path) = &flist {
-        let file = std::fs::read(path).with_context(|| format!("reading {}", path.display()))?;
-        let image = flist::Flist::decode(&file).with_context(|| format!("decoding {}", path.display()))?;
-        let digest = flist::Hash(*blake3::hash(&file).as_bytes());
+        let (image, digest) = super::load_with_digest(path)?;
         shown.matches = Some(digest == decoded.flist);
         if let Ok(own) = Trace::decode_for(&bytes, &digest, image.chunks.len()) {
             let sizes = own.chunks.iter().filter_map(|&c| image.chunks.get(c as usize)).map(|c| u64::from(c.len));

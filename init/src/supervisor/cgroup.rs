@@ -137,8 +137,9 @@ impl Cgroups {
             Err(e) if e.kind() == io::ErrorKind::AlreadyExists => self.kill(service),
             Err(e) => return Err(e),
         }
+        let files = limits.files();
         let mut writes: Vec<(&str, &str, Result<String, String>)> =
-            limits.files().into_iter().map(|(controller, file, value)| (controller, file, Ok(value))).collect();
+            files.iter().map(|(controller, file, value)| (*controller, *file, Ok(value.clone()))).collect();
         writes.extend(limits.io.iter().map(|io| ("io", "io.max", device_number(&io.device).map(|n| io.line(n)))));
         let mut unenforced = Vec::new();
         for (controller, file, value) in writes {
@@ -158,7 +159,7 @@ impl Cgroups {
             ("cpu", "cpu.weight", "100"),
             ("cpu", "cpu.max", "max"),
         ] {
-            if self.controllers.contains(controller) && !limits.files().iter().any(|(_, f, _)| *f == file) {
+            if self.controllers.contains(controller) && !files.iter().any(|(_, f, _)| *f == file) {
                 let _ = write(&dir.join(file), value);
             }
         }

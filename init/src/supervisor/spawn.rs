@@ -253,14 +253,6 @@ pub fn start(l: Launch<'_>) -> io::Result<i32> {
     };
     let uid = ids.map(|(u, _)| u);
     let chroot = l.root.map(cstring).transpose()?;
-    let binds: Vec<(CString, CString)> = match l.root {
-        Some(r) => ["dev", "proc", "sys"]
-            .iter()
-            .filter(|d| r.join(d).is_dir())
-            .map(|d| Ok((cstring(&Path::new("/").join(d))?, cstring(&r.join(d))?)))
-            .collect::<io::Result<_>>()?,
-        None => Vec::new(),
-    };
     let dir = cstring(l.plan.dir.as_deref().unwrap_or(Path::new("/")))?;
     let confinement = l.plan.confinement;
     // A readiness check joins the service's namespaces, but not its pids: it is no child of the
@@ -270,35 +262,38 @@ pub fn start(l: Launch<'_>) -> io::Result<i32> {
         true => confinement.namespaces,
         false => Namespaces { pid: false, ..confinement.namespaces },
     };
+    // With its own pids, the service gets a /proc of its own (mounted in the namespace) instead
+    // of a bind of the node's.
+    let bound: &[&str] = if ns.pid { &["dev", "sys"] } else { &["dev", "proc", "sys"] };
+    let binds: Vec<(CString, CString)> = match l.root {
+        Some(r) => bound
+            .iter()
+            .filter(|d| r.join(d).is_dir())
+            .map(|d| Ok((cstring(&Path::new("/").join(d))?, cstring(&r.join(d))?)))
+            .collect::<io::Result<_>>()?,
+        None => Vec::new(),
+    };
     let dropped: Vec<u32> = confinement.capabilities.missing_up_to(last_capability()).collect();
     let cgroup = l.cgroup.map(|f| f.as_raw_fd());
     let hostname = CString::new(l.plan.name.as_str()).map_err(|_| io::Error::other("name contains NUL"))?;
-    // With its own pids, the service gets a /proc of its own (mounted in the namespace) instead
-    // of the node's.
     let proc_dir = match (l.root, ns.pid) {
         (_, false) => None,
         (Some(r), true) => r.join("proc").is_dir().then(|| cstring(&r.join("proc"))).transpose()?,
         (None, true) => Some(c"/proc".to_owned()),
     };
-    let binds: Vec<(CString, CString)> =
-        binds.into_iter().filter(|(src, _)| !ns.pid || src.as_c_str() != c"/proc").collect();
     let wanted =
-        [("uts", ns.uts, libc::CLONE_NEWUTS), ("ipc", ns.ipc, libc::CLONE_NEWIPC), ("net", ns.net, libc::CLONE_NEWNET)];
-    let joined: Vec<File> = match l.joins {
-        Some(pid) => wanted
-            .iter()
-            .filter(|(_, on, _)| *on)
-            .map(|(kind, _, _)| File::open(format!("/proc/{pid}/ns/{kind}")))
-            .collect::<io::Result<_>>()?,
-        None => Vec::new(),
+        [("uts", ns.uts, libc::CLONE_NEWUTS), ("ipc", ns.ipc, libc::CLONE_NEWIPC), ("net", ns.net, libc::CLONE_NEWNET)]
+            .into_iter()
+            .filter(|(_, on, _)| *on);
+    // The service's own are made; its readiness check's are the service's, joined.
+    let (joined, unshare_flags) = match l.joins {
+        Some(pid) => {
+            let files = wanted.map(|(kind, _, _)| File::open(format!("/proc/{pid}/ns/{kind}")));
+            (files.collect::<io::Result<Vec<File>>>()?, 0)
+        }
+        None => (Vec::new(), wanted.fold(if ns.pid { libc::CLONE_NEWPID } else { 0 }, |all, (_, _, flag)| all | flag)),
     };
     let joined_fds: Vec<i32> = joined.iter().map(|f| f.as_raw_fd()).collect();
-    let mut unshare_flags = if ns.pid { libc::CLONE_NEWPID } else { 0 };
-    for (_, on, flag) in wanted {
-        if on && fresh_namespaces {
-            unshare_flags |= flag;
-        }
-    }
 
     let mut cmd = Command::new(program);
     cmd.args(args)
