@@ -26,7 +26,9 @@ use serde::{Deserialize, Serialize};
 use crate::vm::{RawVm, VmPlan};
 
 pub mod caps;
+pub mod health;
 pub mod limits;
+pub mod signed;
 pub mod vm;
 
 /// Why a manifest was refused.
@@ -107,6 +109,13 @@ pub struct RawManifest {
     /// Virtual machines to run, their root filesystems flists.
     #[serde(default)]
     pub vms: Vec<RawVm>,
+    /// When an upgrade to this manifest counts as good; otherwise the node rolls back.
+    #[serde(default)]
+    pub health: Option<health::RawHealth>,
+    /// After this time (RFC 3339, or seconds since the epoch) a node with a trusted clock
+    /// refuses the manifest.
+    #[serde(default)]
+    pub expires: Option<health::RawExpires>,
 }
 
 /// What to do with the cache disk (the GPT partition named `flint-cache`).
@@ -405,6 +414,10 @@ pub struct Plan {
     pub flists: Vec<FlistPlan>,
     /// Services, in manifest order.
     pub services: Vec<ServicePlan>,
+    /// When an upgrade to it counts as good.
+    pub health: health::HealthPlan,
+    /// Seconds since the epoch after which it is refused (by a node whose clock is trusted).
+    pub expires: Option<u64>,
 }
 
 /// The longest time any manifest field may name (a day): every deadline the supervisor computes
@@ -557,7 +570,18 @@ impl Plan {
             }
             _ => None,
         };
-        Ok(Plan { version: raw.version, digest, hostname: raw.hostname, format_cache, flists, services })
+        let health = raw.health.unwrap_or_default().resolve(&services).map_err(invalid)?;
+        let expires = raw.expires.as_ref().map(health::RawExpires::resolve).transpose().map_err(invalid)?;
+        Ok(Plan {
+            version: raw.version,
+            digest,
+            hostname: raw.hostname,
+            format_cache,
+            flists,
+            services,
+            health,
+            expires,
+        })
     }
 
     /// Whether this plan may replace one at version `applied`: newer, or the same manifest again.

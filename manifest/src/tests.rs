@@ -178,3 +178,77 @@ fn an_image_service_takes_what_it_leaves_out_from_the_image() {
     let neither = serde_json::to_vec(&serde_json::json!({"version": 1, "services": [{"name": "web"}]})).unwrap();
     assert!(verify(&neither, Some(sign(&neither, &k).as_bytes()), &k.verifying_key()).is_err());
 }
+
+fn signed_plan(manifest: serde_json::Value) -> Result<Plan, ManifestError> {
+    let k = key(1);
+    let bytes = serde_json::to_vec(&manifest).unwrap();
+    verify(&bytes, Some(sign(&bytes, &k).as_bytes()), &k.verifying_key())
+}
+
+#[test]
+fn health_defaults_to_the_checked_services_else_to_all_and_is_bounded() {
+    let checked = signed_plan(serde_json::from_slice(&manifest(1)).unwrap()).unwrap();
+    assert_eq!(checked.health.require, ["web"]);
+    assert_eq!(checked.health.window, Duration::from_secs(120));
+    assert_eq!(checked.health.restarts, 3);
+    let services = serde_json::json!([{"name": "a", "exec": ["/a"]}, {"name": "b", "exec": ["/b"], "oneshot": true}]);
+    let unchecked = signed_plan(serde_json::json!({"version": 1, "services": services})).unwrap();
+    assert_eq!(unchecked.health.require, ["a", "b"]);
+    let named = signed_plan(serde_json::json!({"version": 1, "services": services,
+        "health": {"require": ["b"], "timeout": 5.5, "restarts": 1}}))
+    .unwrap();
+    assert_eq!(
+        named.health,
+        health::HealthPlan { require: vec!["b".into()], window: Duration::from_millis(5500), restarts: 1 }
+    );
+    for (bad, says) in [
+        (serde_json::json!({"require": ["nope"]}), "unknown service"),
+        (serde_json::json!({"require": ["a", "a"]}), "named twice"),
+        (serde_json::json!({"timeout": 0.5}), "at least"),
+        (serde_json::json!({"timeout": -1}), "out of range"),
+        (serde_json::json!({"timeout": 1e19}), "out of range"),
+        (serde_json::json!({"restarts": 0}), "restarts 0"),
+        (serde_json::json!({"restarts": 1001}), "restarts 1001"),
+    ] {
+        let e = signed_plan(serde_json::json!({"version": 1, "services": services, "health": bad})).unwrap_err();
+        assert!(e.to_string().contains(says), "{bad}: {e}");
+    }
+    for bad in [serde_json::json!({"restarts": -1}), serde_json::json!({"restarts": 1e10}), serde_json::json!({"x": 1})]
+    {
+        assert!(matches!(
+            signed_plan(serde_json::json!({"version": 1, "services": services, "health": bad})),
+            Err(ManifestError::Parse(_))
+        ));
+    }
+}
+
+#[test]
+fn expiry_is_read_as_rfc3339_or_seconds_and_bounded() {
+    let at = |e: serde_json::Value| signed_plan(serde_json::json!({"version": 1, "expires": e})).map(|p| p.expires);
+    assert_eq!(at(serde_json::json!("2026-12-10T12:00:00Z")).unwrap(), Some(1_796_904_000));
+    assert_eq!(at(serde_json::json!("2026-12-10T13:00:00+01:00")).unwrap(), Some(1_796_904_000));
+    assert_eq!(at(serde_json::json!(1_796_904_000u64)).unwrap(), Some(1_796_904_000));
+    assert_eq!(signed_plan(serde_json::json!({"version": 1})).unwrap().expires, None);
+    for bad in ["", "tomorrow", "2026-13-01T00:00:00Z", "1960-01-01T00:00:00Z", "2026-12-10"] {
+        assert!(at(serde_json::json!(bad)).is_err(), "{bad}");
+    }
+    assert!(at(serde_json::json!(u64::MAX)).unwrap_err().to_string().contains("9999"));
+    assert!(at(serde_json::json!(-5)).is_err());
+    assert!(at(serde_json::json!(1.5)).is_err());
+    let now = std::time::UNIX_EPOCH + Duration::from_secs(1_796_904_000);
+    assert!(health::expired(Some(1_796_904_000), now));
+    assert!(!health::expired(Some(1_796_904_001), now));
+    assert!(!health::expired(None, now));
+    assert_eq!(health::rfc3339(1_796_904_000), "2026-12-10T12:00:00Z");
+}
+
+#[test]
+fn spans_name_their_unit_and_stay_bounded() {
+    assert_eq!(health::parse_span("7d").unwrap(), 7 * 86_400);
+    assert_eq!(health::parse_span("90m").unwrap(), 5400);
+    assert_eq!(health::parse_span("3600").unwrap(), 3600);
+    assert_eq!(health::parse_span("2w").unwrap(), 1_209_600);
+    for bad in ["", "d", "7y", "-1d", "1.5h", "99999999999999999999d", "1000000000000w"] {
+        assert!(health::parse_span(bad).is_err(), "{bad}");
+    }
+}
