@@ -11,7 +11,7 @@
 //! the kernel to read directly through FUSE passthrough; [`crate::assembled`] verifies them
 //! against the chunk hashes once per mount. They count in the same quota and LRU.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::fs;
 use std::io::{self, Write};
 use std::path::{Path, PathBuf};
@@ -50,6 +50,8 @@ pub struct CacheStats {
     pub evicted: u64,
     /// Writes that failed (then served uncached).
     pub write_errors: u64,
+    /// Chunks named by the pin set (a node's last good version), kept against eviction.
+    pub pinned: u64,
 }
 
 /// A cache entry: a chunk named by its plain hash, or an assembled file named by its content key.
@@ -65,6 +67,8 @@ struct Index {
     entries: HashMap<Key, (u64, u64)>,
     /// Entries by last use, oldest first.
     by_use: BTreeMap<u64, Key>,
+    /// Chunks kept against eviction.
+    pinned: HashSet<Hash>,
     tick: u64,
     stats: CacheStats,
 }
@@ -77,14 +81,39 @@ impl Index {
             self.stats.bytes -= old_size;
         } else {
             self.stats.entries += 1;
+            self.stats.pinned += u64::from(self.is_pinned(&id));
         }
         self.stats.bytes += size;
-        self.by_use.insert(self.tick, id);
+        // Pinned entries are not in the eviction order at all.
+        if !self.is_pinned(&id) {
+            self.by_use.insert(self.tick, id);
+        }
+    }
+
+    fn is_pinned(&self, id: &Key) -> bool {
+        matches!(id, Key::Chunk(h) if self.pinned.contains(h))
+    }
+
+    /// Makes `chunks` the pin set: they leave the eviction order, the chunks pinned before
+    /// (and no longer) go back into it.
+    fn pin(&mut self, chunks: HashSet<Hash>) {
+        self.pinned = chunks;
+        let mut pinned = 0;
+        for (id, &(_, tick)) in &self.entries {
+            if self.is_pinned(id) {
+                self.by_use.remove(&tick);
+                pinned += 1;
+            } else {
+                self.by_use.insert(tick, *id);
+            }
+        }
+        self.stats.pinned = pinned;
     }
 
     fn forget(&mut self, id: &Key) {
         if let Some((size, tick)) = self.entries.remove(id) {
             self.by_use.remove(&tick);
+            self.stats.pinned -= u64::from(self.is_pinned(id));
             self.stats.bytes -= size;
             self.stats.entries -= 1;
         }
@@ -291,6 +320,13 @@ impl Cache {
         Ok(())
     }
 
+    /// Keeps exactly `chunks` (by plain hash) against eviction, e.g. every chunk of the node's
+    /// last good version, so that a rollback works with the stores down. Pinned bytes still
+    /// count in the quota; when they alone exceed it, new entries are served uncached.
+    pub fn pin(&self, chunks: HashSet<Hash>) {
+        self.lock().pin(chunks);
+    }
+
     /// Evicts least recently used entries until at most `target` bytes remain.
     pub fn evict_to(&self, target: u64) {
         loop {
@@ -381,5 +417,30 @@ mod tests {
         let again = Cache::open(dir.path(), 3000).unwrap();
         assert_eq!(again.stats().entries, 3);
         assert_eq!(again.verify_all(), 0);
+    }
+
+    #[test]
+    fn pinned_chunks_outlive_eviction_until_unpinned() {
+        let dir = tempfile::tempdir().unwrap();
+        let cache = Cache::open(dir.path(), 3000).unwrap();
+        let chunks: Vec<_> = (0..6u8).map(|i| chunk_of(&[i; 1000])).collect();
+        // Pinned before and after they are cached: both stay.
+        cache.put(&chunks[0].0, &chunks[0].1);
+        cache.pin([chunks[0].0.id, chunks[1].0.id].into_iter().collect());
+        cache.put(&chunks[1].0, &chunks[1].1);
+        assert_eq!(cache.stats().pinned, 2);
+        for (c, v) in &chunks[2..] {
+            cache.put(c, v);
+        }
+        assert!(cache.stats().bytes <= 3000);
+        assert!(cache.get(&chunks[0].0).is_some() && cache.get(&chunks[1].0).is_some());
+        assert!(cache.get(&chunks[2].0).is_none(), "the unpinned oldest went");
+        cache.evict_to(0);
+        assert_eq!((cache.stats().entries, cache.stats().bytes), (2, 2000));
+        // A new pin set releases the old one to eviction.
+        cache.pin([chunks[5].0.id].into_iter().collect());
+        assert_eq!(cache.stats().pinned, 0);
+        cache.evict_to(0);
+        assert_eq!(cache.stats().entries, 0);
     }
 }

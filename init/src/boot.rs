@@ -168,8 +168,9 @@ fn find_cache_partition(label: &str) -> Option<PathBuf> {
 }
 
 /// Mounts the cache disk, or a tmpfs when there is none (nothing then survives a reboot). A
-/// blank cache partition is formatted first if the manifest asks for it (`format`).
-fn storage(label: &str, format_as: Option<&str>) -> String {
+/// blank cache partition is formatted first if the manifest asks for it (`format`): only then is
+/// the manifest looked at (`format_as`), before the node's identity is known.
+fn storage(label: &str, format_as: impl FnOnce() -> Option<String>) -> String {
     let partition = find_cache_partition(label);
     if let Some(dev) = &partition {
         let source = dev.to_string_lossy().into_owned();
@@ -187,8 +188,9 @@ fn storage(label: &str, format_as: Option<&str>) -> String {
         if let Some(fs) = mount() {
             return format!("{} ({fs}) on {CACHE_MOUNT}; {}", dev.display(), verity_note(fs));
         }
-        match format_as {
-            Some(fs) if looks_blank(dev) => match format(dev, fs, label) {
+        let blank = looks_blank(dev);
+        match blank.then(format_as).flatten().as_deref() {
+            Some(fs) => match format(dev, fs, label) {
                 Ok(()) => match mount() {
                     Some(fs) => {
                         return format!(
@@ -201,7 +203,7 @@ fn storage(label: &str, format_as: Option<&str>) -> String {
                 },
                 Err(e) => tracing::error!("{}: formatting the cache partition: {e}", dev.display()),
             },
-            Some(_) => tracing::error!(
+            None if !blank => tracing::error!(
                 "{}: partition {label:?} holds data init cannot mount: not formatting it",
                 dev.display()
             ),
@@ -217,6 +219,11 @@ fn storage(label: &str, format_as: Option<&str>) -> String {
         Ok(()) => format!("no partition named {label:?}: a tmpfs on {CACHE_MOUNT} (nothing kept across boots)"),
         Err(e) => format!("no cache at all: {e}"),
     }
+}
+
+/// Whether [`storage`] said the cache is in memory.
+fn storage_is_memory(summary: &str) -> bool {
+    summary.contains("a tmpfs on") || summary.starts_with("no cache at all")
 }
 
 /// Whether the cache disk (a `fs`) has fs-verity, which passthrough needs.
@@ -363,31 +370,42 @@ fn run(params: BootParams, started: Instant) -> Result<Power, String> {
         );
     }
     let key = manifest_key(&params)?;
-    // The manifest's wishes for the cache disk come before the disk (and so before the version
-    // check it keeps): this look is verified but applies nothing.
-    let early = step(&mut timings, "manifest (first look)", || {
+    // A blank cache disk is formatted only if the manifest says so: this first look at it is
+    // verified but applies nothing. It is the one manifest request not signed by the node's
+    // key, which is kept on that disk and so made after it.
+    let first_look = || {
         let fetched = Fetcher::new(&trust)
             .map_err(|e| error_chain(&e))
             .and_then(|f| crate::node::fetch_verified(&f, &manifest_url, &key).map_err(|e| error_chain(&e)));
         match fetched {
             Ok(f) => {
                 report::stage("manifest", format!("version {} verified ({})", f.plan.version, f.plan.digest));
-                Some(f.plan)
+                f.plan.format_cache
             }
             Err(e) => {
-                tracing::warn!("manifest: {e}; the node loop retries");
-                report::stage("manifest", format!("{e}; retrying"));
+                tracing::warn!("manifest: {e}; the blank cache disk is not formatted on this boot");
                 None
             }
         }
-    });
-    let format_as = early.as_ref().and_then(|p| p.format_cache.clone());
-    let storage = step(&mut timings, "storage", || storage(&params.cache_label, format_as.as_deref()));
+    };
+    let storage = step(&mut timings, "storage", || storage(&params.cache_label, first_look));
     tracing::info!("storage: {storage}");
+    // On a tmpfs nothing outlives the boot: the key is ephemeral, and the node says so.
+    let on_disk = !storage_is_memory(&storage);
     report::stage("storage", storage);
     let state = Path::new(CACHE_MOUNT).join("state");
     if let Err(e) = std::fs::create_dir_all(&state) {
         tracing::warn!("state directory {}: {e}", state.display());
+    }
+    match crate::identity::Identity::load(on_disk.then_some(state.as_path()), None, None) {
+        Ok(identity) => {
+            let identity = crate::identity::install(identity);
+            report::stage("identity", identity.describe());
+        }
+        Err(e) => {
+            tracing::error!("identity: {e}; requests to the boot server go unsigned");
+            crate::identity::settle();
+        }
     }
     crate::clock::judge_rtc(Some(&state));
     let cache_dir = Path::new(CACHE_MOUNT).join("chunks");

@@ -126,6 +126,11 @@ pub fn record_kept() {
     }
 }
 
+/// Under `init run`: the host keeps its own clock (init never sets it), and it is trusted.
+pub fn trust_host() {
+    set(Trust::Trusted, "the host's clock (init run)".into());
+}
+
 /// Once the cache disk is there: trusts the RTC if it reads later than the build and the time
 /// last recorded in `state_dir` (the disk's), and records the time there whenever it is trusted.
 pub fn judge_rtc(state_dir: Option<&Path>) {

@@ -86,6 +86,16 @@ impl Fetcher {
 
     /// The whole body of `url`, at most `limit` bytes.
     pub fn get(&self, url: &str, limit: u64) -> Result<Vec<u8>, FetchError> {
+        self.get_as(url, limit, None)
+    }
+
+    /// Like [`Fetcher::get`], signed by the node's identity as a request of `stream` (when the
+    /// node has one and `url` is a network URL).
+    pub fn get_signed(&self, url: &str, limit: u64, stream: &'static str) -> Result<Vec<u8>, FetchError> {
+        self.get_as(url, limit, Some(stream))
+    }
+
+    fn get_as(&self, url: &str, limit: u64, stream: Option<&'static str>) -> Result<Vec<u8>, FetchError> {
         let failed = |why: String| FetchError::Failed { url: url.to_string(), why };
         if let Some(path) = local_path(url) {
             return match std::fs::metadata(path) {
@@ -94,7 +104,11 @@ impl Fetcher {
                 _ => std::fs::read(path).map_err(|e| failed(e.to_string())),
             };
         }
-        let mut resp = self.agent.get(url).call().map_err(|e| failed(untrusted_clock(e.to_string())))?;
+        let mut request = self.agent.get(url);
+        for (name, value) in stream.map(|s| signature(s, "GET", url, b"")).unwrap_or_default() {
+            request = request.header(name, value);
+        }
+        let mut resp = request.call().map_err(|e| failed(untrusted_clock(e.to_string())))?;
         if let Some(date) = resp.headers().get("date").and_then(|d| d.to_str().ok()) {
             if let Ok(date) = httpdate::parse_http_date(date) {
                 crate::clock::server_date(date, url);
@@ -107,32 +121,60 @@ impl Fetcher {
         }
     }
 
-    /// POSTs a JSON document to `url`, giving up after `timeout`; any 2xx is success.
-    pub fn post_json(&self, url: &str, body: &str, timeout: Duration) -> Result<(), FetchError> {
+    /// POSTs a JSON document to `url` as a request of `stream`, signed when the node has an
+    /// identity, giving up after `timeout`; any 2xx is success.
+    pub fn post_json(&self, url: &str, body: &str, timeout: Duration, stream: &'static str) -> Result<(), FetchError> {
         let failed = |why: String| FetchError::Failed { url: url.to_string(), why };
-        let resp = self
+        let mut request = self
             .agent
             .post(url)
             .config()
             .timeout_global(Some(timeout))
             .build()
-            .header("content-type", "application/json")
-            .send(body)
-            .map_err(|e| failed(e.to_string()))?;
+            .header("content-type", "application/json");
+        for (name, value) in signature(stream, "POST", url, body.as_bytes()) {
+            request = request.header(name, value);
+        }
+        let resp = request.send(body).map_err(|e| failed(e.to_string()))?;
         match resp.status().as_u16() {
             200..=299 => Ok(()),
             code => Err(failed(format!("HTTP {code}"))),
         }
     }
 
+    /// Like [`Fetcher::get_signed`], but a missing object is `None`.
+    pub fn get_optional_signed(
+        &self,
+        url: &str,
+        limit: u64,
+        stream: &'static str,
+    ) -> Result<Option<Vec<u8>>, FetchError> {
+        Self::optional(self.get_signed(url, limit, stream))
+    }
+
     /// Like [`Fetcher::get`], but a missing object is `None`.
     pub fn get_optional(&self, url: &str, limit: u64) -> Result<Option<Vec<u8>>, FetchError> {
-        match self.get(url, limit) {
+        Self::optional(self.get(url, limit))
+    }
+
+    fn optional(got: Result<Vec<u8>, FetchError>) -> Result<Option<Vec<u8>>, FetchError> {
+        match got {
             Ok(b) => Ok(Some(b)),
             Err(FetchError::NotFound { .. }) => Ok(None),
             Err(e) => Err(e),
         }
     }
+}
+
+/// The headers signing a request for `url` by the node's identity; none without one. The target
+/// signed is the path and query as sent.
+fn signature(stream: &'static str, method: &str, url: &str, body: &[u8]) -> Vec<(&'static str, String)> {
+    let Some(identity) = crate::identity::get() else { return Vec::new() };
+    let target = ureq::http::Uri::try_from(url)
+        .ok()
+        .and_then(|u| u.path_and_query().map(|p| p.as_str().to_string()))
+        .unwrap_or_else(|| "/".into());
+    identity.sign(stream, method, &target, body)
 }
 
 /// A transport error, with the clock's state when a certificate may have been judged against a

@@ -14,6 +14,8 @@
 //! - [`runtime`]: the threads of a running init wired together, each loop under a [`guard`].
 //! - [`control`]: the control socket (JSON lines) and its client; [`logring`]: services' output.
 //! - [`report`]: boot stages told to the boot server's status page.
+//! - [`identity`]: the node's own key, which signs what it tells and asks the boot server.
+//! - [`health`]: whether an upgrade counts as good (a pure step function), else the node rolls back.
 #![deny(missing_docs)]
 
 pub mod boot;
@@ -22,6 +24,9 @@ pub mod cmdline;
 pub mod control;
 pub mod fetch;
 pub mod guard;
+pub mod health;
+pub mod identity;
+pub mod kept;
 pub mod logring;
 pub mod modules;
 pub mod mounts;

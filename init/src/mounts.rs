@@ -371,6 +371,28 @@ impl Mounts {
         self.switch(&[], Vec::new());
     }
 
+    /// Pins every chunk of `flists` (read from their files kept in the state directory) in the
+    /// cache against eviction, replacing the pins before: the last good version's, so that a
+    /// rollback to it works with the stores down. Returns how many chunks are pinned.
+    pub fn pin(&self, flists: &[FlistPlan]) -> usize {
+        let (Some(cache), Some(state)) = (&self.cfg.cache, &self.cfg.state_dir) else { return 0 };
+        let mut chunks = std::collections::HashSet::new();
+        for f in flists {
+            let path = state.join("flists").join(format!("{}.fl", f.digest.to_hex()));
+            let decoded = std::fs::read(&path)
+                .ok()
+                .filter(|b| blake3::hash(b).as_bytes() == &f.digest.0)
+                .and_then(|b| Flist::decode(&b).ok());
+            match decoded {
+                Some(flist) => chunks.extend(flist.chunks.iter().map(flist::format::ChunkRef::plain_hash)),
+                None => tracing::warn!("flist {}: no kept copy in {} to pin its chunks by", f.name, path.display()),
+            }
+        }
+        let pinned = chunks.len();
+        cache.pin(chunks);
+        pinned
+    }
+
     /// What is mounted, for `init ctl mounts`.
     pub fn describe(&self) -> Vec<MountRow> {
         self.active

@@ -20,10 +20,12 @@ use ed25519_dalek::VerifyingKey;
 use flist::durable::lock;
 use flist::Hash;
 
-use crate::control::protocol::{Answer, ManifestState, NodeRequest, Reloaded};
-use crate::control::NodeCall;
+use crate::control::protocol::{Answer, ManifestState, NodeRequest, Reloaded, ServiceRequest};
+use crate::control::{NodeCall, ServiceCall};
 use crate::error_chain;
 use crate::fetch::{with_suffix, FetchError, Fetcher};
+use crate::health::{Seen, Verdict, Window};
+use crate::kept::{Signed, Versions, MAX_TRIES};
 use crate::mounts::{prepare, MountConfig, MountError, Mounts, Prepared};
 use crate::supervisor::Update;
 use flint_manifest::{verify, ManifestError, Plan, ServicePlan};
@@ -53,6 +55,22 @@ pub enum NodeError {
     /// The supervisor is shutting down.
     #[error("the supervisor is shutting down")]
     ShuttingDown,
+    /// Not newer than a version that failed its health window.
+    #[error("refusing manifest version {version}: version {failed} failed its health check, so only a newer version is applied")]
+    FailedBefore {
+        /// The refused version.
+        version: u64,
+        /// The highest failed version.
+        failed: u64,
+    },
+    /// Expired, by a trusted clock.
+    #[error("refusing manifest version {version}: it expired at {at} (the clock is trusted); the node keeps what it runs and is stale")]
+    Expired {
+        /// The refused version.
+        version: u64,
+        /// When it expired (RFC 3339).
+        at: String,
+    },
 }
 
 /// What to do once every service is stopped.
@@ -86,6 +104,8 @@ pub struct NodeInputs {
     pub calls: Receiver<NodeCall>,
     /// SIGHUP: reconcile now.
     pub hup: Receiver<()>,
+    /// The supervisor's requests, for the health window's view of the services.
+    pub services: Sender<ServiceCall>,
     /// The power keeper: stop, reboot or power off ([`crate::power`]).
     pub power: Receiver<Power>,
     /// The supervisor has returned.
@@ -105,8 +125,8 @@ pub struct Fetched {
 /// The manifest at `url` and its signature, verified against `key` (not checked against the
 /// version in force).
 pub fn fetch_verified(fetcher: &Fetcher, url: &str, key: &VerifyingKey) -> Result<Fetched, NodeError> {
-    let bytes = fetcher.get(url, MAX_MANIFEST_LEN)?;
-    let signature = fetcher.get_optional(&with_suffix(url, ".sig"), MAX_SIGNATURE_LEN)?;
+    let bytes = fetcher.get_signed(url, MAX_MANIFEST_LEN, "manifest")?;
+    let signature = fetcher.get_optional_signed(&with_suffix(url, ".sig"), MAX_SIGNATURE_LEN, "manifest")?;
     let plan = verify(&bytes, signature.as_deref(), key)?;
     Ok(Fetched { plan, bytes, signature })
 }
@@ -120,6 +140,16 @@ pub struct Node {
     updates: Sender<Update>,
     stop: Sender<()>,
     applied: Option<Plan>,
+    /// The versions kept: floor, last good, trial, failed.
+    versions: Versions,
+    /// The health window of the version applied last, while it is open.
+    window: Option<Window>,
+    /// The manifest in its health window, to become the last good one.
+    pending_good: Option<Signed>,
+    /// The last health verdict or rollback, for `init ctl manifest`.
+    health: Option<String>,
+    /// Why the node is stale (its manifest expired), if it is.
+    stale: Option<String>,
     last_check: Option<SystemTime>,
     last_error: Option<String>,
     power: Option<Power>,
@@ -130,10 +160,24 @@ pub struct Node {
 /// A manifest whose update the supervisor is carrying out: recorded as applied once `done`.
 struct InFlight {
     plan: Plan,
-    bytes: Vec<u8>,
-    signature: Option<Vec<u8>>,
+    signed: Signed,
+    origin: Origin,
     done: Receiver<()>,
 }
+
+/// Why a manifest is applied.
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum Origin {
+    /// Fetched and newer: an upgrade, judged by its health window.
+    Upgrade,
+    /// The one kept on the state disk, while the server cannot be reached.
+    Kept,
+    /// Back to the last good version, and why.
+    Rollback(String),
+}
+
+/// How often an open health window looks at the services.
+const HEALTH_TICK: Duration = Duration::from_secs(1);
 
 /// `url` as written in the manifest, resolved against the manifest's own URL.
 fn resolve(base: &str, url: &str) -> String {
@@ -171,7 +215,13 @@ impl Node {
         stop: Sender<()>,
     ) -> Node {
         let mounts = Arc::new(Mutex::new(Mounts::new(mount_cfg.clone())));
+        let versions = Versions::load(cfg.state_dir.clone());
         Node {
+            versions,
+            window: None,
+            pending_good: None,
+            health: None,
+            stale: None,
             cfg,
             fetcher,
             mount_cfg,
@@ -191,51 +241,67 @@ impl Node {
         self.mounts.clone()
     }
 
-    fn kept(&self, file: &str) -> Option<PathBuf> {
-        self.cfg.state_dir.as_ref().map(|d| d.join(file))
-    }
-
-    /// The version and digest recorded on the state disk, else of the manifest in force.
-    fn recorded(&self) -> Option<(u64, Hash)> {
-        let on_disk = self.kept("manifest.version").and_then(|p| std::fs::read_to_string(p).ok()).and_then(|t| {
-            let (version, digest) = t.trim().split_once(' ')?;
-            Some((version.parse().ok()?, Hash::from_hex(digest)?))
-        });
-        on_disk.or(self.applied.as_ref().map(|p| (p.version, p.digest)))
-    }
-
-    /// Records `plan` as applied: the version counter and the manifest itself, each written whole.
-    fn record(&self, plan: &Plan, bytes: &[u8], signature: Option<&[u8]>) -> std::io::Result<()> {
-        let Some(dir) = &self.cfg.state_dir else { return Ok(()) };
-        let write = |name: &str, data: &[u8]| flist::durable::write_whole(&dir.join(name), data);
-        write("manifest.json", bytes)?;
-        write("manifest.json.sig", signature.unwrap_or_default())?;
-        write("manifest.version", format!("{} {}\n", plan.version, plan.digest.to_hex()).as_bytes())
+    /// The floor kept on the state disk, else the manifest in force.
+    fn floor(&self) -> Option<(u64, Hash)> {
+        self.versions.floor().or(self.applied.as_ref().map(|p| (p.version, p.digest)))
     }
 
     /// Fetches, verifies and applies the manifest. `Ok(true)` if the node changed.
     pub fn reconcile(&mut self) -> Result<bool, NodeError> {
         self.last_check = Some(SystemTime::now());
         let f = fetch_verified(&self.fetcher, &self.cfg.manifest_url, &self.cfg.key)?;
-        self.apply(f.plan, &f.bytes, f.signature.as_deref())
+        self.apply(f.plan, Signed { bytes: f.bytes, signature: f.signature }, Origin::Upgrade)
     }
 
-    /// Applies the manifest kept on the state disk (verified again: the disk is not trusted).
+    /// Applies the last good manifest kept on the state disk, else the one running when the node
+    /// stopped (verified again: the disk is not trusted).
     fn apply_kept(&mut self) -> Result<bool, NodeError> {
-        let read = |name| self.kept(name).and_then(|p| std::fs::read(p).ok());
-        let (Some(bytes), signature) = (read("manifest.json"), read("manifest.json.sig")) else {
+        let Some(kept) = self.versions.good().cloned().or_else(|| self.versions.kept_running()) else {
             return Ok(false);
         };
-        let plan = verify(&bytes, signature.as_deref(), &self.cfg.key)?;
+        let plan = verify(&kept.bytes, kept.signature.as_deref(), &self.cfg.key)?;
         tracing::warn!("running the last good manifest (version {}) kept on the state disk", plan.version);
-        self.apply(plan, &bytes, signature.as_deref())
+        self.apply(plan, kept, Origin::Kept)
+    }
+
+    /// Whether `plan`, fetched, may be applied: newer than the floor, newer than any failed
+    /// version, not expired by a trusted clock. Sets or clears the node's staleness.
+    fn admit(&mut self, plan: &Plan, same: bool) -> Result<(), NodeError> {
+        if !same {
+            if let Some(failed) = self.versions.failed.filter(|f| plan.version <= *f) {
+                return Err(NodeError::FailedBefore { version: plan.version, failed });
+            }
+            plan.newer_than(self.floor())?;
+        }
+        let Some(at) = plan.expires.filter(|_| flint_manifest::health::expired(plan.expires, SystemTime::now())) else {
+            self.stale = None;
+            return Ok(());
+        };
+        let at = flint_manifest::health::rfc3339(at);
+        let clock = crate::clock::now();
+        if clock.trust != crate::clock::Trust::Trusted {
+            tracing::warn!(
+                "manifest version {} expired at {at}, but the clock is {clock}: not refused on expiry",
+                plan.version
+            );
+            return Ok(());
+        }
+        let why = format!("manifest version {} expired at {at}; no fresh manifest is served", plan.version);
+        if self.stale.as_ref() != Some(&why) {
+            crate::report::stage("stale", why.clone());
+        }
+        self.stale = Some(why);
+        Err(NodeError::Expired { version: plan.version, at })
     }
 
     /// Hands `plan` to the supervisor, its new flists mounted on staging directories; `Ok(true)`
     /// if that changes the node (the update is then in flight).
-    fn apply(&mut self, plan: Plan, bytes: &[u8], signature: Option<&[u8]>) -> Result<bool, NodeError> {
-        plan.newer_than(self.recorded())?;
-        if self.applied.as_ref().is_some_and(|a| a.digest == plan.digest) {
+    fn apply(&mut self, plan: Plan, signed: Signed, origin: Origin) -> Result<bool, NodeError> {
+        let same = self.applied.as_ref().is_some_and(|a| a.digest == plan.digest);
+        if origin == Origin::Upgrade {
+            self.admit(&plan, same)?;
+        }
+        if same {
             return Ok(false);
         }
         let missing: Vec<_> = lock(&self.mounts).missing(&plan.flists).into_iter().cloned().collect();
@@ -285,7 +351,13 @@ impl Node {
         // The supervisor stops what leaves (each within its stop timeout) before it switches;
         // the node loop keeps answering meanwhile and records the version once it is in place.
         tracing::info!("manifest version {}: handed to the supervisor", plan.version);
-        self.in_flight = Some(InFlight { plan, bytes: bytes.to_vec(), signature: signature.map(<[u8]>::to_vec), done });
+        if origin == Origin::Upgrade {
+            // Kept before the switch: a power loss from here on counts as a failed try.
+            let trial = self.versions.start_trial(plan.version, plan.digest);
+            tracing::info!("manifest version {}: try {} of {MAX_TRIES}", plan.version, trial.tries);
+        }
+        self.window = None;
+        self.in_flight = Some(InFlight { plan, signed, origin, done });
         Ok(true)
     }
 
@@ -294,11 +366,30 @@ impl Node {
         self.applied.is_some() || self.in_flight.is_some()
     }
 
-    /// The update in flight is in place: records its manifest as the one applied.
+    /// The update in flight is in place: records its manifest as the one applied, and opens
+    /// the health window of an upgrade.
     fn applied_in_flight(&mut self) {
-        let Some(InFlight { plan, bytes, signature, .. }) = self.in_flight.take() else { return };
-        if let Err(e) = self.record(&plan, &bytes, signature.as_deref()) {
-            tracing::error!("recording manifest version {} on the state disk: {e}", plan.version);
+        let Some(InFlight { plan, signed, origin, .. }) = self.in_flight.take() else { return };
+        self.versions.running(&signed);
+        match &origin {
+            Origin::Upgrade => {
+                self.versions.raise_floor(plan.version, plan.digest);
+                tracing::info!(
+                    "manifest version {}: health window of {} s for {}",
+                    plan.version,
+                    plan.health.window.as_secs_f64(),
+                    plan.health.require.join(", ")
+                );
+                self.window = Some(Window::open(plan.health.clone(), Instant::now()));
+                self.pending_good = Some(signed);
+            }
+            Origin::Rollback(why) => {
+                let message = format!("rolled back to manifest version {}: {why}", plan.version);
+                tracing::warn!("{message}");
+                crate::report::stage("rollback", message.clone());
+                self.health = Some(message);
+            }
+            Origin::Kept => {}
         }
         if let Some(name) = plan.hostname.as_deref().filter(|_| self.cfg.set_hostname) {
             if let Err(e) = nix::unistd::sethostname(name) {
@@ -316,6 +407,99 @@ impl Node {
             ),
         );
         self.applied = Some(plan);
+    }
+
+    /// One look at the services for the open health window, and what follows from its verdict:
+    /// the upgrade becomes the last good version, or the node goes back to it.
+    fn watch_health(&mut self, services: &Sender<ServiceCall>) {
+        let Some(window) = self.window.as_mut() else { return };
+        let (reply, answer) = crossbeam_channel::bounded(1);
+        if services.send((ServiceRequest::List, reply)).is_err() {
+            return;
+        }
+        let Ok(Answer::Services(rows)) = answer.recv_timeout(Duration::from_secs(2)) else { return };
+        let seen: Vec<Seen> =
+            rows.into_iter().map(|r| Seen { name: r.name, state: r.state, starts: r.starts }).collect();
+        let verdict = window.step(Instant::now(), &seen);
+        let Some(plan) = self.applied.clone() else { return };
+        match verdict {
+            Verdict::Watching => {}
+            Verdict::Healthy => {
+                self.window = None;
+                self.versions.end_trial();
+                if let Some(good) = self.pending_good.take() {
+                    self.versions.set_good(good);
+                }
+                self.pin_good();
+                let message =
+                    format!("manifest version {} is healthy: {} ready", plan.version, plan.health.require.join(", "));
+                tracing::info!("{message}");
+                crate::report::stage("healthy", message.clone());
+                self.health = Some(message);
+            }
+            Verdict::Failed(cause) => {
+                self.window = None;
+                self.pending_good = None;
+                self.versions.end_trial();
+                self.versions.fail(plan.version);
+                let message = format!("manifest version {} failed its health check: {cause}", plan.version);
+                tracing::error!("{message}");
+                crate::report::stage("unhealthy", message.clone());
+                self.health = Some(message);
+                self.roll_back(&format!("version {} failed its health check: {cause}", plan.version));
+            }
+        }
+    }
+
+    /// Pins the chunks of the last good version's flists in the cache, so that a rollback to it
+    /// works with the stores down.
+    fn pin_good(&self) {
+        let Some(good) = self.versions.good() else { return };
+        match verify(&good.bytes, good.signature.as_deref(), &self.cfg.key) {
+            Ok(plan) => {
+                let pinned = lock(&self.mounts).pin(&plan.flists);
+                tracing::info!("last good manifest version {}: {pinned} chunks pinned in the cache", plan.version);
+            }
+            Err(e) => tracing::error!("the last good manifest kept on the state disk: {e}"),
+        }
+    }
+
+    /// Goes back to the last good manifest, kept on the state disk (or in memory).
+    fn roll_back(&mut self, why: &str) {
+        let Some(good) = self.versions.good().cloned() else {
+            let message = format!("no earlier good version to go back to ({why}); the node keeps what it runs");
+            tracing::error!("{message}");
+            crate::report::stage("rollback", message.clone());
+            self.health = Some(message);
+            return;
+        };
+        let result = verify(&good.bytes, good.signature.as_deref(), &self.cfg.key)
+            .map_err(NodeError::from)
+            .and_then(|plan| self.apply(plan, good, Origin::Rollback(why.to_string())));
+        if let Err(e) = result {
+            let message = format!("rolling back ({why}): {}", error_chain(&e));
+            tracing::error!("{message}");
+            crate::report::stage("rollback", message.clone());
+            self.health = Some(message);
+        }
+    }
+
+    /// At start: a health window cut short (power was lost) counts as a failed try; the node
+    /// starts from the last good version, and a version tried [`MAX_TRIES`] times is failed.
+    fn resume_after_interrupted_trial(&mut self) {
+        let Some(trial) = self.versions.trial else { return };
+        let why = format!(
+            "the health window of version {} was cut short (power lost?): try {} of {MAX_TRIES} failed",
+            trial.version, trial.tries
+        );
+        tracing::warn!("{why}");
+        if trial.tries >= MAX_TRIES {
+            self.versions.end_trial();
+            self.versions.fail(trial.version);
+        }
+        if self.versions.good().is_some_and(|g| blake3::hash(&g.bytes).as_bytes() != &trial.digest.0) {
+            self.roll_back(&why);
+        }
     }
 
     /// The plan's services, those running a container image completed from its run
@@ -365,6 +549,8 @@ impl Node {
     pub fn run(&mut self, inputs: &NodeInputs, must_start: bool) -> Result<Power, NodeError> {
         let mut failures = 0u32;
         let mut next = Instant::now();
+        self.pin_good();
+        self.resume_after_interrupted_trial();
         loop {
             // One update at a time: the next fetch waits until the one in flight is in place.
             if self.power.is_none() && self.in_flight.is_none() && Instant::now() >= next {
@@ -386,7 +572,11 @@ impl Node {
                 }
             }
             flist::faults::hit("init", "node");
-            let wait = next.saturating_duration_since(Instant::now());
+            self.watch_health(&inputs.services);
+            let mut wait = next.saturating_duration_since(Instant::now());
+            if self.window.is_some() {
+                wait = wait.min(HEALTH_TICK);
+            }
             let in_place = self.in_flight.as_ref().map_or_else(crossbeam_channel::never, |f| f.done.clone());
             select! {
                 recv(in_place) -> done => match done {
@@ -449,6 +639,18 @@ impl Node {
                     .and_then(|t| t.duration_since(SystemTime::UNIX_EPOCH).ok())
                     .map(|d| d.as_secs()),
                 last_error: self.last_error.clone(),
+                expires: self.applied.as_ref().and_then(|p| p.expires).map(flint_manifest::health::rfc3339),
+                stale: self.stale.clone(),
+                health: self.health.clone(),
+                health_window: self.window.as_ref().map(|w| w.length().as_secs()),
+                floor: self.versions.floor().map(|(v, _)| v),
+                failed: self.versions.failed,
+                good: self
+                    .versions
+                    .good()
+                    .and_then(|g| serde_json::from_slice::<flint_manifest::RawManifest>(&g.bytes).ok())
+                    .map(|m| m.version),
+                identity: crate::identity::get().map(|i| i.describe()),
             })),
             NodeRequest::Mounts => Answer::Mounts(lock(&self.mounts).describe()),
         }

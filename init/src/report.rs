@@ -12,6 +12,9 @@ use crate::fetch::Fetcher;
 /// Reports waiting to be sent; beyond this a stage is dropped.
 const QUEUED: usize = 256;
 
+/// Longest reports wait for the node's identity before going out unsigned.
+const IDENTITY_WAIT: Duration = Duration::from_secs(60);
+
 static QUEUE: OnceLock<crossbeam_channel::Sender<(String, String)>> = OnceLock::new();
 
 /// Starts sending reports to `url` as this node's `mac` (`aa:bb:…`). Once per process.
@@ -22,9 +25,12 @@ pub fn start(url: String, mac: String, fetcher: Fetcher) {
     }
     let spawned = std::thread::Builder::new().name("report".into()).spawn(move || {
         crate::guard::guard("report", || {
+            // Signed by the node's key once the cache disk (where it is kept) is known; reports
+            // wait for it in the queue rather than go out under a provisional identity.
+            crate::identity::wait(IDENTITY_WAIT);
             for (stage, detail) in rx.iter() {
                 let body = serde_json::json!({ "mac": mac, "stage": stage, "detail": detail }).to_string();
-                if let Err(e) = fetcher.post_json(&url, &body, Duration::from_secs(3)) {
+                if let Err(e) = fetcher.post_json(&url, &body, Duration::from_secs(3), "report") {
                     tracing::debug!("report to {url}: {}", crate::error_chain(&e));
                 }
             }

@@ -106,7 +106,7 @@ pub fn supervise(setup: Setup) -> anyhow::Result<Power> {
     let (services_tx, calls) = crossbeam_channel::unbounded();
     let (node_tx, node_calls) = crossbeam_channel::unbounded();
     let (power_calls_tx, power_calls) = crossbeam_channel::unbounded();
-    let owners = control::Owners { services: services_tx, node: node_tx, power: power_calls_tx };
+    let owners = control::Owners { services: services_tx.clone(), node: node_tx, power: power_calls_tx };
     control::serve(&setup.socket, owners).with_context(|| format!("control socket {}", setup.socket.display()))?;
 
     let (updates_tx, updates) = crossbeam_channel::unbounded();
@@ -138,7 +138,7 @@ pub fn supervise(setup: Setup) -> anyhow::Result<Power> {
         pid1,
     };
     std::thread::Builder::new().name("power".into()).spawn(move || crate::guard::guard("power", || keeper.run()))?;
-    let inputs = NodeInputs { calls: node_calls, hup, power: node_power, finished };
+    let inputs = NodeInputs { calls: node_calls, hup, services: services_tx, power: node_power, finished };
     let result = crate::guard::guard("node", || node.run(&inputs, !pid1));
     let _ = node_done_tx.send(());
     flist::durable::lock(&mounts).unmount_all();

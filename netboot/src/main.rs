@@ -35,6 +35,11 @@ enum Command {
         /// The secret key from `keygen`.
         #[arg(long)]
         key: PathBuf,
+        /// Make the manifest expire this long from now (`7d`, `12h`, `90m`, `3600s`): its
+        /// `expires` is set (the file is rewritten) before signing. Nodes whose clock is trusted
+        /// refuse it after that and report themselves stale.
+        #[arg(long, value_parser = flint_manifest::health::parse_span)]
+        expires: Option<u64>,
     },
     /// Serve ROOT over HTTP(S) to booting nodes: iPXE scripts per MAC address (profiles in
     /// ROOT/netboot.json), kernels, initramfs images, signed manifests, flists and chunk stores
@@ -52,6 +57,9 @@ enum Command {
         /// PEM private key of --tls-cert.
         #[arg(long, requires = "tls_cert")]
         tls_key: Option<PathBuf>,
+        /// Refuse reports and manifest requests not signed by a node's key (401).
+        #[arg(long)]
+        signed_only: bool,
     },
 }
 
@@ -94,27 +102,45 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             std::fs::write(&public, format!("{}\n", hex::encode(secret.verifying_key().to_bytes())))?;
             println!("{}", public.display());
         }
-        Command::Sign { manifest, key } => {
+        Command::Sign { manifest, key, expires } => {
             let secret = read_secret(&key)?;
-            let bytes = std::fs::read(&manifest).with_context(|| format!("reading {}", manifest.display()))?;
+            let mut bytes = std::fs::read(&manifest).with_context(|| format!("reading {}", manifest.display()))?;
+            if let Some(span) = expires {
+                bytes = with_expiry(&bytes, span).with_context(|| format!("{}", manifest.display()))?;
+                std::fs::write(&manifest, &bytes).with_context(|| format!("rewriting {}", manifest.display()))?;
+            }
             let signature = flint_manifest::sign(&bytes, &secret);
             let plan = flint_manifest::verify(&bytes, Some(signature.as_bytes()), &secret.verifying_key())
                 .context("a node would refuse this manifest")?;
             let out = PathBuf::from(format!("{}.sig", manifest.display()));
             std::fs::write(&out, format!("{signature}\n"))?;
+            let expiry =
+                plan.expires.map_or(String::new(), |e| format!(", expires {}", flint_manifest::health::rfc3339(e)));
             println!(
-                "{}: version {}, {} flists, {} services",
+                "{}: version {}, {} flists, {} services{expiry}",
                 out.display(),
                 plan.version,
                 plan.flists.len(),
                 plan.services.len()
             );
         }
-        Command::Serve { root, listen, tls_cert, tls_key } => {
-            serve::run(serve::ServeOptions { root, listen, tls: tls_cert.zip(tls_key) })?;
+        Command::Serve { root, listen, tls_cert, tls_key, signed_only } => {
+            serve::run(serve::ServeOptions { root, listen, tls: tls_cert.zip(tls_key), signed_only })?;
         }
     }
     Ok(())
+}
+
+/// The manifest with `expires` set to `span` seconds from now.
+fn with_expiry(bytes: &[u8], span: u64) -> anyhow::Result<Vec<u8>> {
+    let mut manifest: serde_json::Value = serde_json::from_slice(bytes).context("not JSON")?;
+    let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH)?.as_secs();
+    let at = now.checked_add(span).context("the expiry is too far")?;
+    let object = manifest.as_object_mut().context("not a JSON object")?;
+    object.insert("expires".into(), flint_manifest::health::rfc3339(at).into());
+    let mut text = serde_json::to_vec_pretty(&manifest)?;
+    text.push(b'\n');
+    Ok(text)
 }
 
 /// Fresh randomness from the kernel.

@@ -20,8 +20,12 @@ impl Drop for Served {
 }
 
 fn serve(root: &Path, tls: Option<(&Path, &Path)>) -> Served {
+    serve_with(root, tls, &[])
+}
+
+fn serve_with(root: &Path, tls: Option<(&Path, &Path)>, extra: &[&str]) -> Served {
     let mut cmd = Command::new(env!("CARGO_BIN_EXE_netboot"));
-    cmd.args(["serve", "--listen", "127.0.0.1:0", "--root"]).arg(root);
+    cmd.args(["serve", "--listen", "127.0.0.1:0", "--root"]).arg(root).args(extra);
     if let Some((cert, key)) = tls {
         cmd.arg("--tls-cert").arg(cert).arg("--tls-key").arg(key);
     }
@@ -213,4 +217,146 @@ fn https_serves_to_init_trusting_the_pinned_ca() {
         public.get(&format!("{}/boot/vmlinuz", s.url), 1 << 20).is_err(),
         "a self-signed certificate is not a public one"
     );
+}
+
+/// A request signed as a node signs it (`flint_manifest::signed`), with any header replaced.
+fn signed_request(
+    url: &str,
+    method: &str,
+    target: &str,
+    body: &[u8],
+    key: &ed25519_dalek::SigningKey,
+    envelope: &flint_manifest::signed::Envelope,
+    tamper: &[(&str, &str)],
+) -> (u16, String) {
+    let mut headers = flint_manifest::signed::sign(key, envelope, method, target, body);
+    for (name, value) in tamper {
+        headers.iter_mut().find(|(n, _)| n == name).unwrap().1 = value.to_string();
+    }
+    let full = format!("{url}{target}");
+    let mut resp = if method == "POST" {
+        let mut req = agent().post(&full);
+        for (k, v) in &headers {
+            req = req.header(*k, v.as_str());
+        }
+        req.send(body).unwrap()
+    } else {
+        let mut req = agent().get(&full);
+        for (k, v) in &headers {
+            req = req.header(*k, v.as_str());
+        }
+        req.call().unwrap()
+    };
+    (resp.status().as_u16(), resp.body_mut().read_to_string().unwrap_or_default())
+}
+
+#[test]
+fn signed_requests_tell_nodes_apart_and_forged_replayed_or_unsigned_ones_are_refused() {
+    use flint_manifest::signed::{node_id, Envelope};
+    let (dir, _) = sample_root();
+    std::fs::write(dir.path().join("manifest.json"), "shared").unwrap();
+    let key = ed25519_dalek::SigningKey::from_bytes(&[11; 32]);
+    let id = node_id(&key.verifying_key().to_bytes());
+    std::fs::create_dir_all(dir.path().join("nodes").join(&id)).unwrap();
+    std::fs::write(dir.path().join("nodes").join(&id).join("manifest.json"), "for this node").unwrap();
+    let s = serve(dir.path(), None);
+    let report = br#"{"mac": "52:54:00:00:00:09", "stage": "applied", "detail": "v1"}"#;
+    let at = |boot, seq| Envelope { key: key.verifying_key().to_bytes(), boot, stream: "report".into(), seq, time: 0 };
+    let post =
+        |e: &Envelope, tamper: &[(&str, &str)]| signed_request(&s.url, "POST", "/report", report, &key, e, tamper);
+
+    assert_eq!(post(&at(1, 0), &[]).0, 200);
+    assert_eq!(post(&at(1, 1), &[]).0, 200);
+    // The same request again, or an older one: a replay.
+    let (status, why) = post(&at(1, 1), &[]);
+    assert_eq!(status, 409, "{why}");
+    assert!(why.contains("replayed"), "{why}");
+    assert_eq!(post(&at(1, 0), &[]).0, 409);
+    // Signed by another key while claiming this one, or with a changed field: forged.
+    let other = ed25519_dalek::SigningKey::from_bytes(&[12; 32]);
+    let forged = flint_manifest::signed::sign(&other, &at(1, 5), "POST", "/report", report);
+    let forged_sig = forged.iter().find(|(n, _)| *n == "flint-signature").unwrap().1.clone();
+    assert_eq!(post(&at(1, 5), &[("flint-signature", &forged_sig)]).0, 403);
+    assert_eq!(post(&at(1, 5), &[("flint-seq", "6")]).0, 403);
+    assert_eq!(post(&at(1, 5), &[("flint-seq", "x")]).0, 400);
+    // A rebooted node: a new boot id, its sequence from 0 again.
+    assert_eq!(post(&at(2, 0), &[]).0, 200);
+    assert_eq!(post(&at(1, 9), &[]).0, 409, "the old boot's requests stay refused");
+
+    // Manifest requests are a stream of their own; this node gets its own manifest.
+    let manifest = |boot, seq| Envelope { stream: "manifest".into(), ..at(boot, seq) };
+    let (status, body) = signed_request(&s.url, "GET", "/manifest.json", b"", &key, &manifest(2, 0), &[]);
+    assert_eq!((status, body.as_str()), (200, "for this node"));
+    assert_eq!(signed_request(&s.url, "GET", "/manifest.json", b"", &key, &manifest(2, 0), &[]).0, 409);
+    assert_eq!(get(&format!("{}/manifest.json", s.url), &[]).2, b"shared", "unsigned: the shared one");
+
+    let (_, _, status) = get(&format!("{}/status.json", s.url), &[]);
+    let status: serde_json::Value = serde_json::from_slice(&status).unwrap();
+    let node = &status["nodes"][&id];
+    assert_eq!(node["node"], id.as_str());
+    assert_eq!(node["boot"], 2);
+    assert_eq!(node["mac"], "52:54:00:00:00:09");
+    assert_eq!(node["stages"].as_array().unwrap().len(), 3, "{node}");
+    let refused = &status["nodes"]["refused 127.0.0.1"];
+    assert_eq!(refused["refused"], 7, "{refused}");
+    assert!(refused["stages"].as_array().unwrap().is_empty());
+
+    // With --signed-only, unsigned reports and manifest requests are refused.
+    let strict = serve_with(dir.path(), None, &["--signed-only"]);
+    assert_eq!(agent().post(&format!("{}/report", strict.url)).send(&report[..]).unwrap().status().as_u16(), 401);
+    assert_eq!(get(&format!("{}/manifest.json", strict.url), &[]).0, 401);
+    assert_eq!(get(&format!("{}/boot/vmlinuz", strict.url), &[]).0, 200, "boot files stay open to firmware");
+    let (status, _) = signed_request(&strict.url, "POST", "/report", report, &key, &at(1, 0), &[]);
+    assert_eq!(status, 200);
+}
+
+#[test]
+fn init_signs_its_manifest_requests_as_the_server_checks_them() {
+    let (dir, _) = sample_root();
+    std::fs::write(dir.path().join("manifest.json"), "shared").unwrap();
+    let key = ed25519_dalek::SigningKey::from_bytes(&[13; 32]);
+    let identity = flint_init::identity::Identity::load(None, None, Some(key)).unwrap();
+    let id = identity.id.clone();
+    std::fs::create_dir_all(dir.path().join("nodes").join(&id)).unwrap();
+    std::fs::write(dir.path().join("nodes").join(&id).join("manifest.json"), "mine").unwrap();
+    let s = serve_with(dir.path(), None, &["--signed-only"]);
+    let fetcher = flint_init::fetch::Fetcher::new(&flint_init::fetch::Trust::BuiltIn).unwrap();
+    // Before the identity is installed the request goes unsigned, and is refused.
+    assert!(fetcher.get_signed(&format!("{}/manifest.json", s.url), 100, "manifest").is_err());
+    let installed = flint_init::identity::install(identity);
+    for query in ["", "?node=a%20b&x=1"] {
+        let got = fetcher.get_signed(&format!("{}/manifest.json{query}", s.url), 100, "manifest").unwrap();
+        assert_eq!(got, b"mine", "{query}");
+    }
+    let (_, _, status) = get(&format!("{}/status.json", s.url), &[]);
+    let status: serde_json::Value = serde_json::from_slice(&status).unwrap();
+    assert_eq!(status["nodes"][&installed.id]["public_key"], installed.public_hex());
+}
+
+#[test]
+fn sign_sets_an_expiry_that_nodes_read_back() {
+    let dir = tempfile::tempdir().unwrap();
+    let netboot = |args: &[&str]| {
+        let out = Command::new(env!("CARGO_BIN_EXE_netboot")).current_dir(dir.path()).args(args).output().unwrap();
+        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+        String::from_utf8(out.stdout).unwrap()
+    };
+    netboot(&["keygen", "op.key"]);
+    std::fs::write(dir.path().join("m.json"), r#"{"version": 4, "hostname": "n1"}"#).unwrap();
+    let said = netboot(&["sign", "m.json", "--key", "op.key", "--expires", "7d"]);
+    assert!(said.contains("version 4") && said.contains("expires 20"), "{said}");
+    let bytes = std::fs::read(dir.path().join("m.json")).unwrap();
+    let sig = std::fs::read(dir.path().join("m.json.sig")).unwrap();
+    let public = flint_manifest::parse_key(&std::fs::read_to_string(dir.path().join("op.key.pub")).unwrap()).unwrap();
+    let plan = flint_manifest::verify(&bytes, Some(&sig), &public).unwrap();
+    let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_secs();
+    let expires = plan.expires.unwrap();
+    assert!((now + 7 * 86_400 - 5..=now + 7 * 86_400 + 5).contains(&expires), "{expires} vs {now}");
+    assert_eq!(plan.hostname.as_deref(), Some("n1"));
+    let bad = Command::new(env!("CARGO_BIN_EXE_netboot"))
+        .current_dir(dir.path())
+        .args(["sign", "m.json", "--key", "op.key", "--expires", "7y"])
+        .output()
+        .unwrap();
+    assert!(!bad.status.success() && String::from_utf8_lossy(&bad.stderr).contains("unit"));
 }

@@ -3,9 +3,10 @@
 //! As PID 1 it boots the node ([`flint_init::boot`]). Otherwise: `init run` supervises the
 //! services of a signed manifest on any host (the same code PID 1 runs, [`run`]); `init ctl`
 //! talks to a running init over its control socket ([`ctl`]); `init net` brings the network up
-//! once ([`net`]); `init vm run` is one VM's runner ([`vm`]).
+//! once ([`net`]); `init identity` makes a node key ahead of time ([`identity`]); `init vm run` is one VM's runner ([`vm`]).
 
 mod ctl;
+mod identity;
 mod net;
 mod run;
 mod vm;
@@ -27,6 +28,9 @@ enum Command {
     Run(run::RunArgs),
     /// Control a running init.
     Ctl(ctl::CtlArgs),
+    /// The node's own key: make one ahead of time, or show a key file's node id.
+    #[command(subcommand)]
+    Identity(identity::IdentityCommand),
     /// Bring the network up once, as the boot step does, and print what each NIC got.
     Net(net::NetArgs),
     /// Run one virtual machine (what the supervisor starts for each VM of the manifest).
@@ -62,7 +66,9 @@ fn main() -> ExitCode {
     // The kernel starts us as PID 1 with whatever it did not understand on its command line as
     // arguments; `init run` as PID 1 of a PID namespace stays an ordinary supervisor.
     let subcommand = std::env::args().nth(1);
-    if std::process::id() == 1 && !matches!(subcommand.as_deref(), Some("run" | "ctl" | "net" | "help" | "--help")) {
+    if std::process::id() == 1
+        && !matches!(subcommand.as_deref(), Some("run" | "ctl" | "net" | "identity" | "help" | "--help"))
+    {
         flint_init::boot::boot();
     }
     use tracing_subscriber::layer::SubscriberExt;
@@ -80,6 +86,7 @@ fn main() -> ExitCode {
         Command::Run(a) => run::run(a),
         Command::Ctl(a) => ctl::ctl(a),
         Command::Net(a) => net::net(a),
+        Command::Identity(c) => identity::identity(c),
         Command::Vm(VmCommand::Run { spec }) => vm::vm_run(&spec),
     };
     match result {

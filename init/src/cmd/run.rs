@@ -32,6 +32,13 @@ pub struct RunArgs {
     /// upper layers of writable flists (the cache disk on a node). Nothing is kept without it.
     #[arg(long)]
     state: Option<PathBuf>,
+    /// The node's key (made with `init identity new`), used when --state holds none yet and
+    /// then kept there. Without either, a key is made (and kept in --state when given).
+    #[arg(long)]
+    identity: Option<PathBuf>,
+    /// Do not trust the host's clock (expiry of manifests is then reported, never enforced).
+    #[arg(long)]
+    untrusted_clock: bool,
     /// Chunk cache directory shared by every flist; chunks are kept in memory only without it.
     #[arg(long)]
     cache: Option<PathBuf>,
@@ -89,6 +96,12 @@ pub fn run(a: RunArgs) -> anyhow::Result<ExitCode> {
     };
     let key = load_key(&key).context("the manifest key (--key, or key.pub in --config)")?;
     let trust = a.ca.clone().map_or(Trust::BuiltIn, Trust::Pem);
+    let identity = flint_init::identity::Identity::load(a.state.as_deref(), a.identity.as_deref(), None)
+        .context("the node's identity")?;
+    flint_init::identity::install(identity);
+    if !a.untrusted_clock {
+        flint_init::clock::trust_host();
+    }
     let cache = match &a.cache {
         Some(dir) => Some(Arc::new(Cache::open(dir, a.cache_size)?)),
         None => None,

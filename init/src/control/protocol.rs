@@ -267,6 +267,30 @@ pub struct ManifestState {
     pub last_check: Option<u64>,
     /// Why the last fetch or apply failed.
     pub last_error: Option<String>,
+    /// When the manifest in force expires (RFC 3339).
+    #[serde(default)]
+    pub expires: Option<String>,
+    /// Why the node is stale (its manifest expired, no fresh one served), if it is.
+    #[serde(default)]
+    pub stale: Option<String>,
+    /// The last health verdict or rollback.
+    #[serde(default)]
+    pub health: Option<String>,
+    /// The open health window's length in seconds, while one is open.
+    #[serde(default)]
+    pub health_window: Option<u64>,
+    /// The version floor: nothing older is taken from the network.
+    #[serde(default)]
+    pub floor: Option<u64>,
+    /// The highest version that failed its health check.
+    #[serde(default)]
+    pub failed: Option<u64>,
+    /// The last good version, which a failed upgrade goes back to.
+    #[serde(default)]
+    pub good: Option<u64>,
+    /// The node's identity.
+    #[serde(default)]
+    pub identity: Option<String>,
 }
 
 /// An flist in service (`mounts`).

@@ -8,6 +8,12 @@
 //! - anything else — a file under the root ([`files`]): kernels, signed manifests, flists and
 //!   the chunk store, with byte ranges and ETags.
 //!
+//! A node signs its reports and manifest requests with its own key
+//! ([`flint_manifest::signed`]): the server checks each signature and refuses forged (403) and
+//! replayed (409) requests, knows nodes by their id, and serves a node the manifest under
+//! `nodes/NODE-ID/` when there is one there (else the shared one). With `--signed-only`,
+//! unsigned reports and manifest requests are refused (401).
+//!
 //! Every request is logged (the access log) with the peer, status, bytes and time taken.
 
 pub mod files;
@@ -28,6 +34,7 @@ use hyper::header::{self, HeaderValue};
 use hyper::{Method, Request, Response, StatusCode};
 use hyper_util::rt::{TokioIo, TokioTimer};
 
+use flint_manifest::signed::{self, Envelope, Refusal, Replays};
 use profiles::Profiles;
 use status::Registry;
 
@@ -45,12 +52,19 @@ pub struct ServeOptions {
     pub listen: SocketAddr,
     /// PEM certificate chain and key for HTTPS; plain HTTP without.
     pub tls: Option<(PathBuf, PathBuf)>,
+    /// Refuse unsigned reports and manifest requests.
+    pub signed_only: bool,
 }
+
+/// Most (node, stream) pairs whose last request is remembered against replays.
+const REPLAYS_KEPT: usize = 1 << 16;
 
 struct Server {
     root: PathBuf,
     scheme: &'static str,
+    signed_only: bool,
     registry: Mutex<Registry>,
+    replays: Mutex<Replays>,
     profiles: Mutex<LoadedProfiles>,
 }
 
@@ -97,7 +111,9 @@ async fn serve(opts: ServeOptions) -> anyhow::Result<()> {
     let server = Arc::new(Server {
         root,
         scheme: if acceptor.is_some() { "https" } else { "http" },
+        signed_only: opts.signed_only,
         registry: Mutex::new(Registry::default()),
+        replays: Mutex::new(Replays::new(REPLAYS_KEPT)),
         profiles: Mutex::default(),
     });
     let address = listener.local_addr()?;
@@ -189,6 +205,12 @@ impl Server {
                 ("script", self.node_script(&req, &ip, p.trim_start_matches("/ipxe/"), profiles))
             }
             (&Method::POST, "/report") => ("report", self.report(req, &ip).await),
+            (&Method::GET | &Method::HEAD, p) if status::kind_of(p, profiles.as_ref().ok()) == "manifest" => {
+                match self.signer(&req, b"", &ip) {
+                    Err(refused) => ("manifest", *refused),
+                    Ok(node) => ("manifest", self.manifest(&req, p, node.as_ref(), method == Method::HEAD).await),
+                }
+            }
             (&Method::GET | &Method::HEAD, p) => {
                 let kind = status::kind_of(p, profiles.as_ref().ok());
                 match files::resolve(&self.root, p).await {
@@ -247,16 +269,70 @@ impl Server {
         tokio::task::spawn_blocking(move || status::served(&root)).await.unwrap_or_default()
     }
 
+    /// Who signed `req` (with `body`): `Ok(None)` unsigned (allowed unless `--signed-only`),
+    /// the envelope when it verifies and is not a replay, else the refusal to send.
+    fn signer(&self, req: &Request<impl Sized>, body: &[u8], ip: &str) -> Result<Option<Envelope>, Box<Response<Body>>> {
+        let target = req.uri().path_and_query().map_or("/", |p| p.as_str());
+        let header = |name: &str| req.headers().get(name).and_then(|v| v.to_str().ok()).map(str::to_string);
+        let checked = signed::check(header, req.method().as_str(), target, body).and_then(|e| match e {
+            Some(e) => flist::durable::lock(&self.replays).accept(&e).map(|()| Some(e)),
+            None => Ok(None),
+        });
+        let status = match &checked {
+            Ok(Some(e)) => {
+                self.registry().signed_by(ip, e);
+                return Ok(Some(e.clone()));
+            }
+            Ok(None) if !self.signed_only => return Ok(None),
+            Ok(None) => StatusCode::UNAUTHORIZED,
+            Err(Refusal::Malformed(_)) => StatusCode::BAD_REQUEST,
+            Err(Refusal::Forged) => StatusCode::FORBIDDEN,
+            Err(Refusal::Replayed { .. }) => StatusCode::CONFLICT,
+            Err(Refusal::Full(_)) => StatusCode::SERVICE_UNAVAILABLE,
+        };
+        let why =
+            checked.err().map_or_else(|| "unsigned: this server takes only signed requests".into(), |e| e.to_string());
+        tracing::warn!("{ip}: {} {}: refused: {why}", req.method(), req_line(target));
+        self.registry().refused(ip, &why);
+        Err(Box::new(text(status, format!("{why}\n"))))
+    }
+
+    /// A manifest (or its signature): the node's own under `nodes/NODE-ID/` if it has one.
+    async fn manifest(
+        &self,
+        req: &Request<Incoming>,
+        path: &str,
+        node: Option<&Envelope>,
+        head: bool,
+    ) -> Response<Body> {
+        let own = match (node, path.rsplit('/').next()) {
+            (Some(e), Some(name)) => {
+                files::resolve(&self.root, &format!("/nodes/{}/{name}", signed::node_id(&e.key))).await
+            }
+            _ => None,
+        };
+        match own.or(files::resolve(&self.root, path).await) {
+            Some(file) => files::serve(&file, req.headers(), head).await,
+            None => text(StatusCode::NOT_FOUND, "not found\n"),
+        }
+    }
+
     async fn report(&self, req: Request<Incoming>, ip: &str) -> Response<Body> {
-        let limited = http_body_util::Limited::new(req.into_body(), REPORT_MAX);
+        let (parts, body) = req.into_parts();
+        let limited = http_body_util::Limited::new(body, REPORT_MAX);
         let body = match limited.collect().await {
             Ok(b) => b.to_bytes(),
             Err(e) => return text(StatusCode::PAYLOAD_TOO_LARGE, format!("{e}\n")),
         };
+        let node = match self.signer(&Request::from_parts(parts, ()), &body, ip) {
+            Ok(node) => node,
+            Err(refused) => return *refused,
+        };
         match serde_json::from_slice::<status::Report>(&body) {
             Ok(report) => {
+                let who = node.as_ref().map_or_else(|| format!("{ip} (unsigned)"), |e| signed::node_id(&e.key));
                 tracing::info!(
-                    "node {ip} ({}): {}: {}",
+                    "node {who} at {ip} ({}): {}: {}",
                     report.mac.as_deref().unwrap_or("?"),
                     report.stage,
                     report.detail

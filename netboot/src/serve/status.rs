@@ -2,8 +2,10 @@
 //! of file, and the boot stages nodes report (`POST /report`). Shown at `/` (HTML) and
 //! `/status.json`, with a summary of what the root serves.
 //!
-//! Nodes are keyed by IP address, and a MAC address is attached when the node's boot script or
-//! a report names it. Behind NAT (qemu's user network) every node has the NAT's address.
+//! A node that signs its requests is keyed by its node id, and the unsigned requests from its
+//! address (chunks, flists) are counted under it too; other nodes are keyed by IP address. A MAC
+//! address is attached when the node's boot script or a report names it. Behind NAT (qemu's
+//! user network) every unsigned node has the NAT's address.
 
 use std::collections::BTreeMap;
 use std::path::Path;
@@ -54,6 +56,18 @@ pub struct Count {
 /// One node as seen by the server.
 #[derive(Debug, Default, Clone, Serialize)]
 pub struct NodeRecord {
+    /// Its node id, when it signs its requests.
+    pub node: Option<String>,
+    /// Its public key (hex).
+    pub public_key: Option<String>,
+    /// The boot counter of its last signed request.
+    pub boot: Option<u64>,
+    /// The address its last request came from.
+    pub address: Option<String>,
+    /// Requests refused (forged, replayed, malformed or unsigned), by the peer's address.
+    pub refused: u64,
+    /// Why the last one was.
+    pub last_refusal: Option<String>,
     /// Its MAC address, once known.
     pub mac: Option<String>,
     /// First and last request, seconds since the epoch.
@@ -72,7 +86,12 @@ pub struct NodeRecord {
 #[derive(Debug, Default)]
 pub struct Registry {
     nodes: BTreeMap<String, NodeRecord>,
+    /// Address → the node id that last signed a request from it.
+    signed_from: BTreeMap<String, String>,
 }
+
+/// Most addresses remembered for their node id.
+const ADDRESSES_KEPT: usize = 1 << 16;
 
 fn now() -> f64 {
     SystemTime::now().duration_since(UNIX_EPOCH).map_or(0.0, |d| d.as_secs_f64())
@@ -84,11 +103,35 @@ fn clip(s: &str) -> String {
 
 impl Registry {
     fn node(&mut self, ip: &str) -> &mut NodeRecord {
+        let key = self.signed_from.get(ip).cloned().unwrap_or_else(|| ip.to_string());
+        self.record(key, ip)
+    }
+
+    fn record(&mut self, key: String, ip: &str) -> &mut NodeRecord {
         let t = now();
-        let node =
-            self.nodes.entry(ip.to_string()).or_insert_with(|| NodeRecord { first_seen: t, ..Default::default() });
+        let node = self.nodes.entry(key).or_insert_with(|| NodeRecord { first_seen: t, ..Default::default() });
         node.last_seen = t;
+        node.address = Some(ip.to_string());
         node
+    }
+
+    /// A request from `ip` signed (and checked) with `envelope`'s key.
+    pub fn signed_by(&mut self, ip: &str, envelope: &flint_manifest::signed::Envelope) {
+        let id = flint_manifest::signed::node_id(&envelope.key);
+        if self.signed_from.len() < ADDRESSES_KEPT || self.signed_from.contains_key(ip) {
+            self.signed_from.insert(ip.to_string(), id.clone());
+        }
+        let node = self.record(id.clone(), ip);
+        node.node = Some(id);
+        node.public_key = Some(hex::encode(envelope.key));
+        node.boot = Some(envelope.boot);
+    }
+
+    /// A request from `ip` refused: counted under the address, never under the node it claims.
+    pub fn refused(&mut self, ip: &str, why: &str) {
+        let node = self.record(format!("refused {ip}"), ip);
+        node.refused += 1;
+        node.last_refusal = Some(clip(why));
     }
 
     /// Counts one answered request.
