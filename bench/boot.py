@@ -78,7 +78,7 @@ def timed_boot(demo, mode, usb=None, disk=None, log=None):
         }
         if mode == "pxe":
             figures["ipxe_script"] = vm.first("flint: node")[0]
-        node = demo.site.status()["nodes"].get("127.0.0.1", {})
+        node = demo.site.node()
         figures["fetched"] = {k: v["bytes"] for k, v in node.get("by_kind", {}).items()}
         figures["requests"] = {k: v["requests"] for k, v in node.get("by_kind", {}).items()}
         figures["replayed"] = bool(vm.first("replaying the trace"))

@@ -132,6 +132,13 @@ class Site:
         with urllib.request.urlopen(f"http://127.0.0.1:{self.port}/status.json", timeout=10) as r:
             return json.load(r)
 
+    def node(self):
+        """The node's record: the one it signs its reports as (its node id), last seen first;
+        the record of qemu's NAT address if none signed."""
+        nodes = self.status()["nodes"].values()
+        signed = sorted((n for n in nodes if n.get("node")), key=lambda n: n.get("last_seen", 0), reverse=True)
+        return signed[0] if signed else self.status()["nodes"].get("127.0.0.1", {})
+
     def usb_image(self, out):
         """A GPT disk image with an EFI system partition holding a unified kernel image."""
         run(os.path.join(ROOT, "qemu/usb.sh"), out, self.vmlinuz, self.initrd, self.cmdline())
@@ -540,10 +547,14 @@ class Demo:
         c.expect(page and "flint demo node" in page, f"the web server answers from the host: {page!r}")
         out = self.ssh(ssh_port, "cat /etc/debian_version; hostname")
         c.expect(out.returncode == 0 and "flint-demo" in out.stdout, f"ssh with the manifest's key works: {out.stdout!r}")
-        node = self.site.status()["nodes"].get("127.0.0.1", {})
+        c.expect(vm.wait_for("is healthy", 120), "the manifest's health window passed")
+        node = self.site.node()
         stages = [s["stage"] for s in node.get("stages", [])]
         c.expect(node.get("mac") == "52:54:00:12:34:56", f"the server knows the node's MAC: {node.get('mac')}")
-        c.expect({"network", "manifest", "applied", "service", "clock"} <= set(stages), f"the node reported its stages: {stages}")
+        c.expect(node.get("node") and node.get("boot", 0) >= 1,
+                 f"the node signs its reports with its own key: node {node.get('node')}, boot {node.get('boot')}")
+        c.expect({"network", "identity", "applied", "service", "clock", "healthy"} <= set(stages),
+                 f"the node reported its stages: {stages}")
         return node
 
     def reload(self, vm, ssh_port):

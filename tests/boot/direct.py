@@ -61,7 +61,7 @@ def tampered_manifest(vm, demo, c):
     c.expect(again, f"init retries by itself (again {again[0] - hit[0]:.1f} s later) and refuses again")
     page = http_get(f"http://127.0.0.1:{HTTP}/")
     c.expect(page and "flint demo node" in page, "the node keeps serving after the refusal")
-    stages = [s["stage"] for s in demo.site.status()["nodes"]["127.0.0.1"]["stages"]]
+    stages = [s["stage"] for s in demo.site.node()["stages"]]
     c.expect("error" in stages, "the refusal is reported to the server")
     good = demo.publish()
     t = demo.reload(vm, SSH)

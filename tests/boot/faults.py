@@ -33,7 +33,7 @@ def main():
             c.expect(vm.first("service hello: ready"), "the service comes up (its check reads its flist)")
             c.expect(vm.first("every service is stopped"), "init ctl poweroff stops every service")
             c.expect(vm.wait_exit(60) == 0, "qemu exits cleanly")
-            node = site.status()["nodes"].get("127.0.0.1", {})
+            node = site.node()
             panics = [s for s in node.get("stages", []) if s["stage"] == "panic"]
             c.expect(len(panics) >= 1, f"the boot server heard of the panics: {[p.get('detail') for p in panics]}")
     finally:
