@@ -590,6 +590,9 @@ impl Node {
                 },
                 recv(inputs.hup) -> _ => next = Instant::now(),
                 recv(inputs.power) -> power => if let Ok(power) = power {
+                    // A last look first: an upgrade whose services are all ready now is good,
+                    // not a cut-short try at the next boot.
+                    self.watch_health(&inputs.services);
                     self.shut_down(power);
                 },
                 recv(inputs.finished) -> _ => return Ok(self.power.unwrap_or(Power::Exit)),
