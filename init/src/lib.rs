@@ -14,6 +14,7 @@
 //! - [`runtime`]: the threads of a running init wired together, each loop under a [`guard`].
 //! - [`control`]: the control socket (JSON lines) and its client; [`logring`]: services' output.
 //! - [`report`]: boot stages told to the boot server's status page.
+//! - [`metrics`]: the node's numbers in Prometheus's text format.
 //! - [`identity`]: the node's own key, which signs what it tells and asks the boot server.
 //! - [`health`]: whether an upgrade counts as good (a pure step function), else the node rolls back.
 #![deny(missing_docs)]
@@ -28,6 +29,7 @@ pub mod health;
 pub mod identity;
 pub mod kept;
 pub mod logring;
+pub mod metrics;
 pub mod modules;
 pub mod mounts;
 pub mod net;

@@ -393,6 +393,23 @@ impl Mounts {
         pinned
     }
 
+    /// What each flist in service fetched, from where, for metrics.
+    pub fn traffic(&self) -> Vec<crate::metrics::FlistTraffic> {
+        self.active
+            .values()
+            .map(|a| crate::metrics::FlistTraffic {
+                name: a.plan.name.clone(),
+                fetch: a.source.stats(),
+                stores: a.source.store_health(),
+            })
+            .collect()
+    }
+
+    /// The chunk cache's counters, if there is a cache.
+    pub fn cache_stats(&self) -> Option<flist::cache::CacheStats> {
+        self.cfg.cache.as_ref().map(|c| c.stats())
+    }
+
     /// What is mounted, for `init ctl mounts`.
     pub fn describe(&self) -> Vec<MountRow> {
         self.active

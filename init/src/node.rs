@@ -20,7 +20,7 @@ use ed25519_dalek::VerifyingKey;
 use flist::durable::lock;
 use flist::Hash;
 
-use crate::control::protocol::{Answer, ManifestState, NodeRequest, Reloaded, ServiceRequest};
+use crate::control::protocol::{Answer, ManifestState, Metrics, NodeRequest, Reloaded, ServiceRequest, ServiceRow};
 use crate::control::{NodeCall, ServiceCall};
 use crate::error_chain;
 use crate::fetch::{with_suffix, FetchError, Fetcher};
@@ -146,6 +146,8 @@ pub struct Node {
     window: Option<Window>,
     /// The manifest in its health window, to become the last good one.
     pending_good: Option<Signed>,
+    /// Rollbacks since init started.
+    rollbacks: u64,
     /// The last health verdict or rollback, for `init ctl manifest`.
     health: Option<String>,
     /// Why the node is stale (its manifest expired), if it is.
@@ -174,6 +176,16 @@ enum Origin {
     Kept,
     /// Back to the last good version, and why.
     Rollback(String),
+}
+
+/// Every service's row, asked of the supervisor (which answers between two events).
+fn service_rows(services: &Sender<ServiceCall>) -> Option<Vec<ServiceRow>> {
+    let (reply, answer) = crossbeam_channel::bounded(1);
+    services.send((ServiceRequest::List, reply)).ok()?;
+    match answer.recv_timeout(Duration::from_secs(2)) {
+        Ok(Answer::Services(rows)) => Some(rows),
+        _ => None,
+    }
 }
 
 /// How often an open health window looks at the services.
@@ -220,6 +232,7 @@ impl Node {
             versions,
             window: None,
             pending_good: None,
+            rollbacks: 0,
             health: None,
             stale: None,
             cfg,
@@ -413,11 +426,7 @@ impl Node {
     /// the upgrade becomes the last good version, or the node goes back to it.
     fn watch_health(&mut self, services: &Sender<ServiceCall>) {
         let Some(window) = self.window.as_mut() else { return };
-        let (reply, answer) = crossbeam_channel::bounded(1);
-        if services.send((ServiceRequest::List, reply)).is_err() {
-            return;
-        }
-        let Ok(Answer::Services(rows)) = answer.recv_timeout(Duration::from_secs(2)) else { return };
+        let Some(rows) = service_rows(services) else { return };
         let seen: Vec<Seen> =
             rows.into_iter().map(|r| Seen { name: r.name, state: r.state, starts: r.starts }).collect();
         let verdict = window.step(Instant::now(), &seen);
@@ -466,6 +475,7 @@ impl Node {
 
     /// Goes back to the last good manifest, kept on the state disk (or in memory).
     fn roll_back(&mut self, why: &str) {
+        self.rollbacks = self.rollbacks.saturating_add(1);
         let Some(good) = self.versions.good().cloned() else {
             let message = format!("no earlier good version to go back to ({why}); the node keeps what it runs");
             tracing::error!("{message}");
@@ -585,7 +595,7 @@ impl Node {
                     Err(_) => self.in_flight = None,
                 },
                 recv(inputs.calls) -> call => if let Ok((request, reply)) = call {
-                    let answer = self.answer(request);
+                    let answer = self.answer(request, &inputs.services);
                     let _ = reply.send(answer);
                 },
                 recv(inputs.hup) -> _ => next = Instant::now(),
@@ -601,6 +611,12 @@ impl Node {
         }
     }
 
+    /// The last good manifest's version.
+    fn good_version(&self) -> Option<u64> {
+        let good = self.versions.good()?;
+        serde_json::from_slice::<flint_manifest::RawManifest>(&good.bytes).ok().map(|m| m.version)
+    }
+
     fn shut_down(&mut self, power: Power) {
         tracing::info!("{power:?}: stopping every service");
         crate::report::stage("power", format!("{power:?}"));
@@ -608,7 +624,7 @@ impl Node {
         let _ = self.stop.try_send(());
     }
 
-    fn answer(&mut self, request: NodeRequest) -> Answer {
+    fn answer(&mut self, request: NodeRequest, services: &Sender<ServiceCall>) -> Answer {
         let version = self.applied.as_ref().map(|p| p.version);
         let applying = self.in_flight.as_ref().map(|f| f.plan.version);
         match request {
@@ -648,14 +664,27 @@ impl Node {
                 health_window: self.window.as_ref().map(|w| w.length().as_secs()),
                 floor: self.versions.floor().map(|(v, _)| v),
                 failed: self.versions.failed,
-                good: self
-                    .versions
-                    .good()
-                    .and_then(|g| serde_json::from_slice::<flint_manifest::RawManifest>(&g.bytes).ok())
-                    .map(|m| m.version),
+                good: self.good_version(),
                 identity: crate::identity::get().map(|i| i.describe()),
             })),
             NodeRequest::Mounts => Answer::Mounts(lock(&self.mounts).describe()),
+            NodeRequest::Metrics => {
+                let (flists, cache) = {
+                    let mounts = lock(&self.mounts);
+                    (mounts.traffic(), mounts.cache_stats())
+                };
+                let snapshot = crate::metrics::Snapshot {
+                    flists,
+                    cache,
+                    services: service_rows(services).unwrap_or_default(),
+                    version,
+                    good: self.good_version(),
+                    failed: self.versions.failed,
+                    stale: self.stale.is_some(),
+                    rollbacks: self.rollbacks,
+                };
+                Answer::Metrics(Metrics { text: crate::metrics::render(&snapshot) })
+            }
         }
     }
 }

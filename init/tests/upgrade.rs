@@ -92,6 +92,21 @@ fn an_upgrade_that_never_gets_ready_or_crash_loops_is_rolled_back_and_refused_af
     reload(&node);
     node.wait_for("v5 healthy", |n| manifest(n)["good"] == 5);
     assert_eq!((manifest(&node)["version"].as_u64(), running_tag_in(&out).as_str()), (Some(5), "v5"));
+
+    // The node's numbers say the same, in Prometheus's text format.
+    let metrics = String::from_utf8(node.ctl(&["metrics"]).stdout).unwrap();
+    for line in [
+        "flint_manifest_version 5",
+        "flint_manifest_good_version 5",
+        "flint_manifest_failed_version 4",
+        "flint_rollbacks_total 2",
+        "flint_service_ready{service=\"web\"} 1",
+        "flint_node_stale 0",
+    ] {
+        assert!(metrics.lines().any(|l| l == line), "{line} in:\n{metrics}");
+    }
+    let starts = metrics.lines().find_map(|l| l.strip_prefix("flint_service_starts_total{service=\"web\"} ")).unwrap();
+    assert!(starts.parse::<u64>().unwrap() >= 1, "{metrics}");
 }
 
 #[test]

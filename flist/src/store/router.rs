@@ -79,6 +79,15 @@ struct Routed {
     end: u8,
     store: Arc<dyn Store>,
     health: Mutex<Health>,
+    traffic: Traffic,
+}
+
+/// What one store served, for metrics: kept apart from [`Health`], which a success resets.
+#[derive(Debug, Default)]
+struct Traffic {
+    fetched: std::sync::atomic::AtomicU64,
+    bytes: std::sync::atomic::AtomicU64,
+    errors: std::sync::atomic::AtomicU64,
 }
 
 /// Consecutive transient failures of one store, and until when it counts as down.
@@ -103,6 +112,15 @@ pub struct StoreHealth {
     pub failures: u32,
     /// Whether it is tried last for now.
     pub down: bool,
+    /// Chunks it served that verified.
+    #[serde(default)]
+    pub fetched: u64,
+    /// Bytes of those chunks as stored (what crossed the wire).
+    #[serde(default)]
+    pub bytes: u64,
+    /// Fetches from it that failed (after retries) or did not verify.
+    #[serde(default)]
+    pub errors: u64,
 }
 
 impl Routed {
@@ -150,7 +168,7 @@ impl Router {
 
     /// Adds a store for ids whose first byte is in `start..=end`.
     pub fn add(&mut self, start: u8, end: u8, store: Arc<dyn Store>) {
-        self.routes.push(Routed { start, end, store, health: Mutex::default() });
+        self.routes.push(Routed { start, end, store, health: Mutex::default(), traffic: Traffic::default() });
     }
 
     /// A router from `--store` arguments (`URL` or `START-END=URL`).
@@ -198,7 +216,15 @@ impl Router {
             .iter()
             .map(|r| {
                 let failures = crate::durable::lock(&r.health).failures;
-                StoreHealth { url: display_url(r.store.url()), failures, down: r.is_down() }
+                let count = |c: &std::sync::atomic::AtomicU64| c.load(std::sync::atomic::Ordering::Relaxed);
+                StoreHealth {
+                    url: display_url(r.store.url()),
+                    failures,
+                    down: r.is_down(),
+                    fetched: count(&r.traffic.fetched),
+                    bytes: count(&r.traffic.bytes),
+                    errors: count(&r.traffic.errors),
+                }
             })
             .collect()
     }
@@ -213,13 +239,19 @@ impl Router {
             let store = routed.store.as_ref();
             let got = self.policy.run(|| store.get(&chunk.id));
             routed.record(got.as_ref().err().is_some_and(StoreError::is_transient));
+            let add = |c: &std::sync::atomic::AtomicU64, n: u64| c.fetch_add(n, std::sync::atomic::Ordering::Relaxed);
             let why = match got {
                 Ok(bytes) => match chunk::open(chunk, &bytes) {
-                    Ok(v) => return Ok(v),
+                    Ok(v) => {
+                        add(&routed.traffic.fetched, 1);
+                        add(&routed.traffic.bytes, bytes.len() as u64);
+                        return Ok(v);
+                    }
                     Err(e) => e.to_string(),
                 },
                 Err(e) => e.to_string(),
             };
+            add(&routed.traffic.errors, 1);
             tracing::warn!("chunk {} from {}: {why}", chunk.id, store.url());
             failures.push(why);
         }

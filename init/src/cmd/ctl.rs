@@ -8,7 +8,8 @@ use std::time::Duration;
 
 use anyhow::Context;
 use flint_init::control::protocol::{
-    Done, LogPage, ManifestState, MountRow, NodeRequest, PowerRequest, Reloaded, Request, ServiceRequest, ServiceRow,
+    Done, LogPage, ManifestState, Metrics, MountRow, NodeRequest, PowerRequest, Reloaded, Request, ServiceRequest,
+    ServiceRow,
 };
 use flint_init::control::{self, CallError};
 use serde::de::DeserializeOwned;
@@ -116,6 +117,15 @@ impl Client {
             NodeRequest::Manifest => {
                 let m: ManifestState = self.ask(&ask)?;
                 self.print(&m, print_pretty)
+            }
+            NodeRequest::Metrics => {
+                let m: Metrics = self.ask(&ask)?;
+                if self.json {
+                    println!("{}", serde_json::to_string(&m)?);
+                } else {
+                    print!("{}", m.text);
+                }
+                Ok(ExitCode::SUCCESS)
             }
             NodeRequest::Mounts => {
                 let rows: Vec<MountRow> = self.ask(&ask)?;

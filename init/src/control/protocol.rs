@@ -80,6 +80,8 @@ pub enum NodeRequest {
     Manifest,
     /// The flists in service.
     Mounts,
+    /// The node's numbers, in Prometheus's text format.
+    Metrics,
 }
 
 /// The requests the power keeper answers (at once, whatever the other loops are doing).
@@ -293,6 +295,13 @@ pub struct ManifestState {
     pub identity: Option<String>,
 }
 
+/// The node's numbers (`metrics`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Metrics {
+    /// Prometheus's text exposition format.
+    pub text: String,
+}
+
 /// An flist in service (`mounts`).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct MountRow {
@@ -332,6 +341,8 @@ pub enum Answer {
     Manifest(Box<ManifestState>),
     /// `mounts`.
     Mounts(Vec<MountRow>),
+    /// `metrics`.
+    Metrics(Metrics),
     /// Refused, and why.
     Refused {
         /// Why.
@@ -366,7 +377,9 @@ mod tests {
         .into_iter()
         .map(Request::Service)
         .collect();
-        all.extend([NodeRequest::Reload, NodeRequest::Manifest, NodeRequest::Mounts].map(Request::Node));
+        all.extend(
+            [NodeRequest::Reload, NodeRequest::Manifest, NodeRequest::Mounts, NodeRequest::Metrics].map(Request::Node),
+        );
         all.extend([PowerRequest::Reboot, PowerRequest::Poweroff].map(Request::Power));
         all
     }

@@ -271,7 +271,12 @@ impl Server {
 
     /// Who signed `req` (with `body`): `Ok(None)` unsigned (allowed unless `--signed-only`),
     /// the envelope when it verifies and is not a replay, else the refusal to send.
-    fn signer(&self, req: &Request<impl Sized>, body: &[u8], ip: &str) -> Result<Option<Envelope>, Box<Response<Body>>> {
+    fn signer(
+        &self,
+        req: &Request<impl Sized>,
+        body: &[u8],
+        ip: &str,
+    ) -> Result<Option<Envelope>, Box<Response<Body>>> {
         let target = req.uri().path_and_query().map_or("/", |p| p.as_str());
         let header = |name: &str| req.headers().get(name).and_then(|v| v.to_str().ok()).map(str::to_string);
         let checked = signed::check(header, req.method().as_str(), target, body).and_then(|e| match e {
