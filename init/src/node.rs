@@ -148,6 +148,8 @@ pub struct Node {
     pending_good: Option<Signed>,
     /// Rollbacks since init started.
     rollbacks: u64,
+    /// The node loop has run (the start-up steps are done).
+    started: bool,
     /// The last health verdict or rollback, for `init ctl manifest`.
     health: Option<String>,
     /// Why the node is stale (its manifest expired), if it is.
@@ -233,6 +235,7 @@ impl Node {
             window: None,
             pending_good: None,
             rollbacks: 0,
+            started: false,
             health: None,
             stale: None,
             cfg,
@@ -559,8 +562,13 @@ impl Node {
     pub fn run(&mut self, inputs: &NodeInputs, must_start: bool) -> Result<Power, NodeError> {
         let mut failures = 0u32;
         let mut next = Instant::now();
-        self.pin_good();
-        self.resume_after_interrupted_trial();
+        // Once per process: the guard runs this loop again after a panic, from its last state,
+        // and an open window is then still open, not cut short.
+        if !self.started {
+            self.started = true;
+            self.pin_good();
+            self.resume_after_interrupted_trial();
+        }
         loop {
             // One update at a time: the next fetch waits until the one in flight is in place.
             if self.power.is_none() && self.in_flight.is_none() && Instant::now() >= next {
