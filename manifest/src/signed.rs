@@ -285,6 +285,32 @@ mod tests {
         assert_eq!(seen.accept(&envelope(&other, 1, 0)), Err(Refusal::Full(2)));
     }
 
+    proptest::proptest! {
+        /// Any header values, any body: a clear refusal or an envelope, never a panic; and only
+        /// the untouched request verifies.
+        #[test]
+        fn hostile_headers_are_refused_without_a_panic(
+            values in proptest::collection::vec(proptest::option::of(".{0,140}"), 6),
+            keep in proptest::collection::vec(proptest::bool::ANY, 6),
+            body in proptest::collection::vec(proptest::num::u8::ANY, 0..64),
+        ) {
+            let key = SigningKey::from_bytes(&[7; 32]);
+            let good = sign(&key, &envelope(&key, 1, 2), "POST", "/report", &body);
+            let mixed: Vec<(&'static str, Option<String>)> = good
+                .iter()
+                .zip(values.iter().zip(&keep))
+                .map(|((n, v), (other, keep))| (*n, if *keep { Some(v.clone()) } else { other.clone() }))
+                .collect();
+            let header = |name: &str| mixed.iter().find(|(n, _)| *n == name).and_then(|(_, v)| v.clone());
+            let untouched = keep.iter().all(|k| *k);
+            match check(header, "POST", "/report", &body) {
+                Ok(Some(_)) => proptest::prop_assert!(untouched || mixed.iter().zip(&good).all(|((_, a), (_, b))| a.as_deref() == Some(b.as_str()))),
+                Ok(None) => proptest::prop_assert!(mixed.iter().all(|(_, v)| v.is_none())),
+                Err(_) => proptest::prop_assert!(!untouched),
+            }
+        }
+    }
+
     #[test]
     fn node_ids_are_short_stable_and_distinct() {
         let a = node_id(&[1; 32]);

@@ -197,6 +197,32 @@ fn service() -> impl Strategy<Value = Value> {
         )
 }
 
+/// A manifest's `health`: absent, valid, or with hostile windows, counts and names.
+fn health() -> impl Strategy<Value = Value> {
+    let restarts = prop_oneof![4 => (1u32..10).prop_map(|n| json!(n)), 1 => Just(json!(0)), 1 => Just(json!(-1)),
+                               1 => Just(json!(u64::MAX)), 1 => Just(json!(1.5)), 2 => Just(Value::Null)];
+    let require = prop_oneof![3 => Just(Value::Null), 2 => prop::collection::vec(name(), 0..4).prop_map(|n| json!(n)),
+                              1 => Just(json!("web"))];
+    prop_oneof![
+        3 => Just(Value::Null),
+        4 => (seconds(), restarts, require).prop_map(|(t, r, q)| json!({"timeout": t, "restarts": r, "require": q})),
+    ]
+}
+
+/// A manifest's `expires`: absent, a time, seconds, or garbage.
+fn expires() -> impl Strategy<Value = Value> {
+    prop_oneof![
+        4 => Just(Value::Null),
+        2 => Just(json!("2026-12-10T12:00:00Z")),
+        1 => Just(json!("9999-12-31T23:59:59Z")),
+        1 => Just(json!("10000-01-01T00:00:00Z")),
+        1 => Just(json!("1969-12-31T23:59:59Z")),
+        2 => any::<u64>().prop_map(|n| json!(n)),
+        1 => Just(json!(-1)),
+        1 => ".{0,24}".prop_map(|t| json!(t)),
+    ]
+}
+
 fn event() -> impl Strategy<Value = (Event, u64)> {
     let e = prop_oneof![
         Just(Event::Tick),
@@ -222,12 +248,25 @@ proptest! {
         services in prop::collection::vec(service(), 0..6),
         events in prop::collection::vec(event(), 0..40),
         deps_up in any::<bool>(),
+        health in health(),
+        expires in expires(),
     ) {
         let key = SigningKey::from_bytes(&[3; 32]);
-        let bytes = serde_json::to_vec(&json!({"version": version, "services": services})).unwrap();
+        let mut manifest = json!({"version": version, "services": services});
+        for (field, value) in [("health", health), ("expires", expires)] {
+            if !value.is_null() {
+                manifest[field] = value;
+            }
+        }
+        let bytes = serde_json::to_vec(&manifest).unwrap();
         let Ok(plan) = verify(&bytes, Some(sign(&bytes, &key).as_bytes()), &key.verifying_key()) else {
             return Ok(());
         };
+        prop_assert!(plan.health.window.as_secs_f64() <= MAX_SECONDS && plan.health.restarts >= 1);
+        prop_assert!(plan.health.require.iter().all(|r| plan.services.iter().any(|s| &s.name == r)));
+        let _ = flint_manifest::health::expired(plan.expires, std::time::SystemTime::now());
+        // The health window over the services' rows as the events go: never a panic.
+        let mut window = crate::health::Window::open(plan.health.clone(), Instant::now());
         for s in &plan.services {
             prop_assert!(s.stop_timeout.as_secs_f64() <= MAX_SECONDS && s.test_timeout.as_secs_f64() <= MAX_SECONDS);
             let caps = s.confinement.capabilities;
@@ -251,6 +290,8 @@ proptest! {
                 if let Some(deadline) = state.deadline() {
                     let _ = deadline.saturating_duration_since(now);
                 }
+                let seen = crate::health::Seen { name: s.name.clone(), state: state.word().into(), starts: state.starts };
+                let _ = window.step(now, &[seen]);
             }
         }
     }
