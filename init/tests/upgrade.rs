@@ -105,6 +105,10 @@ fn an_upgrade_that_never_gets_ready_or_crash_loops_is_rolled_back_and_refused_af
     ] {
         assert!(metrics.lines().any(|l| l == line), "{line} in:\n{metrics}");
     }
+    let status = String::from_utf8(node.ctl(&["status"]).stdout).unwrap();
+    let id = manifest(&node)["identity"].as_str().unwrap().split_whitespace().nth(1).unwrap().to_string();
+    assert!(status.starts_with(&format!("node {id} (key kept in")), "{status}");
+    assert!(status.contains("manifest version 5 (last good 5, floor 5, failed 4)"), "{status}");
     let starts = metrics.lines().find_map(|l| l.strip_prefix("flint_service_starts_total{service=\"web\"} ")).unwrap();
     assert!(starts.parse::<u64>().unwrap() >= 1, "{metrics}");
 }

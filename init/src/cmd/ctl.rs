@@ -87,6 +87,10 @@ impl Client {
                 let rows: Vec<ServiceRow> = self.call(request)?;
                 self.print(&rows, |rows| rows.iter().for_each(|r| println!("{}", state_line(r))))
             }
+            ServiceRequest::Status { name: None } => {
+                let m: ManifestState = self.ask(&Request::Node(NodeRequest::Manifest))?;
+                self.print(&m, print_node)
+            }
             ServiceRequest::Status { .. } => {
                 let row: ServiceRow = self.call(request)?;
                 self.print(&row, print_pretty)
@@ -196,6 +200,26 @@ impl Client {
 fn state_line(r: &ServiceRow) -> String {
     let pid = r.pid.map_or("-".to_string(), |p| p.to_string());
     format!("{:20} {:9} pid {pid:>7}  starts {:>3}", r.name, r.state, r.starts)
+}
+
+/// The node in a few lines: who it is, what it runs, and how its last upgrade went.
+fn print_node(m: &ManifestState) {
+    let or_none = |v: Option<u64>| v.map_or("none".to_string(), |v| v.to_string());
+    println!("{}", m.identity.as_deref().unwrap_or("node: no identity"));
+    println!(
+        "manifest version {} (last good {}, floor {}, failed {}) from {}",
+        or_none(m.version),
+        or_none(m.good),
+        or_none(m.floor),
+        or_none(m.failed),
+        m.url
+    );
+    if let Some(window) = m.health_window {
+        println!("health: in its {window} s window");
+    }
+    for line in [&m.health, &m.stale, &m.last_error].into_iter().flatten() {
+        println!("{line}");
+    }
 }
 
 fn print_pretty<T: Serialize>(answer: &T) {

@@ -15,10 +15,10 @@ use serde::{Deserialize, Serialize};
 pub enum ServiceRequest {
     /// Every service and its state.
     List,
-    /// One service in detail.
+    /// One service in detail; without a name, the node: its id, manifest versions, health.
     Status {
         /// The service.
-        name: String,
+        name: Option<String>,
     },
     /// Start a stopped service.
     Start {
@@ -59,12 +59,11 @@ impl ServiceRequest {
     /// The service it names, if it names one.
     pub fn service(&self) -> Option<&str> {
         match self {
-            ServiceRequest::Status { name }
-            | ServiceRequest::Start { name }
+            ServiceRequest::Start { name }
             | ServiceRequest::Stop { name }
             | ServiceRequest::Restart { name }
             | ServiceRequest::Kill { name, .. } => Some(name),
-            ServiceRequest::Log { name, .. } => name.as_deref(),
+            ServiceRequest::Log { name, .. } | ServiceRequest::Status { name } => name.as_deref(),
             ServiceRequest::List | ServiceRequest::Shutdown => None,
         }
     }
@@ -365,7 +364,7 @@ mod tests {
         let name = || "web".to_string();
         let mut all: Vec<Request> = [
             ServiceRequest::List,
-            ServiceRequest::Status { name: name() },
+            ServiceRequest::Status { name: Some(name()) },
             ServiceRequest::Start { name: name() },
             ServiceRequest::Stop { name: name() },
             ServiceRequest::Restart { name: name() },
@@ -404,7 +403,8 @@ mod tests {
             assert!(err.contains(why), "{line}: {err:?} does not say {why:?}");
         };
         refused(r#"{"cmd":"format-disk"}"#, r#"unknown request "format-disk""#);
-        refused(r#"{"cmd":"status"}"#, "missing field `name`");
+        refused(r#"{"cmd":"start"}"#, "missing field `name`");
+        refused(r#"{"cmd":"status","name":7}"#, "bad request \"status\"");
         refused(r#"{"cmd":"kill","name":"web","signal":9}"#, "bad request \"kill\"");
         refused(r#"{"name":"web"}"#, "missing field `cmd`");
         refused("", "bad request");

@@ -57,7 +57,7 @@ mod tests {
         let listed: Vec<ServiceRow> = call(&socket, &Request::Service(ServiceRequest::List)).unwrap();
         assert!(listed.is_empty());
         for request in [
-            Request::Service(ServiceRequest::Status { name: "web".into() }),
+            Request::Service(ServiceRequest::Status { name: Some("web".into()) }),
             Request::Service(ServiceRequest::Shutdown),
             Request::Node(NodeRequest::Reload),
             Request::Node(NodeRequest::Manifest),

@@ -397,7 +397,10 @@ impl Supervisor {
             |me: &Self, name: &str| me.index(name).ok_or_else(|| Answer::refused(format!("no service {name:?}")));
         let result = match request {
             ServiceRequest::List => Ok(Answer::Services(self.services.iter().map(|s| self.describe(s)).collect())),
-            ServiceRequest::Status { name } => named(self, &name).and_then(|i| {
+            ServiceRequest::Status { name: None } => {
+                Err(Answer::refused("the node's status is the node loop's: name a service"))
+            }
+            ServiceRequest::Status { name: Some(name) } => named(self, &name).and_then(|i| {
                 let service = self.services.get(i).ok_or_else(|| Answer::refused("gone"))?;
                 Ok(Answer::Service(Box::new(self.describe(service))))
             }),
