@@ -39,13 +39,13 @@ def main():
             vm.wait_for("manifest version 1 is healthy", 300)
             site.publish(manifest(2, "exit 1", 10))
             applied = vm.wait_for("manifest version 2 applied", 60)
-            c.expect(vm.first("web version 2 up", after=applied[0] - 5), "version 2's web service started")
+            c.expect(vm.wait_for("web version 2 up", 30, after=applied[0] - 5), "version 2's web service started")
             handed = vm.first("manifest version 2: handed to the supervisor")
             failed = vm.wait_for("manifest version 2 failed its health check", 60, after=applied[0])
             c.expect("not ready within the 10 s health window: web (testing)" in failed[1], f"the cause is named: {failed[1]}")
             back = vm.wait_for("rolled back to manifest version 1", 60, after=failed[0])
             ready = vm.wait_for("service web: ready", 60, after=back[0] - 1)
-            c.expect(vm.first("web version 1 up", after=back[0] - 1), "version 1's web service runs again")
+            c.expect(vm.wait_for("web version 1 up", 30, after=back[0] - 1), "version 1's web service runs again")
             print(f"upgrade applied → rolled back: {back[0] - applied[0]:.2f} s (10 s window); "
                   f"no ready web service from the hand-over of v2 to v1's readiness again: {ready[0] - handed[0]:.2f} s", flush=True)
             refused = vm.wait_for("refusing manifest version 2: version 2 failed its health check", 3 * FETCH_EVERY + 30,
