@@ -551,8 +551,14 @@ class Demo:
         node = self.site.node()
         stages = [s["stage"] for s in node.get("stages", [])]
         c.expect(node.get("mac") == "52:54:00:12:34:56", f"the server knows the node's MAC: {node.get('mac')}")
-        c.expect(node.get("node") and node.get("boot", 0) >= 1,
-                 f"the node signs its reports with its own key: node {node.get('node')}, boot {node.get('boot')}")
+        # The console says who the node is; the server must know it by that id and this boot
+        # (a node with no disk for its key has a new one every boot, with boot id 0).
+        line = vm.first("identity: node")
+        said = re.search(r"identity: node (\S+) \((EPHEMERAL|.*; boot (\d+)\))", line[1]) if line else None
+        ident, boot = (said[1], int(said[3] or 0)) if said else (None, None)
+        c.expect(ident and node.get("node") == ident and node.get("boot") == boot,
+                 f"the node signs its reports with its own key: node {node.get('node')}, boot {node.get('boot')}"
+                 f" (console: {line and line[1][-120:]})")
         c.expect({"network", "identity", "applied", "service", "clock", "healthy"} <= set(stages),
                  f"the node reported its stages: {stages}")
         return node

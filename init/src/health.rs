@@ -1,7 +1,8 @@
 //! The health window after an upgrade: a pure step function from what the supervisor shows to a
-//! verdict. The upgrade is good once every required service is ready (a oneshot: done); it fails
-//! if one is not ready when the window ends, or if any service restarts as often as the manifest
-//! allows within it (a crash loop). The node loop feeds it the supervisor's rows each second and
+//! verdict. The upgrade is good once every required service is ready (a oneshot: done) and has
+//! stayed so, none restarting, for the plan's settle time; it fails if one is not ready when the
+//! window ends, or if any service restarts as often as the manifest allows within it (a crash
+//! loop). The node loop feeds it the supervisor's rows each second and
 //! rolls back on [`Verdict::Failed`].
 
 use std::collections::BTreeMap;
@@ -44,12 +45,14 @@ pub struct Window {
     opened: Instant,
     /// Starts of each service when first seen: later starts are restarts.
     baseline: BTreeMap<String, u32>,
+    /// Since when every required service has been ready, and their starts then.
+    ready_since: Option<(Instant, Vec<u32>)>,
 }
 
 impl Window {
     /// A window opened at `now` (the upgrade in place).
     pub fn open(plan: HealthPlan, now: Instant) -> Window {
-        Window { plan, opened: now, baseline: BTreeMap::new() }
+        Window { plan, opened: now, baseline: BTreeMap::new(), ready_since: None }
     }
 
     /// When the window ends.
@@ -88,7 +91,19 @@ impl Window {
             })
             .collect();
         if waiting.is_empty() {
-            Verdict::Healthy
+            let starts: Vec<u32> =
+                self.plan.require.iter().map(|r| seen.iter().find(|s| &s.name == r).map_or(0, |s| s.starts)).collect();
+            // A restart in between means it was not ready all along: the settle time starts again.
+            let since = match self.ready_since.take() {
+                Some((at, before)) if before == starts => at,
+                _ => now,
+            };
+            self.ready_since = Some((since, starts));
+            if now.saturating_duration_since(since) >= self.plan.settle {
+                Verdict::Healthy
+            } else {
+                Verdict::Watching
+            }
         } else if now >= self.deadline() {
             Verdict::Failed(format!(
                 "not ready within the {} s health window: {}",
@@ -96,6 +111,7 @@ impl Window {
                 waiting.join(", ")
             ))
         } else {
+            self.ready_since = None;
             Verdict::Watching
         }
     }
@@ -108,10 +124,15 @@ mod tests {
     use proptest::prelude::*;
 
     fn plan(require: &[&str], secs: u64, restarts: u32) -> HealthPlan {
+        settled(require, secs, restarts, 0)
+    }
+
+    fn settled(require: &[&str], secs: u64, restarts: u32, settle: u64) -> HealthPlan {
         HealthPlan {
             require: require.iter().map(|s| s.to_string()).collect(),
             window: Duration::from_secs(secs),
             restarts,
+            settle: Duration::from_secs(settle),
         }
     }
 
@@ -150,6 +171,36 @@ mod tests {
         assert_eq!(old.step(t0, &[seen("web", "running", 1), seen("db", "running", 41)]), Verdict::Healthy);
     }
 
+    #[test]
+    fn ready_for_a_moment_is_not_healthy_until_it_stays_ready_for_the_settle_time() {
+        let t0 = Instant::now();
+        let at = |s| t0 + Duration::from_secs(s);
+        let mut w = Window::open(settled(&["web"], 20, 3, 5), t0);
+        assert_eq!(w.step(at(1), &[seen("web", "running", 1)]), Verdict::Watching);
+        assert_eq!(w.step(at(4), &[seen("web", "running", 1)]), Verdict::Watching);
+        // It crashed and was restarted between two looks: ready again, but the settle time restarts.
+        assert_eq!(w.step(at(5), &[seen("web", "running", 2)]), Verdict::Watching);
+        assert_eq!(w.step(at(9), &[seen("web", "running", 2)]), Verdict::Watching);
+        assert_eq!(w.step(at(10), &[seen("web", "running", 2)]), Verdict::Healthy);
+        // Not ready in between also restarts it; settling may run past the window's end.
+        let mut late = Window::open(settled(&["web"], 10, 3, 5), t0);
+        assert_eq!(late.step(at(2), &[seen("web", "running", 1)]), Verdict::Watching);
+        assert_eq!(late.step(at(8), &[seen("web", "testing", 1)]), Verdict::Watching);
+        assert_eq!(late.step(at(9), &[seen("web", "running", 1)]), Verdict::Watching);
+        assert_eq!(late.step(at(12), &[seen("web", "running", 1)]), Verdict::Watching);
+        assert_eq!(late.step(at(14), &[seen("web", "running", 1)]), Verdict::Healthy);
+        // After the window's end, a service that stops being ready fails it.
+        let mut flaps = Window::open(settled(&["web"], 10, 3, 5), t0);
+        assert_eq!(flaps.step(at(9), &[seen("web", "running", 1)]), Verdict::Watching);
+        assert!(matches!(flaps.step(at(11), &[seen("web", "backoff", 1)]), Verdict::Failed(_)));
+        // A crash loop that is ready between crashes fails on its restarts, never healthy.
+        let mut looping = Window::open(settled(&["web"], 60, 2, 10), t0);
+        assert_eq!(looping.step(at(1), &[seen("web", "running", 1)]), Verdict::Watching);
+        assert_eq!(looping.step(at(2), &[seen("web", "running", 2)]), Verdict::Watching);
+        let Verdict::Failed(why) = looping.step(at(3), &[seen("web", "running", 3)]) else { panic!() };
+        assert!(why.contains("web restarted 2 times"), "{why}");
+    }
+
     proptest! {
         /// Over any sequence of observations: healthy exactly when every required service is
         /// ready and none has looped; never failed for lateness before the deadline.
@@ -160,12 +211,16 @@ mod tests {
                 1..12),
             restarts in 1u32..5,
             required in prop::collection::btree_set(0usize..4, 0..4),
+            settle_steps in 0u64..3,
         ) {
             let names = ["a", "b", "c", "d"];
             let require: Vec<&str> = required.iter().map(|&i| names[i]).collect();
             let t0 = Instant::now();
-            let mut w = Window::open(plan(&require, 60, restarts), t0);
+            let mut w = Window::open(settled(&require, 60, restarts, settle_steps * 10), t0);
             let mut starts_max = BTreeMap::new();
+            // A model of the settle time: since which look every required service has been
+            // ready with the same starts.
+            let mut ready_run: Option<(usize, Vec<u32>)> = None;
             for (i, row) in rows.iter().enumerate() {
                 // Starts only grow, as the supervisor's counter does.
                 let mut view: Vec<Seen> = Vec::new();
@@ -179,9 +234,19 @@ mod tests {
                 let now = t0 + Duration::from_secs(i as u64 * 10);
                 let verdict = w.step(now, &view);
                 let all_ready = require.iter().all(|r| view.iter().any(|s| s.name == *r && s.ready()));
+                let starts: Vec<u32> = require.iter()
+                    .map(|r| view.iter().find(|s| s.name == *r).map_or(0, |s| s.starts)).collect();
+                ready_run = match ready_run.take() {
+                    Some((first, before)) if all_ready && before == starts => Some((first, before)),
+                    _ if all_ready => Some((i, starts)),
+                    _ => None,
+                };
+                let settled = ready_run.as_ref().is_some_and(|(first, _)| (i - first) as u64 >= settle_steps);
                 match &verdict {
-                    Verdict::Healthy => prop_assert!(all_ready),
-                    Verdict::Watching => prop_assert!(!all_ready && now < t0 + Duration::from_secs(60)),
+                    Verdict::Healthy => prop_assert!(all_ready && settled),
+                    Verdict::Watching => prop_assert!(
+                        (!all_ready && now < t0 + Duration::from_secs(60)) || (all_ready && !settled)
+                    ),
                     Verdict::Failed(why) if why.contains("restarted") => {}
                     Verdict::Failed(_) => prop_assert!(!all_ready && now >= t0 + Duration::from_secs(60)),
                 }

@@ -391,10 +391,11 @@ impl Node {
             Origin::Upgrade => {
                 self.versions.raise_floor(plan.version, plan.digest);
                 tracing::info!(
-                    "manifest version {}: health window of {} s for {}",
+                    "manifest version {}: health window of {} s for {} (to stay ready for {} s)",
                     plan.version,
                     plan.health.window.as_secs_f64(),
-                    plan.health.require.join(", ")
+                    plan.health.require.join(", "),
+                    plan.health.settle.as_secs_f64()
                 );
                 self.window = Some(Window::open(plan.health.clone(), Instant::now()));
                 self.pending_good = Some(signed);
@@ -443,8 +444,12 @@ impl Node {
                     self.versions.set_good(good);
                 }
                 self.pin_good();
-                let message =
-                    format!("manifest version {} is healthy: {} ready", plan.version, plan.health.require.join(", "));
+                let message = format!(
+                    "manifest version {} is healthy: {} ready for {} s",
+                    plan.version,
+                    plan.health.require.join(", "),
+                    plan.health.settle.as_secs_f64()
+                );
                 tracing::info!("{message}");
                 crate::report::stage("healthy", message.clone());
                 self.health = Some(message);

@@ -15,6 +15,10 @@ pub const DEFAULT_RESTARTS: u32 = 3;
 pub const MAX_RESTARTS: u32 = 1000;
 /// The shortest window: one second (a shorter one fails every upgrade that starts anything).
 pub const MIN_WINDOW_SECS: f64 = 1.0;
+/// How long the required services must stay ready, by default, before an upgrade counts as
+/// good (at most half the window): a service that is ready for a moment and then crashes in a
+/// loop must not make its version the last good one.
+pub const DEFAULT_SETTLE_SECS: f64 = 10.0;
 
 /// `"health": {"require": [...], "timeout": 120, "restarts": 3}` as written.
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
@@ -30,6 +34,10 @@ pub struct RawHealth {
     /// A service restarted this many times within the window is crash-looping (default 3).
     #[serde(default)]
     pub restarts: Option<u32>,
+    /// Seconds they must then stay ready, none restarting, for the upgrade to count as good
+    /// (default 10 or half the window, whichever is shorter; at most the window).
+    #[serde(default)]
+    pub settle: Option<f64>,
 }
 
 /// When an upgrade to this manifest counts as good.
@@ -41,6 +49,8 @@ pub struct HealthPlan {
     pub window: Duration,
     /// A service (any, required or not) restarted this often within the window fails it.
     pub restarts: u32,
+    /// How long the required services must stay ready, without a restart, to count as good.
+    pub settle: Duration,
 }
 
 impl RawHealth {
@@ -49,6 +59,11 @@ impl RawHealth {
         let window = crate::seconds("health: timeout", self.timeout, DEFAULT_WINDOW_SECS)?;
         if window < Duration::from_secs_f64(MIN_WINDOW_SECS) {
             return Err(format!("health: timeout must be at least {MIN_WINDOW_SECS} s"));
+        }
+        let settle =
+            crate::seconds("health: settle", self.settle, DEFAULT_SETTLE_SECS.min(window.as_secs_f64() / 2.0))?;
+        if settle > window {
+            return Err(format!("health: settle {} s is longer than the window", settle.as_secs_f64()));
         }
         let restarts = self.restarts.unwrap_or(DEFAULT_RESTARTS);
         if !(1..=MAX_RESTARTS).contains(&restarts) {
@@ -77,7 +92,7 @@ impl RawHealth {
                 }
             }
         };
-        Ok(HealthPlan { require, window, restarts })
+        Ok(HealthPlan { require, window, restarts, settle })
     }
 }
 

@@ -191,6 +191,7 @@ fn health_defaults_to_the_checked_services_else_to_all_and_is_bounded() {
     assert_eq!(checked.health.require, ["web"]);
     assert_eq!(checked.health.window, Duration::from_secs(120));
     assert_eq!(checked.health.restarts, 3);
+    assert_eq!(checked.health.settle, Duration::from_secs(10));
     let services = serde_json::json!([{"name": "a", "exec": ["/a"]}, {"name": "b", "exec": ["/b"], "oneshot": true}]);
     let unchecked = signed_plan(serde_json::json!({"version": 1, "services": services})).unwrap();
     assert_eq!(unchecked.health.require, ["a", "b"]);
@@ -199,8 +200,17 @@ fn health_defaults_to_the_checked_services_else_to_all_and_is_bounded() {
     .unwrap();
     assert_eq!(
         named.health,
-        health::HealthPlan { require: vec!["b".into()], window: Duration::from_millis(5500), restarts: 1 }
+        health::HealthPlan {
+            require: vec!["b".into()],
+            window: Duration::from_millis(5500),
+            restarts: 1,
+            settle: Duration::from_millis(2750)
+        }
     );
+    let settled = signed_plan(serde_json::json!({"version": 1, "services": services,
+        "health": {"timeout": 5, "settle": 0}}))
+    .unwrap();
+    assert_eq!(settled.health.settle, Duration::ZERO);
     for (bad, says) in [
         (serde_json::json!({"require": ["nope"]}), "unknown service"),
         (serde_json::json!({"require": ["a", "a"]}), "named twice"),
@@ -209,6 +219,8 @@ fn health_defaults_to_the_checked_services_else_to_all_and_is_bounded() {
         (serde_json::json!({"timeout": 1e19}), "out of range"),
         (serde_json::json!({"restarts": 0}), "restarts 0"),
         (serde_json::json!({"restarts": 1001}), "restarts 1001"),
+        (serde_json::json!({"timeout": 5, "settle": 6}), "longer than the window"),
+        (serde_json::json!({"settle": -1}), "settle: -1"),
     ] {
         let e = signed_plan(serde_json::json!({"version": 1, "services": services, "health": bad})).unwrap_err();
         assert!(e.to_string().contains(says), "{bad}: {e}");

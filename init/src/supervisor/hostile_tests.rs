@@ -205,7 +205,8 @@ fn health() -> impl Strategy<Value = Value> {
                               1 => Just(json!("web"))];
     prop_oneof![
         3 => Just(Value::Null),
-        4 => (seconds(), restarts, require).prop_map(|(t, r, q)| json!({"timeout": t, "restarts": r, "require": q})),
+        4 => (seconds(), restarts, require, seconds())
+            .prop_map(|(t, r, q, s)| json!({"timeout": t, "restarts": r, "require": q, "settle": s})),
     ]
 }
 
