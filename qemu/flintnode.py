@@ -139,6 +139,14 @@ class Site:
         signed = sorted((n for n in nodes if n.get("node")), key=lambda n: n.get("last_seen", 0), reverse=True)
         return signed[0] if signed else self.status()["nodes"].get("127.0.0.1", {})
 
+    def logs(self, node_id):
+        """The log lines the server holds of node `node_id` (dicts: b, n, s, l), [] if none."""
+        try:
+            with urllib.request.urlopen(f"http://127.0.0.1:{self.port}/logs/{node_id}?tail=100000", timeout=10) as r:
+                return [json.loads(l) for l in r.read().decode().splitlines()]
+        except (OSError, ValueError):
+            return []
+
     def usb_image(self, out):
         """A GPT disk image with an EFI system partition holding a unified kernel image."""
         run(os.path.join(ROOT, "qemu/usb.sh"), out, self.vmlinuz, self.initrd, self.cmdline())
@@ -561,6 +569,18 @@ class Demo:
                  f" (console: {line and line[1][-120:]})")
         c.expect({"network", "identity", "applied", "service", "clock", "healthy"} <= set(stages),
                  f"the node reported its stages: {stages}")
+        # Its console (from PID 1's first line) and its services' output (httpd logs the page
+        # fetched above) reach the server.
+        def shipped(logs):
+            sources = {l.get("s") for l in logs}
+            return {"console", "web"} <= sources and any("starting as PID 1" in l.get("l", "") for l in logs)
+        deadline = time.monotonic() + 60
+        logs = self.site.logs(ident) if ident else []
+        while not shipped(logs) and time.monotonic() < deadline:
+            time.sleep(1)
+            logs = self.site.logs(ident) if ident else []
+        sources = sorted({l.get("s") for l in logs if l.get("s")})
+        c.expect(shipped(logs), f"the server holds the node's log: {len(logs)} lines from {sources}")
         return node
 
     def reload(self, vm, ssh_port):

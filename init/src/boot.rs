@@ -40,6 +40,7 @@ struct ConsoleAndKmsg;
 impl Write for ConsoleAndKmsg {
     fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
         let _ = std::io::stderr().write_all(buf);
+        crate::logship::console(buf);
         // One write is one kernel log record; kmsg wants no colour codes and ignores failures.
         if let Ok(mut kmsg) = std::fs::OpenOptions::new().write(true).open("/dev/kmsg") {
             let _ = kmsg.write_all(buf);
@@ -312,6 +313,7 @@ pub fn boot() -> ! {
     let cmdline = std::fs::read_to_string("/proc/cmdline").unwrap_or_default();
     let params = cmdline::parse(&cmdline);
     let level = if params.debug { tracing::Level::DEBUG } else { tracing::Level::INFO };
+    crate::logship::capture();
     let _ = tracing_subscriber::fmt().with_max_level(level).with_ansi(false).with_writer(|| ConsoleAndKmsg).try_init();
     tracing::info!(
         "flint init {} starting as PID 1, {:.2} s after the kernel started",
@@ -349,11 +351,18 @@ fn run(params: BootParams, started: Instant) -> Result<Power, String> {
         None if Path::new(CA_BUNDLE).exists() => Trust::Pem(CA_BUNDLE.into()),
         None => Trust::BuiltIn,
     };
-    if let Some(url) = &params.report {
-        match Fetcher::new(&trust) {
-            Ok(fetcher) => report::start(url.clone(), mac, fetcher),
-            Err(e) => tracing::warn!("flint.report: {}", error_chain(&e)),
+    let reporting = params.report.as_ref().and_then(|url| match Fetcher::new(&trust) {
+        Ok(fetcher) => {
+            report::start(url.clone(), mac, fetcher.clone());
+            Some((crate::logship::url_beside(url), fetcher))
         }
+        Err(e) => {
+            tracing::warn!("flint.report: {}", error_chain(&e));
+            None
+        }
+    });
+    if reporting.is_none() {
+        crate::logship::discard();
     }
     report::stage(
         "network",
@@ -406,6 +415,10 @@ fn run(params: BootParams, started: Instant) -> Result<Power, String> {
             tracing::error!("identity: {e}; requests to the boot server go unsigned");
             crate::identity::settle();
         }
+    }
+    if let Some((url, fetcher)) = reporting {
+        // On the cache disk the backlog outlives an outage of the server and a reboot.
+        crate::logship::start(url, fetcher, on_disk.then(|| state.join(crate::logship::JOURNAL_DIR)));
     }
     crate::clock::judge_rtc(Some(&state));
     let cache_dir = Path::new(CACHE_MOUNT).join("chunks");

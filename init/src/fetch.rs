@@ -46,6 +46,9 @@ pub enum Trust {
     Pem(PathBuf),
 }
 
+/// The largest answer to a POST that is read.
+pub const ANSWER_MAX: u64 = 64 << 10;
+
 /// Fetches URLs; one connection pool for everything init downloads.
 #[derive(Clone)]
 pub struct Fetcher {
@@ -124,6 +127,18 @@ impl Fetcher {
     /// POSTs a JSON document to `url` as a request of `stream`, signed when the node has an
     /// identity, giving up after `timeout`; any 2xx is success.
     pub fn post_json(&self, url: &str, body: &str, timeout: Duration, stream: &'static str) -> Result<(), FetchError> {
+        self.post_json_answered(url, body, timeout, stream).map(drop)
+    }
+
+    /// Like [`Fetcher::post_json`], and the answer's body (at most [`ANSWER_MAX`] bytes); the
+    /// error carries the start of a refusal's body, which says why.
+    pub fn post_json_answered(
+        &self,
+        url: &str,
+        body: &str,
+        timeout: Duration,
+        stream: &'static str,
+    ) -> Result<Vec<u8>, FetchError> {
         let failed = |why: String| FetchError::Failed { url: url.to_string(), why };
         let mut request = self
             .agent
@@ -135,10 +150,14 @@ impl Fetcher {
         for (name, value) in signature(stream, "POST", url, body.as_bytes()) {
             request = request.header(name, value);
         }
-        let resp = request.send(body).map_err(|e| failed(e.to_string()))?;
+        let mut resp = request.send(body).map_err(|e| failed(e.to_string()))?;
+        let answer = resp.body_mut().with_config().limit(ANSWER_MAX).read_to_vec().unwrap_or_default();
         match resp.status().as_u16() {
-            200..=299 => Ok(()),
-            code => Err(failed(format!("HTTP {code}"))),
+            200..=299 => Ok(answer),
+            code => {
+                let said: String = String::from_utf8_lossy(&answer).trim().chars().take(200).collect();
+                Err(failed(format!("HTTP {code}: {said}")))
+            }
         }
     }
 

@@ -16,6 +16,8 @@ pub const RING_BYTES: usize = 256 * 1024;
 #[derive(Default)]
 pub struct Ring {
     inner: Mutex<Inner>,
+    /// The service's name when its lines are also shipped to the boot server.
+    shipped_as: Option<String>,
 }
 
 #[derive(Default)]
@@ -25,8 +27,16 @@ struct Inner {
 }
 
 impl Ring {
+    /// The ring of service `name`, whose lines also go to the boot server ([`crate::logship`]).
+    pub fn shipped(name: &str) -> Ring {
+        Ring { inner: Mutex::default(), shipped_as: Some(name.to_string()) }
+    }
+
     /// Appends a line, dropping the oldest beyond [`RING_BYTES`].
     pub fn push(&self, line: String) {
+        if let Some(name) = &self.shipped_as {
+            crate::logship::line(name, &line);
+        }
         let mut r = flist::durable::lock(&self.inner);
         r.bytes += line.len();
         let seq = NEXT_LINE.fetch_add(1, Ordering::Relaxed);

@@ -39,6 +39,12 @@ pub struct Snapshot {
     pub stale: bool,
     /// Rollbacks since init started.
     pub rollbacks: u64,
+    /// Log lines the boot server took, and lines dropped from a full backlog, since init started.
+    pub log_delivered: u64,
+    /// See `log_delivered`.
+    pub log_dropped: u64,
+    /// Log lines waiting in memory.
+    pub log_waiting: usize,
 }
 
 /// A label value, escaped as the format asks (`\`, `"` and newlines).
@@ -147,6 +153,14 @@ pub fn render(s: &Snapshot) -> String {
     o.sample("flint_node_stale", &[], u64::from(s.stale));
     o.family("flint_rollbacks_total", "counter", "Rollbacks to the last good version since init started.");
     o.sample("flint_rollbacks_total", &[], s.rollbacks);
+    for (name, kind, help, value) in [
+        ("flint_log_lines_delivered_total", "counter", "Log lines the boot server took.", s.log_delivered),
+        ("flint_log_lines_dropped_total", "counter", "Log lines dropped from a full backlog.", s.log_dropped),
+        ("flint_log_lines_waiting", "gauge", "Log lines waiting in memory.", s.log_waiting as u64),
+    ] {
+        o.family(name, kind, help);
+        o.sample(name, &[], value);
+    }
     for (name, key, help) in [
         ("flint_init_resident_bytes", "VmRSS", "Init's resident memory."),
         ("flint_init_threads", "Threads", "Init's threads."),

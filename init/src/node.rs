@@ -190,6 +190,8 @@ fn service_rows(services: &Sender<ServiceCall>) -> Option<Vec<ServiceRow>> {
     }
 }
 
+/// How often the node loop looks whether its numbers are due at the boot server.
+const METRICS_TICK: Duration = Duration::from_secs(5);
 /// How often an open health window looks at the services.
 const HEALTH_TICK: Duration = Duration::from_secs(1);
 
@@ -596,7 +598,10 @@ impl Node {
             }
             flist::faults::hit("init", "node");
             self.watch_health(&inputs.services);
-            let mut wait = next.saturating_duration_since(Instant::now());
+            if crate::logship::metrics_due(Instant::now()) {
+                crate::logship::metrics(self.metrics_text(&inputs.services), Instant::now());
+            }
+            let mut wait = next.saturating_duration_since(Instant::now()).min(METRICS_TICK);
             if self.window.is_some() {
                 wait = wait.min(HEALTH_TICK);
             }
@@ -622,6 +627,29 @@ impl Node {
                 default(wait) => {}
             }
         }
+    }
+
+    /// The node's numbers, in Prometheus's text format.
+    fn metrics_text(&self, services: &Sender<ServiceCall>) -> String {
+        let (flists, cache) = {
+            let mounts = lock(&self.mounts);
+            (mounts.traffic(), mounts.cache_stats())
+        };
+        let (log_delivered, log_dropped, log_waiting) = crate::logship::counts();
+        let snapshot = crate::metrics::Snapshot {
+            flists,
+            cache,
+            services: service_rows(services).unwrap_or_default(),
+            version: self.applied.as_ref().map(|p| p.version),
+            good: self.good_version(),
+            failed: self.versions.failed,
+            stale: self.stale.is_some(),
+            rollbacks: self.rollbacks,
+            log_delivered,
+            log_dropped,
+            log_waiting,
+        };
+        crate::metrics::render(&snapshot)
     }
 
     /// The last good manifest's version.
@@ -681,23 +709,7 @@ impl Node {
                 identity: crate::identity::get().map(|i| i.describe()),
             })),
             NodeRequest::Mounts => Answer::Mounts(lock(&self.mounts).describe()),
-            NodeRequest::Metrics => {
-                let (flists, cache) = {
-                    let mounts = lock(&self.mounts);
-                    (mounts.traffic(), mounts.cache_stats())
-                };
-                let snapshot = crate::metrics::Snapshot {
-                    flists,
-                    cache,
-                    services: service_rows(services).unwrap_or_default(),
-                    version,
-                    good: self.good_version(),
-                    failed: self.versions.failed,
-                    stale: self.stale.is_some(),
-                    rollbacks: self.rollbacks,
-                };
-                Answer::Metrics(Metrics { text: crate::metrics::render(&snapshot) })
-            }
+            NodeRequest::Metrics => Answer::Metrics(Metrics { text: self.metrics_text(services) }),
         }
     }
 }

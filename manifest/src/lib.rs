@@ -28,6 +28,7 @@ use crate::vm::{RawVm, VmPlan};
 pub mod caps;
 pub mod health;
 pub mod limits;
+pub mod logs;
 pub mod signed;
 pub mod vm;
 

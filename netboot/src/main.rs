@@ -43,7 +43,7 @@ enum Command {
     },
     /// Serve ROOT over HTTP(S) to booting nodes: iPXE scripts per MAC address (profiles in
     /// ROOT/netboot.json), kernels, initramfs images, signed manifests, flists and chunk stores
-    /// (byte ranges, ETags), boot reports from nodes, and a status page at `/`.
+    /// (byte ranges, ETags), boot reports, logs and numbers from nodes, and a status page at `/`.
     Serve {
         /// The directory served. Never put the secret key in it.
         #[arg(long)]
@@ -60,6 +60,10 @@ enum Command {
         /// Refuse reports and manifest requests not signed by a node's key (401).
         #[arg(long)]
         signed_only: bool,
+        /// Where what nodes send is kept (their logs and numbers): ROOT/.netboot by default
+        /// (hidden names are never served as files).
+        #[arg(long)]
+        state: Option<PathBuf>,
     },
 }
 
@@ -124,8 +128,9 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                 plan.services.len()
             );
         }
-        Command::Serve { root, listen, tls_cert, tls_key, signed_only } => {
-            serve::run(serve::ServeOptions { root, listen, tls: tls_cert.zip(tls_key), signed_only })?;
+        Command::Serve { root, listen, tls_cert, tls_key, signed_only, state } => {
+            let state = state.unwrap_or_else(|| root.join(".netboot"));
+            serve::run(serve::ServeOptions { root, listen, tls: tls_cert.zip(tls_key), signed_only, state })?;
         }
     }
     Ok(())

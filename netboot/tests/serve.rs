@@ -360,3 +360,56 @@ fn sign_sets_an_expiry_that_nodes_read_back() {
         .unwrap();
     assert!(!bad.status.success() && String::from_utf8_lossy(&bad.stderr).contains("unit"));
 }
+
+#[test]
+fn log_batches_are_taken_only_signed_checked_and_stored_once_in_order() {
+    use flint_manifest::logs::{Batch, Record};
+    use flint_manifest::signed::{node_id, Envelope};
+    let (dir, _) = sample_root();
+    let s = serve(dir.path(), None);
+    let key = ed25519_dalek::SigningKey::from_bytes(&[21; 32]);
+    let id = node_id(&key.verifying_key().to_bytes());
+    let at = |boot, seq| Envelope { key: key.verifying_key().to_bytes(), boot, stream: "logs".into(), seq, time: 0 };
+    let batch = |boot, ns: std::ops::Range<u64>, metrics: Option<&str>| {
+        let records = ns.map(|n| Record { n, t: 1, s: "web".into(), l: format!("line {n} \u{1}\"\n") }).collect();
+        serde_json::to_vec(&Batch { boot, records, metrics: metrics.map(String::from) }).unwrap()
+    };
+    let post = |e: &Envelope, body: &[u8]| signed_request(&s.url, "POST", "/logs", body, &key, e, &[]);
+
+    let first = batch(1, 0..3, Some("flint_manifest_version 4\n"));
+    let unsigned = agent().post(&format!("{}/logs", s.url)).send(&first[..]).unwrap();
+    assert_eq!(unsigned.status().as_u16(), 401);
+    let (status, answer) = post(&at(1, 0), &first);
+    assert_eq!((status, answer.as_str()), (200, r#"{"boot":1,"next":3}"#));
+    assert_eq!(post(&at(1, 0), &first).0, 409, "a replay");
+    // Sent again under a new sequence (its answer was lost), with one more line: stored once.
+    let (status, answer) = post(&at(1, 1), &batch(1, 1..4, None));
+    assert_eq!((status, answer.as_str()), (200, r#"{"boot":1,"next":4}"#));
+    // Checked: lines of a later boot than the signer's, numbers out of order, bad JSON, too big.
+    let (status, why) = post(&at(1, 2), &batch(5, 0..1, None));
+    assert_eq!(status, 400, "{why}");
+    let backwards =
+        br#"{"boot": 1, "records": [{"n": 9, "t": 0, "s": "a", "l": ""}, {"n": 8, "t": 0, "s": "a", "l": ""}]}"#;
+    assert_eq!(post(&at(1, 3), backwards).0, 400);
+    assert_eq!(post(&at(1, 4), b"{").0, 400);
+    let huge = vec![b' '; flint_manifest::logs::MAX_BATCH + 1];
+    let mut big = agent().post(&format!("{}/logs", s.url));
+    for (k, v) in flint_manifest::signed::sign(&key, &at(1, 5), "POST", "/logs", &huge) {
+        big = big.header(k, v);
+    }
+    assert_eq!(big.send(&huge[..]).unwrap().status().as_u16(), 413);
+
+    let (status, _, body) = get(&format!("{}/logs/{id}", s.url), &[]);
+    assert_eq!(status, 200);
+    let lines: Vec<serde_json::Value> =
+        String::from_utf8(body).unwrap().lines().map(|l| serde_json::from_str(l).unwrap()).collect();
+    let said: Vec<&str> = lines.iter().map(|l| l["l"].as_str().unwrap()).collect();
+    assert_eq!(said, ["line 0 \u{1}\"\n", "line 1 \u{1}\"\n", "line 2 \u{1}\"\n", "line 3 \u{1}\"\n"]);
+    assert_eq!(get(&format!("{}/logs/{id}?tail=1", s.url), &[]).2.iter().filter(|&&b| b == b'\n').count(), 1);
+    assert_eq!(get(&format!("{}/metrics/{id}", s.url), &[]).2, b"flint_manifest_version 4\n");
+    assert_eq!(get(&format!("{}/logs/..%2Fx", s.url), &[]).0, 404);
+    assert_eq!(get(&format!("{}/.netboot/logs/{id}.jsonl", s.url), &[]).0, 404, "never served as a file");
+    let (_, _, status) = get(&format!("{}/status.json", s.url), &[]);
+    let status: serde_json::Value = serde_json::from_slice(&status).unwrap();
+    assert_eq!(status["nodes"][&id]["log_lines"], 4);
+}

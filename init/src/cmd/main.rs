@@ -25,7 +25,7 @@ struct Cli {
 #[derive(Subcommand)]
 enum Command {
     /// Supervise the services of a signed manifest as an ordinary process (not PID 1).
-    Run(run::RunArgs),
+    Run(Box<run::RunArgs>),
     /// Control a running init.
     Ctl(ctl::CtlArgs),
     /// The node's own key: make one ahead of time, or show a key file's node id.
@@ -76,14 +76,18 @@ fn main() -> ExitCode {
     tracing_subscriber::registry()
         .with(
             tracing_subscriber::fmt::layer()
-                .with_writer(std::io::stderr)
+                .with_writer(|| flint_init::logship::Shipped(std::io::stderr()))
                 // Services' (and VM runners') output is captured into logs: colours only on a terminal.
                 .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr())),
         )
         .with(log_filter())
         .init();
     let result = match Cli::parse().command {
-        Command::Run(a) => run::run(a),
+        Command::Run(a) => {
+            // From the first line: the boot server may take them once the node knows its key.
+            flint_init::logship::capture();
+            run::run(*a)
+        }
         Command::Ctl(a) => ctl::ctl(a),
         Command::Net(a) => net::net(a),
         Command::Identity(c) => identity::identity(c),

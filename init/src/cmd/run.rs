@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use anyhow::Context;
 use flint_init::control;
-use flint_init::fetch::Trust;
+use flint_init::fetch::{Fetcher, Trust};
 use flint_init::mounts::MountConfig;
 use flint_init::node::NodeConfig;
 use flint_init::runtime::{supervise, Setup};
@@ -36,6 +36,10 @@ pub struct RunArgs {
     /// then kept there. Without either, a key is made (and kept in --state when given).
     #[arg(long)]
     identity: Option<PathBuf>,
+    /// A boot server's report URL (`netboot serve`'s `/report`): the node's stages go there,
+    /// and its log and numbers to `/logs` beside it, signed by its key. Nothing leaves without it.
+    #[arg(long)]
+    report: Option<String>,
     /// Do not trust the host's clock (expiry of manifests is then reported, never enforced).
     #[arg(long)]
     untrusted_clock: bool,
@@ -99,6 +103,16 @@ pub fn run(a: RunArgs) -> anyhow::Result<ExitCode> {
     let identity = flint_init::identity::Identity::load(a.state.as_deref(), a.identity.as_deref(), None)
         .context("the node's identity")?;
     flint_init::identity::install(identity);
+    match &a.report {
+        Some(url) => {
+            let fetcher = Fetcher::new(&trust).context("the report URL's client")?;
+            flint_init::report::start(url.clone(), String::new(), fetcher.clone());
+            // The journal is kept beside the node's key.
+            let journal = a.state.as_ref().map(|s| s.join(flint_init::logship::JOURNAL_DIR));
+            flint_init::logship::start(flint_init::logship::url_beside(url), fetcher, journal);
+        }
+        None => flint_init::logship::discard(),
+    }
     if !a.untrusted_clock {
         flint_init::clock::trust_host();
     }

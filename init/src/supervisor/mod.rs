@@ -78,7 +78,7 @@ impl Service {
         Service {
             spec: Spec::from(plan),
             state: State::default(),
-            ring: Arc::new(Ring::default()),
+            ring: Arc::new(Ring::shipped(&plan.name)),
             root: plan.root.as_ref().and_then(|r| roots.get(r).cloned()),
             plan: plan.clone(),
             reported: None,

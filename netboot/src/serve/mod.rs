@@ -4,6 +4,8 @@
 //! - `/ipxe/MAC` — the node's script: its profile's kernel, initramfs and command line
 //!   ([`profiles`]).
 //! - `/report` — nodes POST their boot stages here (`flint.report=` on their command line).
+//! - `/logs` — nodes POST their log lines and numbers here, signed ([`logs`]); `/logs/NODE-ID`
+//!   gives a node's stored lines (`?tail=N`), `/metrics/NODE-ID` its latest numbers.
 //! - `/` and `/status.json` — what is served and which node fetched what ([`status`]).
 //! - anything else — a file under the root ([`files`]): kernels, signed manifests, flists and
 //!   the chunk store, with byte ranges and ETags.
@@ -17,6 +19,7 @@
 //! Every request is logged (the access log) with the peer, status, bytes and time taken.
 
 pub mod files;
+pub mod logs;
 pub mod profiles;
 pub mod status;
 mod tls;
@@ -54,6 +57,8 @@ pub struct ServeOptions {
     pub tls: Option<(PathBuf, PathBuf)>,
     /// Refuse unsigned reports and manifest requests.
     pub signed_only: bool,
+    /// Where nodes' logs and numbers are kept.
+    pub state: PathBuf,
 }
 
 /// Most (node, stream) pairs whose last request is remembered against replays.
@@ -66,6 +71,7 @@ struct Server {
     registry: Mutex<Registry>,
     replays: Mutex<Replays>,
     profiles: Mutex<LoadedProfiles>,
+    logs: Arc<logs::LogStore>,
 }
 
 /// `netboot.json` as last read, and the size and time of the file it was read from: every
@@ -115,6 +121,10 @@ async fn serve(opts: ServeOptions) -> anyhow::Result<()> {
         registry: Mutex::new(Registry::default()),
         replays: Mutex::new(Replays::new(REPLAYS_KEPT)),
         profiles: Mutex::default(),
+        logs: Arc::new(
+            logs::LogStore::open(&opts.state)
+                .with_context(|| format!("the state directory {}", opts.state.display()))?,
+        ),
     });
     let address = listener.local_addr()?;
     // On stdout, for scripts that start it on port 0.
@@ -205,6 +215,10 @@ impl Server {
                 ("script", self.node_script(&req, &ip, p.trim_start_matches("/ipxe/"), profiles))
             }
             (&Method::POST, "/report") => ("report", self.report(req, &ip).await),
+            (&Method::POST, "/logs") => ("logs", self.logs(req, &ip).await),
+            (&Method::GET | &Method::HEAD, p) if p.starts_with("/logs/") || p.starts_with("/metrics/") => {
+                ("page", self.node_logs(&req, p))
+            }
             (&Method::GET | &Method::HEAD, p) if status::kind_of(p, profiles.as_ref().ok()) == "manifest" => {
                 match self.signer(&req, b"", &ip) {
                     Err(refused) => ("manifest", *refused),
@@ -346,6 +360,75 @@ impl Server {
                 Response::new(empty())
             }
             Err(e) => text(StatusCode::BAD_REQUEST, format!("a report is {{\"mac\", \"stage\", \"detail\"}}: {e}\n")),
+        }
+    }
+}
+
+impl Server {
+    /// A node's batch of log lines and numbers: signed, checked, stored, answered with the
+    /// position the server now holds.
+    async fn logs(&self, req: Request<Incoming>, ip: &str) -> Response<Body> {
+        let (parts, body) = req.into_parts();
+        let limited = http_body_util::Limited::new(body, flint_manifest::logs::MAX_BATCH);
+        let body = match limited.collect().await {
+            Ok(b) => b.to_bytes(),
+            Err(e) => return text(StatusCode::PAYLOAD_TOO_LARGE, format!("{e}\n")),
+        };
+        let node = match self.signer(&Request::from_parts(parts, ()), &body, ip) {
+            Ok(Some(node)) => node,
+            Ok(None) => return text(StatusCode::UNAUTHORIZED, "logs are taken only signed by a node's key\n"),
+            Err(refused) => return *refused,
+        };
+        let batch: flint_manifest::logs::Batch = match serde_json::from_slice(&body) {
+            Ok(b) => b,
+            Err(e) => {
+                return text(
+                    StatusCode::BAD_REQUEST,
+                    format!("a batch is {{\"boot\", \"records\", \"metrics\"}}: {e}\n"),
+                )
+            }
+        };
+        let id = signed::node_id(&node.key);
+        let store = self.logs.clone();
+        let who = id.clone();
+        let stored = tokio::task::spawn_blocking(move || store.store(&who, &batch, node.boot))
+            .await
+            .unwrap_or_else(|e| Err(format!("storing: {e}")));
+        match stored {
+            Ok(taken) => {
+                if taken.dropped > 0 {
+                    tracing::warn!("node {id}: {} log lines dropped by the node before these", taken.dropped);
+                }
+                self.registry().logged(&id, taken.written as u64);
+                let answer = serde_json::to_string(&taken.position).unwrap_or_default();
+                typed(StatusCode::OK, "application/json", answer)
+            }
+            Err(e) if e.starts_with("storing") => {
+                tracing::error!("{e}");
+                text(StatusCode::INTERNAL_SERVER_ERROR, format!("{e}\n"))
+            }
+            Err(e) => text(StatusCode::BAD_REQUEST, format!("{e}\n")),
+        }
+    }
+
+    /// `/logs/NODE-ID[?tail=N]` (JSON lines) or `/metrics/NODE-ID` (Prometheus text).
+    fn node_logs(&self, req: &Request<Incoming>, path: &str) -> Response<Body> {
+        let (what, id) = path.trim_start_matches('/').split_once('/').unwrap_or_default();
+        if !logs::is_node_id(id) {
+            return text(StatusCode::NOT_FOUND, "not a node id\n");
+        }
+        let tail = req
+            .uri()
+            .query()
+            .and_then(|q| q.split('&').find_map(|kv| kv.strip_prefix("tail=")?.parse().ok()))
+            .unwrap_or(logs::DEFAULT_TAIL);
+        let found = match what {
+            "logs" => self.logs.tail(id, tail).map(|t| ("application/x-ndjson", t)),
+            _ => self.logs.metrics(id).map(|t| ("text/plain; version=0.0.4", t)),
+        };
+        match found {
+            Some((kind, body)) => typed(StatusCode::OK, kind, body),
+            None => text(StatusCode::NOT_FOUND, format!("nothing from node {id}\n")),
         }
     }
 }

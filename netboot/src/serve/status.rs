@@ -80,6 +80,8 @@ pub struct NodeRecord {
     pub by_kind: BTreeMap<&'static str, Count>,
     /// Reported stages, oldest first.
     pub stages: Vec<Stage>,
+    /// Log lines it shipped that this server stored since it started (`/logs/NODE-ID`).
+    pub log_lines: u64,
 }
 
 /// Every node, by IP address.
@@ -125,6 +127,13 @@ impl Registry {
         node.node = Some(id);
         node.public_key = Some(hex::encode(envelope.key));
         node.boot = Some(envelope.boot);
+    }
+
+    /// Log lines stored for node `id`.
+    pub fn logged(&mut self, id: &str, lines: u64) {
+        if let Some(node) = self.nodes.get_mut(id) {
+            node.log_lines = node.log_lines.saturating_add(lines);
+        }
     }
 
     /// A request from `ip` refused: counted under the address, never under the node it claims.
@@ -293,8 +302,12 @@ pub fn page(
             .rev()
             .map(|s| format!("{}: {}", escape(&s.stage), escape(&s.detail)))
             .collect();
+        let logs = match &n.node {
+            Some(id) => format!("<br><a href=\"/logs/{0}\">log</a> · <a href=\"/metrics/{0}\">metrics</a>", escape(id)),
+            None => String::new(),
+        };
         h += &format!(
-            "<tr><td>{}</td><td>{}</td><td>{} – {}</td><td>{}<br>{}</td><td>{}</td></tr>",
+            "<tr><td>{}{logs}</td><td>{}</td><td>{} – {}</td><td>{}<br>{}</td><td>{}</td></tr>",
             escape(ip),
             escape(n.mac.as_deref().unwrap_or("?")),
             ago(n.first_seen),
