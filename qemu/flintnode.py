@@ -147,6 +147,14 @@ class Site:
         except (OSError, ValueError):
             return []
 
+    def metrics(self, node_id):
+        """The numbers node `node_id` last sent (Prometheus text), "" if none."""
+        try:
+            with urllib.request.urlopen(f"http://127.0.0.1:{self.port}/metrics/{node_id}", timeout=10) as r:
+                return r.read().decode()
+        except OSError:
+            return ""
+
     def usb_image(self, out):
         """A GPT disk image with an EFI system partition holding a unified kernel image."""
         run(os.path.join(ROOT, "qemu/usb.sh"), out, self.vmlinuz, self.initrd, self.cmdline())
@@ -581,6 +589,10 @@ class Demo:
             logs = self.site.logs(ident) if ident else []
         sources = sorted({l.get("s") for l in logs if l.get("s")})
         c.expect(shipped(logs), f"the server holds the node's log: {len(logs)} lines from {sources}")
+        numbers = self.site.metrics(ident) if ident else ""
+        own = {k: v for k, v in (l.split(" ", 1) for l in numbers.splitlines() if l.startswith("flint_init_"))}
+        print(f"figure: PID 1 with log shipping on: RSS {int(own.get('flint_init_resident_bytes', 0)) / 1e6:.1f} MB, "
+              f"{own.get('flint_init_threads', '?')} threads ({len(logs)} log lines shipped)", flush=True)
         return node
 
     def reload(self, vm, ssh_port):

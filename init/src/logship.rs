@@ -36,7 +36,7 @@ const BATCH_BYTES: usize = 256 << 10;
 /// The longest a line waits for others to go with it.
 const LINGER: Duration = Duration::from_secs(1);
 /// The longest wait between tries while the server does not take the logs.
-const RETRY_MAX: Duration = Duration::from_secs(30);
+const RETRY_MAX: Duration = Duration::from_secs(10);
 /// How often the node's numbers go out.
 pub const METRICS_EVERY: Duration = Duration::from_secs(30);
 /// One upload's time limit.
