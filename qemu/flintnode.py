@@ -173,9 +173,10 @@ def tcg_accel(accel):
     return TCG if accel == "tcg" else accel
 
 
-def qemu_args(site, mode="direct", disk=None, usb=None, hostfwd=(), memory=1024):
+def qemu_args(site, mode="direct", disk=None, usb=None, hostfwd=(), memory=1024, rtc=None):
     """The qemu command line booting `site` by `mode` (direct, pxe, usb), serial console on stdio.
-    hostfwd: (host port, guest port) pairs on 127.0.0.1."""
+    hostfwd: (host port, guest port) pairs on 127.0.0.1; rtc: the time the guest's RTC starts at
+    (qemu's `-rtc base=`), the host's by default."""
     netdev = "user,id=n0" + "".join(f",hostfwd=tcp:127.0.0.1:{h}-:{g}" for h, g in hostfwd)
     args = ["qemu-system-x86_64", "-accel", tcg_accel(site.accel), "-m", str(memory), "-smp", "2", "-nographic",
             "-no-reboot", "-device", "virtio-rng-pci"]
@@ -197,6 +198,8 @@ def qemu_args(site, mode="direct", disk=None, usb=None, hostfwd=(), memory=1024)
     args += ["-netdev", netdev, "-device", "virtio-net-pci,netdev=n0"]
     if disk:
         args += ["-drive", f"file={disk},format=raw,if=virtio"]
+    if rtc:
+        args += ["-rtc", f"base={rtc}"]
     return args
 
 
@@ -261,9 +264,9 @@ class Vm:
 
     RETRIES_BEFORE_PID1 = 1
 
-    def __init__(self, site, mode="direct", disk=None, usb=None, hostfwd=(), log="console.log", memory=1024):
+    def __init__(self, site, mode="direct", disk=None, usb=None, hostfwd=(), log="console.log", memory=1024, rtc=None):
         self.site, self.mode = site, mode
-        self.args = qemu_args(site, mode, disk, usb, hostfwd, memory)
+        self.args = qemu_args(site, mode, disk, usb, hostfwd, memory, rtc)
         self.t0 = time.monotonic()
         self.lines, self.cond = [], threading.Condition()
         self.log = os.path.join(site.work, log)

@@ -5,7 +5,7 @@
 //! | `flint.manifest=URL` | the signed manifest (`http://`, `https://`, or a path in the initramfs) |
 //! | `flint.key=HEX` | the manifest signer's ed25519 key, when the initramfs allows it (else the baked-in one) |
 //! | `flint.net=dhcp\|static:[IFACE,]ADDR/PREFIX[,GW[,DNS...]]\|none` | network (default `dhcp`) |
-//! | `flint.ntp=HOST[:PORT]` | SNTP server (default: the manifest's host, then `pool.ntp.org`) |
+//! | `flint.ntp=HOST[:PORT][,…]` | the SNTP servers to ask, in order, and no others (default: the manifest's host, then `pool.ntp.org`) |
 //! | `flint.ca=PATH` | PEM of the CA(s) to trust for https (default: the initramfs bundle) |
 //! | `flint.interval=SECS` | seconds between manifest fetches (default 300) |
 //! | `flint.modules=a,b` | extra kernel modules to load |
@@ -37,8 +37,8 @@ pub struct BootParams {
     pub key: Option<String>,
     /// `flint.net`.
     pub net: NetConfig,
-    /// `flint.ntp`.
-    pub ntp: Option<String>,
+    /// `flint.ntp`: the only SNTP servers to ask, when given.
+    pub ntp: Vec<String>,
     /// `flint.ca`.
     pub ca: Option<PathBuf>,
     /// `flint.interval`.
@@ -63,7 +63,7 @@ impl Default for BootParams {
             manifest: None,
             key: None,
             net: NetConfig::Dhcp,
-            ntp: None,
+            ntp: Vec::new(),
             ca: None,
             interval_secs: DEFAULT_INTERVAL_SECS,
             modules: Vec::new(),
@@ -114,7 +114,15 @@ pub fn parse(cmdline: &str) -> BootParams {
                 Ok(n) => p.net = n,
                 Err(e) => p.problems.push(format!("flint.net: {e}; using dhcp")),
             },
-            ("ntp", Some(v)) => p.ntp = Some(v.to_string()),
+            ("ntp", Some(v)) => {
+                let servers: Vec<String> = v.split(',').filter(|s| !s.is_empty()).map(String::from).collect();
+                if servers.len() > MAX_NTP_SERVERS || servers.iter().any(|s| s.len() > 255) {
+                    p.problems
+                        .push(format!("flint.ntp: at most {MAX_NTP_SERVERS} servers of 255 bytes; using the defaults"));
+                } else {
+                    p.ntp = servers;
+                }
+            }
             ("ca", Some(v)) => p.ca = Some(PathBuf::from(v)),
             ("interval", Some(v)) => match v.parse::<u64>() {
                 Ok(s) if (1..=MAX_INTERVAL_SECS).contains(&s) => p.interval_secs = s,
@@ -140,9 +148,16 @@ pub fn parse(cmdline: &str) -> BootParams {
     p
 }
 
-/// The SNTP server to ask: `flint.ntp`, else the manifest server itself, else the public pool.
+/// Most servers `flint.ntp` may name.
+const MAX_NTP_SERVERS: usize = 8;
+
+/// The SNTP servers to ask: those of `flint.ntp` and no others, else the manifest server itself,
+/// then the public pool.
 pub fn ntp_servers(p: &BootParams) -> Vec<String> {
-    let mut servers: Vec<String> = p.ntp.iter().cloned().collect();
+    if !p.ntp.is_empty() {
+        return p.ntp.clone();
+    }
+    let mut servers = Vec::new();
     let host = p
         .manifest
         .as_deref()
@@ -177,8 +192,10 @@ mod tests {
         assert_eq!(p.prefetch_bytes, 64 << 20);
         assert!(p.problems.is_empty(), "{:?}", p.problems);
         assert_eq!(ntp_servers(&p), ["10.0.2.2", "pool.ntp.org"]);
-        let both = parse("flint.ntp=10.0.2.2 flint.manifest=http://10.0.2.2/m.json");
-        assert_eq!(ntp_servers(&both), ["10.0.2.2", "pool.ntp.org"], "each server is asked once");
+        let only = parse("flint.ntp=10.0.2.2:9,time.example flint.manifest=http://10.0.2.2/m.json");
+        assert_eq!(ntp_servers(&only), ["10.0.2.2:9", "time.example"], "those given and no others");
+        let many = parse(&format!("flint.ntp={}", vec!["a"; 9].join(",")));
+        assert_eq!((many.problems.len(), many.ntp.len()), (1, 0));
     }
 
     #[test]
