@@ -194,7 +194,7 @@ mod tests {
         assert_eq!(ntp_servers(&p), ["10.0.2.2", "pool.ntp.org"]);
         let only = parse("flint.ntp=10.0.2.2:9,time.example flint.manifest=http://10.0.2.2/m.json");
         assert_eq!(ntp_servers(&only), ["10.0.2.2:9", "time.example"], "those given and no others");
-        let many = parse(&format!("flint.ntp={}", vec!["a"; 9].join(",")));
+        let many = parse(&format!("flint.ntp={}", ["a"; 9].join(",")));
         assert_eq!((many.problems.len(), many.ntp.len()), (1, 0));
     }
 
