@@ -199,6 +199,13 @@ impl Replays {
         Replays { last: HashMap::new(), capacity }
     }
 
+    /// Remembers what a server accepted before it restarted (within the capacity).
+    pub fn restore(&mut self, key: [u8; 32], stream: String, boot: u64, seq: u64) {
+        if self.last.len() < self.capacity {
+            self.last.insert((key, stream), (boot, seq));
+        }
+    }
+
     /// Accepts `envelope` if it is above the last accepted of its node and stream, and records it.
     pub fn accept(&mut self, envelope: &Envelope) -> Result<(), Refusal> {
         let id = (envelope.key, envelope.stream.clone());

@@ -306,7 +306,9 @@ fn signed_requests_tell_nodes_apart_and_forged_replayed_or_unsigned_ones_are_ref
     assert_eq!(agent().post(&format!("{}/report", strict.url)).send(&report[..]).unwrap().status().as_u16(), 401);
     assert_eq!(get(&format!("{}/manifest.json", strict.url), &[]).0, 401);
     assert_eq!(get(&format!("{}/boot/vmlinuz", strict.url), &[]).0, 200, "boot files stay open to firmware");
-    let (status, _) = signed_request(&strict.url, "POST", "/report", report, &key, &at(1, 0), &[]);
+    // It keeps the same state (the root's .netboot): what the first server accepted stays a replay.
+    assert_eq!(signed_request(&strict.url, "POST", "/report", report, &key, &at(2, 0), &[]).0, 409);
+    let (status, _) = signed_request(&strict.url, "POST", "/report", report, &key, &at(3, 0), &[]);
     assert_eq!(status, 200);
 }
 
@@ -412,4 +414,64 @@ fn log_batches_are_taken_only_signed_checked_and_stored_once_in_order() {
     let (_, _, status) = get(&format!("{}/status.json", s.url), &[]);
     let status: serde_json::Value = serde_json::from_slice(&status).unwrap();
     assert_eq!(status["nodes"][&id]["log_lines"], 4);
+}
+
+#[test]
+fn a_server_killed_with_sigkill_forgets_nothing_it_answered_for() {
+    use flint_manifest::signed::{node_id, Envelope};
+    let (dir, _) = sample_root();
+    let state = tempfile::tempdir().unwrap();
+    let with_state = ["--state", state.path().to_str().unwrap()];
+    let key = ed25519_dalek::SigningKey::from_bytes(&[31; 32]);
+    let id = node_id(&key.verifying_key().to_bytes());
+    let at = |seq| Envelope { key: key.verifying_key().to_bytes(), boot: 4, stream: "report".into(), seq, time: 0 };
+    let report = br#"{"mac": "52:54:00:00:00:31", "stage": "applied", "detail": "v1"}"#;
+
+    let s = serve_with(dir.path(), None, &with_state);
+    assert_eq!(signed_request(&s.url, "POST", "/report", report, &key, &at(0), &[]).0, 200);
+    assert_eq!(get(&format!("{}/boot/vmlinuz", s.url), &[]).0, 200, "an unsigned fetch from the node's address");
+    for _ in 0..3 {
+        assert_eq!(get(&format!("{}/", s.url), &[]).0, 200);
+    }
+    // Counts are written within a second; what was answered for, before the answer.
+    std::thread::sleep(std::time::Duration::from_millis(1500));
+    drop(s); // SIGKILL
+
+    let s = serve_with(dir.path(), None, &with_state);
+    let (status, why) = signed_request(&s.url, "POST", "/report", report, &key, &at(0), &[]);
+    assert_eq!(status, 409, "the replay memory outlived the server: {why}");
+    assert_eq!(signed_request(&s.url, "POST", "/report", report, &key, &at(1), &[]).0, 200);
+    let (_, _, body) = get(&format!("{}/status.json", s.url), &[]);
+    let status: serde_json::Value = serde_json::from_slice(&body).unwrap();
+    let node = &status["nodes"][&id];
+    assert_eq!(node["mac"], "52:54:00:00:00:31");
+    assert_eq!(node["boot"], 4);
+    assert_eq!(node["stages"].as_array().unwrap().len(), 2, "{node}");
+    assert_eq!(node["by_kind"]["kernel"]["requests"], 1, "{node}");
+    let keys: Vec<&String> = status["nodes"].as_object().unwrap().keys().collect();
+    assert!(!keys.iter().any(|k| *k == "127.0.0.1"), "viewing the status page made no node: {keys:?}");
+    drop(s);
+    // A database from a newer server is refused, with the reason.
+    let db = state.path().join("netboot.db");
+    let ok = std::process::Command::new("python3")
+        .args([
+            "-c",
+            "import sqlite3,sys; c=sqlite3.connect(sys.argv[1]); c.execute('PRAGMA user_version=99'); c.commit()",
+        ])
+        .arg(&db)
+        .status()
+        .unwrap();
+    assert!(ok.success());
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_netboot"))
+        .args(["serve", "--listen", "127.0.0.1:0", "--root"])
+        .arg(dir.path())
+        .args(with_state)
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("made by a newer netboot"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
 }

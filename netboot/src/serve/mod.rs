@@ -18,6 +18,7 @@
 //!
 //! Every request is logged (the access log) with the peer, status, bytes and time taken.
 
+pub mod db;
 pub mod files;
 pub mod logs;
 pub mod profiles;
@@ -70,6 +71,7 @@ struct Server {
     signed_only: bool,
     registry: Mutex<Registry>,
     replays: Mutex<Replays>,
+    db: Arc<db::Db>,
     profiles: Mutex<LoadedProfiles>,
     logs: Arc<logs::LogStore>,
 }
@@ -114,17 +116,38 @@ async fn serve(opts: ServeOptions) -> anyhow::Result<()> {
     let acceptor = opts.tls.as_ref().map(|(cert, key)| tls::acceptor(cert, key)).transpose()?;
     let listener =
         tokio::net::TcpListener::bind(opts.listen).await.with_context(|| format!("listening on {}", opts.listen))?;
+    let db = Arc::new(db::Db::open(&opts.state).map_err(anyhow::Error::msg)?);
+    let kept = db.load().map_err(anyhow::Error::msg)?;
+    let mut replays = Replays::new(REPLAYS_KEPT);
+    for (key, stream, boot, seq) in kept.replays {
+        replays.restore(key, stream, boot, seq);
+    }
+    tracing::info!("state in {}: {} nodes known", opts.state.display(), kept.nodes.len());
     let server = Arc::new(Server {
         root,
         scheme: if acceptor.is_some() { "https" } else { "http" },
         signed_only: opts.signed_only,
-        registry: Mutex::new(Registry::default()),
-        replays: Mutex::new(Replays::new(REPLAYS_KEPT)),
+        registry: Mutex::new(Registry::restore(db.clone(), kept.nodes, kept.addresses)),
+        replays: Mutex::new(replays),
+        db,
         profiles: Mutex::default(),
         logs: Arc::new(
             logs::LogStore::open(&opts.state)
                 .with_context(|| format!("the state directory {}", opts.state.display()))?,
         ),
+    });
+    // Request counts acknowledge nothing: they are written once a second, not per request.
+    let flushing = server.clone();
+    tokio::spawn(async move {
+        let mut tick = tokio::time::interval(Duration::from_secs(1));
+        loop {
+            tick.tick().await;
+            let server = flushing.clone();
+            let flushed = tokio::task::spawn_blocking(move || server.registry().flush()).await;
+            if let Ok(Err(e)) = flushed {
+                tracing::error!("{e}");
+            }
+        }
     });
     let address = listener.local_addr()?;
     // On stdout, for scripts that start it on port 0.
@@ -241,7 +264,10 @@ impl Server {
             .or_else(|| hyper::body::Body::size_hint(response.body()).exact())
             .unwrap_or(0);
         let bytes = if method == Method::HEAD { 0 } else { bytes };
-        self.registry().request(&ip, kind, bytes);
+        // Someone looking at the status page (or a node's log) is not a node.
+        if kind != "page" {
+            self.registry().request(&ip, kind, bytes);
+        }
         tracing::info!(
             target: "access",
             "{ip} \"{method} {}\" {} {bytes} {:.1}ms",
@@ -273,7 +299,9 @@ impl Server {
         let Some((name, profile)) = profiles.for_mac(&mac) else {
             return text(StatusCode::INTERNAL_SERVER_ERROR, "#!ipxe\necho flint: no default profile\nshell\n");
         };
-        self.registry().saw_mac(ip, &mac);
+        if let Err(e) = self.registry().saw_mac(ip, &mac) {
+            tracing::error!("{e}");
+        }
         text(StatusCode::OK, profiles::node_script(name, profile, &mac, &self.base_url(req)))
     }
 
@@ -299,8 +327,18 @@ impl Server {
         });
         let status = match &checked {
             Ok(Some(e)) => {
-                self.registry().signed_by(ip, e);
-                return Ok(Some(e.clone()));
+                // Kept before the answer: a restarted server still refuses this request again.
+                let kept = self
+                    .db
+                    .save_replay(&e.key, &e.stream, e.boot, e.seq)
+                    .and_then(|()| self.registry().signed_by(ip, e));
+                return match kept {
+                    Ok(()) => Ok(Some(e.clone())),
+                    Err(why) => {
+                        tracing::error!("{why}");
+                        Err(Box::new(text(StatusCode::SERVICE_UNAVAILABLE, format!("{why}\n"))))
+                    }
+                };
             }
             Ok(None) if !self.signed_only => return Ok(None),
             Ok(None) => StatusCode::UNAUTHORIZED,
@@ -312,7 +350,9 @@ impl Server {
         let why =
             checked.err().map_or_else(|| "unsigned: this server takes only signed requests".into(), |e| e.to_string());
         tracing::warn!("{ip}: {} {}: refused: {why}", req.method(), req_line(target));
-        self.registry().refused(ip, &why);
+        if let Err(e) = self.registry().refused(ip, &why) {
+            tracing::error!("{e}");
+        }
         Err(Box::new(text(status, format!("{why}\n"))))
     }
 
@@ -356,8 +396,13 @@ impl Server {
                     report.stage,
                     report.detail
                 );
-                self.registry().report(ip, &report);
-                Response::new(empty())
+                match self.registry().report(ip, &report) {
+                    Ok(()) => Response::new(empty()),
+                    Err(e) => {
+                        tracing::error!("{e}");
+                        text(StatusCode::SERVICE_UNAVAILABLE, format!("{e}\n"))
+                    }
+                }
             }
             Err(e) => text(StatusCode::BAD_REQUEST, format!("a report is {{\"mac\", \"stage\", \"detail\"}}: {e}\n")),
         }

@@ -7,8 +7,9 @@
 //! address is attached when the node's boot script or a report names it. Behind NAT (qemu's
 //! user network) every unsigned node has the NAT's address.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::path::Path;
+use std::sync::Arc;
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use serde::{Deserialize, Serialize};
@@ -34,7 +35,7 @@ pub struct Report {
 }
 
 /// One reported stage.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct Stage {
     /// Seconds since the epoch, by the server's clock.
     pub at: f64,
@@ -45,7 +46,7 @@ pub struct Stage {
 }
 
 /// Requests and bytes.
-#[derive(Debug, Default, Clone, Serialize)]
+#[derive(Debug, Default, Clone, Serialize, Deserialize)]
 pub struct Count {
     /// Requests answered.
     pub requests: u64,
@@ -54,7 +55,8 @@ pub struct Count {
 }
 
 /// One node as seen by the server.
-#[derive(Debug, Default, Clone, Serialize)]
+#[derive(Debug, Default, Clone, Serialize, Deserialize)]
+#[serde(default)]
 pub struct NodeRecord {
     /// Its node id, when it signs its requests.
     pub node: Option<String>,
@@ -77,19 +79,23 @@ pub struct NodeRecord {
     /// Everything it fetched.
     pub total: Count,
     /// By kind: script, kernel, initrd, manifest, flist, chunk, report, page.
-    pub by_kind: BTreeMap<&'static str, Count>,
+    pub by_kind: BTreeMap<String, Count>,
     /// Reported stages, oldest first.
     pub stages: Vec<Stage>,
-    /// Log lines it shipped that this server stored since it started (`/logs/NODE-ID`).
+    /// Log lines it shipped that the server stored (`/logs/NODE-ID`).
     pub log_lines: u64,
 }
 
-/// Every node, by IP address.
-#[derive(Debug, Default)]
+/// Every node, by node id (or address, for nodes that do not sign), kept in the state database
+/// when there is one ([`super::db`]).
+#[derive(Default)]
 pub struct Registry {
     nodes: BTreeMap<String, NodeRecord>,
     /// Address → the node id that last signed a request from it.
     signed_from: BTreeMap<String, String>,
+    db: Option<Arc<super::db::Db>>,
+    /// Records whose request counts changed since they were last written.
+    dirty: BTreeSet<String>,
 }
 
 /// Most addresses remembered for their node id.
@@ -104,62 +110,99 @@ fn clip(s: &str) -> String {
 }
 
 impl Registry {
-    fn node(&mut self, ip: &str) -> &mut NodeRecord {
-        let key = self.signed_from.get(ip).cloned().unwrap_or_else(|| ip.to_string());
-        self.record(key, ip)
+    /// The registry kept in `db`, as it was left (`nodes` and `addresses` as loaded from it).
+    pub fn restore(
+        db: Arc<super::db::Db>,
+        nodes: BTreeMap<String, NodeRecord>,
+        addresses: BTreeMap<String, String>,
+    ) -> Registry {
+        Registry { nodes, signed_from: addresses, db: Some(db), dirty: BTreeSet::new() }
     }
 
-    fn record(&mut self, key: String, ip: &str) -> &mut NodeRecord {
+    fn key_of(&self, ip: &str) -> String {
+        self.signed_from.get(ip).cloned().unwrap_or_else(|| ip.to_string())
+    }
+
+    fn record(&mut self, key: &str, ip: &str) -> &mut NodeRecord {
         let t = now();
-        let node = self.nodes.entry(key).or_insert_with(|| NodeRecord { first_seen: t, ..Default::default() });
+        let node =
+            self.nodes.entry(key.to_string()).or_insert_with(|| NodeRecord { first_seen: t, ..Default::default() });
         node.last_seen = t;
         node.address = Some(ip.to_string());
         node
     }
 
+    /// Writes the record of `key` now (and `ip`'s node, when it signed), before the answer.
+    fn persist(&mut self, key: &str, ip: Option<&str>) -> Result<(), String> {
+        let Some(db) = &self.db else { return Ok(()) };
+        self.dirty.remove(key);
+        let record = self.nodes.get(key).map(|r| (key, r));
+        let address = ip.and_then(|ip| Some((ip, self.signed_from.get(ip)?.as_str())));
+        db.save_nodes(record, address)
+    }
+
+    /// Writes every record whose counts changed; the server calls it each second.
+    pub fn flush(&mut self) -> Result<(), String> {
+        let Some(db) = &self.db else { return Ok(()) };
+        if self.dirty.is_empty() {
+            return Ok(());
+        }
+        let dirty = std::mem::take(&mut self.dirty);
+        db.save_nodes(dirty.iter().filter_map(|k| Some((k.as_str(), self.nodes.get(k)?))), [])
+    }
+
     /// A request from `ip` signed (and checked) with `envelope`'s key.
-    pub fn signed_by(&mut self, ip: &str, envelope: &flint_manifest::signed::Envelope) {
+    pub fn signed_by(&mut self, ip: &str, envelope: &flint_manifest::signed::Envelope) -> Result<(), String> {
         let id = flint_manifest::signed::node_id(&envelope.key);
         if self.signed_from.len() < ADDRESSES_KEPT || self.signed_from.contains_key(ip) {
             self.signed_from.insert(ip.to_string(), id.clone());
         }
-        let node = self.record(id.clone(), ip);
-        node.node = Some(id);
+        let node = self.record(&id, ip);
+        node.node = Some(id.clone());
         node.public_key = Some(hex::encode(envelope.key));
         node.boot = Some(envelope.boot);
+        self.persist(&id, Some(ip))
     }
 
     /// Log lines stored for node `id`.
     pub fn logged(&mut self, id: &str, lines: u64) {
         if let Some(node) = self.nodes.get_mut(id) {
             node.log_lines = node.log_lines.saturating_add(lines);
+            self.dirty.insert(id.to_string());
         }
     }
 
     /// A request from `ip` refused: counted under the address, never under the node it claims.
-    pub fn refused(&mut self, ip: &str, why: &str) {
-        let node = self.record(format!("refused {ip}"), ip);
+    pub fn refused(&mut self, ip: &str, why: &str) -> Result<(), String> {
+        let key = format!("refused {ip}");
+        let node = self.record(&key, ip);
         node.refused += 1;
         node.last_refusal = Some(clip(why));
+        self.persist(&key, None)
     }
 
     /// Counts one answered request.
     pub fn request(&mut self, ip: &str, kind: &'static str, bytes: u64) {
-        let node = self.node(ip);
-        for c in [&mut node.total, node.by_kind.entry(kind).or_default()] {
+        let key = self.key_of(ip);
+        let node = self.record(&key, ip);
+        for c in [&mut node.total, node.by_kind.entry(kind.to_string()).or_default()] {
             c.requests += 1;
             c.bytes += bytes;
         }
+        self.dirty.insert(key);
     }
 
     /// Attaches a MAC address to the node at `ip`.
-    pub fn saw_mac(&mut self, ip: &str, mac: &str) {
-        self.node(ip).mac = Some(mac.to_string());
+    pub fn saw_mac(&mut self, ip: &str, mac: &str) -> Result<(), String> {
+        let key = self.key_of(ip);
+        self.record(&key, ip).mac = Some(mac.to_string());
+        self.persist(&key, None)
     }
 
     /// Records a report.
-    pub fn report(&mut self, ip: &str, report: &Report) {
-        let node = self.node(ip);
+    pub fn report(&mut self, ip: &str, report: &Report) -> Result<(), String> {
+        let key = self.key_of(ip);
+        let node = self.record(&key, ip);
         if let Some(mac) = report.mac.as_deref().and_then(super::profiles::normalize_mac) {
             node.mac = Some(mac);
         }
@@ -167,6 +210,7 @@ impl Registry {
             node.stages.remove(0);
         }
         node.stages.push(Stage { at: now(), stage: clip(&report.stage), detail: clip(&report.detail) });
+        self.persist(&key, None)
     }
 
     /// A copy of every node.

@@ -1,0 +1,185 @@
+//! What the server learns, kept in SQLite (`STATE/netboot.db`), so that a restart — even a
+//! SIGKILL — forgets nothing it answered for: every node's record, which address signed as which
+//! node, and the replay memory (the last accepted (boot, sequence) of each node and stream).
+//!
+//! Each acknowledged change is written (WAL, `synchronous=FULL`) before the answer goes out;
+//! request counters, which acknowledge nothing, are written a second later in one transaction.
+//! The schema is versioned (`PRAGMA user_version`) and migrated on start; a database made by a
+//! newer server is refused, not guessed at.
+
+use std::collections::BTreeMap;
+use std::path::Path;
+use std::sync::Mutex;
+
+use rusqlite::{params, Connection};
+
+use super::status::NodeRecord;
+
+/// The schema, one step per version: a database at version N has run the first N steps.
+const MIGRATIONS: &[&str] = &["CREATE TABLE nodes (key TEXT PRIMARY KEY, record TEXT NOT NULL);
+     CREATE TABLE addresses (ip TEXT PRIMARY KEY, node TEXT NOT NULL);
+     CREATE TABLE replays (node BLOB NOT NULL, stream TEXT NOT NULL, boot INTEGER NOT NULL,
+                           seq INTEGER NOT NULL, PRIMARY KEY (node, stream));"];
+
+/// The database's file name in the state directory.
+pub const FILE: &str = "netboot.db";
+
+/// One replay-memory entry: node key, stream, boot, sequence.
+pub type ReplayRow = ([u8; 32], String, u64, u64);
+
+/// Everything kept, as read at start.
+#[derive(Debug, Default)]
+pub struct Loaded {
+    /// Node records by key (node id, or an address for unsigned nodes).
+    pub nodes: BTreeMap<String, NodeRecord>,
+    /// Address → node id.
+    pub addresses: BTreeMap<String, String>,
+    /// The replay memory.
+    pub replays: Vec<ReplayRow>,
+}
+
+/// The open database.
+pub struct Db {
+    conn: Mutex<Connection>,
+}
+
+fn sql(what: &str) -> impl Fn(rusqlite::Error) -> String + '_ {
+    move |e| format!("the state database: {what}: {e}")
+}
+
+// SQLite integers are i64: u64 values are stored as their bit pattern, so every value comes back.
+fn to_sql(v: u64) -> i64 {
+    v as i64
+}
+fn from_sql(v: i64) -> u64 {
+    v as u64
+}
+
+impl Db {
+    /// Opens (or makes) the database in `state`, migrated to this server's schema.
+    pub fn open(state: &Path) -> Result<Db, String> {
+        std::fs::create_dir_all(state).map_err(|e| format!("{}: {e}", state.display()))?;
+        let path = state.join(FILE);
+        let mut conn = Connection::open(&path).map_err(sql("opening"))?;
+        conn.pragma_update(None, "journal_mode", "WAL").map_err(sql("WAL"))?;
+        conn.pragma_update(None, "synchronous", "FULL").map_err(sql("synchronous"))?;
+        conn.busy_timeout(std::time::Duration::from_secs(5)).map_err(sql("busy timeout"))?;
+        let version: i64 = conn.pragma_query_value(None, "user_version", |r| r.get(0)).map_err(sql("version"))?;
+        let known = MIGRATIONS.len() as i64;
+        if version > known {
+            return Err(format!(
+                "the state database {} is at schema version {version}, made by a newer netboot (this one knows {known})",
+                path.display()
+            ));
+        }
+        for (step, migration) in MIGRATIONS.iter().enumerate().skip(usize::try_from(version).unwrap_or(0)) {
+            let tx = conn.transaction().map_err(sql("migrating"))?;
+            tx.execute_batch(migration).map_err(sql("migrating"))?;
+            tx.pragma_update(None, "user_version", step as i64 + 1).map_err(sql("migrating"))?;
+            tx.commit().map_err(sql("migrating"))?;
+            tracing::info!("state database {}: schema version {}", path.display(), step + 1);
+        }
+        Ok(Db { conn: Mutex::new(conn) })
+    }
+
+    fn conn(&self) -> std::sync::MutexGuard<'_, Connection> {
+        flist::durable::lock(&self.conn)
+    }
+
+    /// Everything kept. A record that does not parse (hand-edited, say) is skipped and named.
+    pub fn load(&self) -> Result<Loaded, String> {
+        let conn = self.conn();
+        let mut out = Loaded::default();
+        let mut nodes = conn.prepare("SELECT key, record FROM nodes").map_err(sql("reading nodes"))?;
+        let rows = nodes
+            .query_map([], |r| Ok((r.get::<_, String>(0)?, r.get::<_, String>(1)?)))
+            .map_err(sql("reading nodes"))?;
+        for row in rows {
+            let (key, record) = row.map_err(sql("reading nodes"))?;
+            match serde_json::from_str(&record) {
+                Ok(r) => {
+                    out.nodes.insert(key, r);
+                }
+                Err(e) => tracing::warn!("state database: node {key:?}: {e}; skipped"),
+            }
+        }
+        let mut addresses = conn.prepare("SELECT ip, node FROM addresses").map_err(sql("reading addresses"))?;
+        let rows = addresses.query_map([], |r| Ok((r.get(0)?, r.get(1)?))).map_err(sql("reading addresses"))?;
+        for row in rows {
+            let (ip, node) = row.map_err(sql("reading addresses"))?;
+            out.addresses.insert(ip, node);
+        }
+        let mut replays =
+            conn.prepare("SELECT node, stream, boot, seq FROM replays").map_err(sql("reading replays"))?;
+        let rows = replays
+            .query_map([], |r| {
+                Ok((r.get::<_, Vec<u8>>(0)?, r.get::<_, String>(1)?, r.get::<_, i64>(2)?, r.get::<_, i64>(3)?))
+            })
+            .map_err(sql("reading replays"))?;
+        for row in rows {
+            let (key, stream, boot, seq) = row.map_err(sql("reading replays"))?;
+            if let Ok(key) = <[u8; 32]>::try_from(key.as_slice()) {
+                out.replays.push((key, stream, from_sql(boot), from_sql(seq)));
+            }
+        }
+        Ok(out)
+    }
+
+    /// Writes node records (and address mappings) in one transaction.
+    pub fn save_nodes<'a>(
+        &self,
+        nodes: impl IntoIterator<Item = (&'a str, &'a NodeRecord)>,
+        addresses: impl IntoIterator<Item = (&'a str, &'a str)>,
+    ) -> Result<(), String> {
+        let mut conn = self.conn();
+        let tx = conn.transaction().map_err(sql("writing nodes"))?;
+        for (key, record) in nodes {
+            let text = serde_json::to_string(record).map_err(|e| format!("the state database: a node record: {e}"))?;
+            tx.execute("INSERT OR REPLACE INTO nodes (key, record) VALUES (?1, ?2)", params![key, text])
+                .map_err(sql("writing a node"))?;
+        }
+        for (ip, node) in addresses {
+            tx.execute("INSERT OR REPLACE INTO addresses (ip, node) VALUES (?1, ?2)", params![ip, node])
+                .map_err(sql("writing an address"))?;
+        }
+        tx.commit().map_err(sql("writing nodes"))
+    }
+
+    /// The last accepted request of a node's stream.
+    pub fn save_replay(&self, key: &[u8; 32], stream: &str, boot: u64, seq: u64) -> Result<(), String> {
+        self.conn()
+            .execute(
+                "INSERT OR REPLACE INTO replays (node, stream, boot, seq) VALUES (?1, ?2, ?3, ?4)",
+                params![key.as_slice(), stream, to_sql(boot), to_sql(seq)],
+            )
+            .map(drop)
+            .map_err(sql("writing the replay memory"))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+
+    #[test]
+    fn what_is_written_is_read_back_by_the_next_server_and_a_newer_schema_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let db = Db::open(dir.path()).unwrap();
+        let version: i64 = db.conn().pragma_query_value(None, "user_version", |r| r.get(0)).unwrap();
+        assert_eq!(version, MIGRATIONS.len() as i64);
+        let record = NodeRecord { node: Some("abc".into()), boot: Some(u64::MAX), ..NodeRecord::default() };
+        db.save_nodes([("abc", &record)], [("10.0.0.1", "abc")]).unwrap();
+        db.save_replay(&[9; 32], "logs", u64::MAX, 7).unwrap();
+        db.save_replay(&[9; 32], "logs", 3, 8).unwrap();
+        drop(db);
+        let again = Db::open(dir.path()).unwrap().load().unwrap();
+        assert_eq!(again.nodes["abc"].boot, Some(u64::MAX));
+        assert_eq!(again.addresses["10.0.0.1"], "abc");
+        assert_eq!(again.replays, vec![([9; 32], "logs".to_string(), 3, 8)]);
+        let conn = Connection::open(dir.path().join(FILE)).unwrap();
+        conn.pragma_update(None, "user_version", 99).unwrap();
+        drop(conn);
+        assert!(Db::open(dir.path()).err().unwrap().contains("made by a newer netboot"));
+    }
+}
