@@ -424,13 +424,7 @@ const ACKED: &str = "acked";
 impl Journal {
     fn open(dir: &Path) -> io::Result<Journal> {
         std::fs::create_dir_all(dir)?;
-        let acked = std::fs::read_to_string(dir.join(ACKED))
-            .ok()
-            .and_then(|t| {
-                let (boot, next) = t.trim().split_once(' ')?;
-                Some(Position { boot: boot.parse().ok()?, next: next.parse().ok()? })
-            })
-            .unwrap_or_default();
+        let acked = Position::from_line(&std::fs::read_to_string(dir.join(ACKED)).unwrap_or_default());
         let mut journal = Journal { dir: dir.to_path_buf(), acked, current: None, unsent: false };
         journal.unsent = !journal.segments()?.is_empty();
         Ok(journal)
@@ -524,10 +518,7 @@ impl Journal {
     fn ack(&mut self, position: Position) -> io::Result<()> {
         if position > self.acked {
             self.acked = position;
-            flist::durable::write_whole(
-                &self.dir.join(ACKED),
-                format!("{} {}\n", position.boot, position.next).as_bytes(),
-            )?;
+            flist::durable::write_whole(&self.dir.join(ACKED), position.to_line().as_bytes())?;
         }
         Ok(())
     }

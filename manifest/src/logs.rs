@@ -56,6 +56,21 @@ pub struct Position {
     pub next: u64,
 }
 
+impl Position {
+    /// The position as kept in a file (node's journal, server's store): `BOOT NEXT`.
+    pub fn to_line(self) -> String {
+        format!("{} {}\n", self.boot, self.next)
+    }
+
+    /// A position kept by [`Position::to_line`]; the start if `text` is anything else.
+    pub fn from_line(text: &str) -> Position {
+        text.trim()
+            .split_once(' ')
+            .and_then(|(boot, next)| Some(Position { boot: boot.parse().ok()?, next: next.parse().ok()? }))
+            .unwrap_or_default()
+    }
+}
+
 impl Batch {
     /// Checks what a server must before storing: `signed_boot` is the boot that signed it.
     pub fn check(&self, signed_boot: u64) -> Result<(), String> {
@@ -122,6 +137,9 @@ mod tests {
         let forged = Batch { records: vec![record(0, "web\nconsole", "x")], ..ok };
         assert!(forged.check(3).is_err());
         assert!(serde_json::from_str::<Batch>(r#"{"boot": 1, "records": [], "extra": 1}"#).is_err());
+        let p = Position { boot: u64::MAX, next: 7 };
+        assert_eq!(Position::from_line(&p.to_line()), p);
+        assert_eq!(Position::from_line("garbage"), Position::default());
     }
 
     proptest! {

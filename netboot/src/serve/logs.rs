@@ -71,13 +71,9 @@ impl LogStore {
     }
 
     fn position_of(&self, node: &str) -> Position {
-        std::fs::read_to_string(self.dir.join("logs").join(format!("{node}.pos")))
-            .ok()
-            .and_then(|t| {
-                let (boot, next) = t.trim().split_once(' ')?;
-                Some(Position { boot: boot.parse().ok()?, next: next.parse().ok()? })
-            })
-            .unwrap_or_default()
+        Position::from_line(
+            &std::fs::read_to_string(self.dir.join("logs").join(format!("{node}.pos"))).unwrap_or_default(),
+        )
     }
 
     /// Stores `batch` from `node` (a node id: checked, printable), which was signed by boot
@@ -118,7 +114,7 @@ impl LogStore {
             file.sync_data().map_err(io)?;
             flist::durable::write_whole(
                 &self.dir.join("logs").join(format!("{node}.pos")),
-                format!("{} {}\n", position.boot, position.next).as_bytes(),
+                position.to_line().as_bytes(),
             )
             .map_err(io)?;
             positions.insert(node.to_string(), position);
