@@ -42,15 +42,26 @@ pub struct Owners {
 
 /// Listens on `path` (replacing a stale socket) and forwards requests to their owners.
 pub fn serve(path: &Path, calls: Owners) -> io::Result<()> {
-    let _ = std::fs::remove_file(path);
     if let Some(dir) = path.parent() {
         std::fs::create_dir_all(dir)?;
     }
-    let listener = UnixListener::bind(path)?;
+    let listener = listen(path)?;
     std::thread::Builder::new().name("control".into()).spawn(move || {
         crate::guard::guard("control", || accept(&listener, &calls));
     })?;
     Ok(())
+}
+
+/// A listening socket at `path`, replacing a stale one. It is bound under another name and moved
+/// into place: `bind` and `listen` are two system calls, and a client that found the path between
+/// them would be refused.
+pub fn listen(path: &Path) -> io::Result<UnixListener> {
+    let mut staging = path.as_os_str().to_owned();
+    staging.push(format!(".{}.new", std::process::id()));
+    let _ = std::fs::remove_file(&staging);
+    let listener = UnixListener::bind(&staging)?;
+    std::fs::rename(&staging, path)?;
+    Ok(listener)
 }
 
 /// Answers each connection on a thread of its own, forever.

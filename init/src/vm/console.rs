@@ -3,7 +3,7 @@
 //! to the guest.
 
 use std::io::{self, Read, Write};
-use std::os::unix::net::{UnixListener, UnixStream};
+use std::os::unix::net::UnixStream;
 use std::path::Path;
 use std::sync::{Arc, Mutex};
 
@@ -21,8 +21,7 @@ pub fn serve(
     mut guest_out: impl Read + Send + 'static,
     mut log: impl Write + Send + 'static,
 ) -> io::Result<std::thread::JoinHandle<()>> {
-    let _ = std::fs::remove_file(socket);
-    let listener = UnixListener::bind(socket)?;
+    let listener = crate::control::listen(socket)?;
     let clients: Arc<Mutex<Vec<UnixStream>>> = Arc::default();
     let guest_in = Arc::new(Mutex::new(guest_in));
     let accepted = clients.clone();
