@@ -315,16 +315,33 @@ impl Cache {
         fill(tmp.as_file_mut())?;
         // No fsync: every entry is verified whenever it is read (chunks by hash, assembled files
         // against their chunks and fs-verity), so one torn by a power cut is dropped and fetched
-        // again. A cold read is not paid for with a disk flush per chunk.
+        // again. A cold read is not paid for with a disk flush per chunk. A pinned chunk is the
+        // exception: it is what a rollback reads with the stores down.
+        let pinned = self.lock().is_pinned(key);
+        if pinned {
+            tmp.as_file().sync_data()?;
+        }
         tmp.persist(&path).map_err(|e| e.error)?;
+        if let Some(dir) = path.parent().filter(|_| pinned) {
+            crate::durable::sync_dir(dir)?;
+        }
         Ok(())
     }
 
     /// Keeps exactly `chunks` (by plain hash) against eviction, e.g. every chunk of the node's
     /// last good version, so that a rollback works with the stores down. Pinned bytes still
     /// count in the quota; when they alone exceed it, new entries are served uncached.
-    pub fn pin(&self, chunks: HashSet<Hash>) {
+    ///
+    /// Entries are written without a flush, so the pinned ones already here are made durable by
+    /// flushing the cache's filesystem once: a power cut soon after must not leave them empty.
+    pub fn pin(&self, chunks: HashSet<Hash>) -> io::Result<()> {
         self.lock().pin(chunks);
+        let root = fs::File::open(&self.root)?;
+        // SAFETY: syncfs takes a file descriptor that `root` keeps open for the call.
+        if unsafe { libc::syncfs(std::os::fd::AsRawFd::as_raw_fd(&root)) } != 0 {
+            return Err(io::Error::last_os_error());
+        }
+        Ok(())
     }
 
     /// Evicts least recently used entries until at most `target` bytes remain.
@@ -426,7 +443,7 @@ mod tests {
         let chunks: Vec<_> = (0..6u8).map(|i| chunk_of(&[i; 1000])).collect();
         // Pinned before and after they are cached: both stay.
         cache.put(&chunks[0].0, &chunks[0].1);
-        cache.pin([chunks[0].0.id, chunks[1].0.id].into_iter().collect());
+        cache.pin([chunks[0].0.id, chunks[1].0.id].into_iter().collect()).unwrap();
         cache.put(&chunks[1].0, &chunks[1].1);
         assert_eq!(cache.stats().pinned, 2);
         for (c, v) in &chunks[2..] {
@@ -438,7 +455,7 @@ mod tests {
         cache.evict_to(0);
         assert_eq!((cache.stats().entries, cache.stats().bytes), (2, 2000));
         // A new pin set releases the old one to eviction.
-        cache.pin([chunks[5].0.id].into_iter().collect());
+        cache.pin([chunks[5].0.id].into_iter().collect()).unwrap();
         assert_eq!(cache.stats().pinned, 0);
         cache.evict_to(0);
         assert_eq!(cache.stats().entries, 0);

@@ -22,6 +22,11 @@ pub fn write_whole_with(path: &Path, fill: impl FnOnce(&mut File) -> io::Result<
     fill(tmp.as_file_mut())?;
     tmp.as_file().sync_all()?;
     tmp.persist(path).map_err(|e| e.error)?;
+    sync_dir(dir)
+}
+
+/// Makes the entries of `dir` (a file created or renamed there) survive a power loss.
+pub fn sync_dir(dir: &Path) -> io::Result<()> {
     File::open(dir)?.sync_all()
 }
 

@@ -389,7 +389,9 @@ impl Mounts {
             }
         }
         let pinned = chunks.len();
-        cache.pin(chunks);
+        if let Err(e) = cache.pin(chunks) {
+            tracing::warn!("the cache could not flush its pinned chunks to disk: {e}; a power cut may lose them");
+        }
         pinned
     }
 
