@@ -11,6 +11,7 @@ use std::collections::BTreeMap;
 use std::path::Path;
 use std::sync::Mutex;
 
+use flint_manifest::signed::Envelope;
 use rusqlite::{params, Connection};
 
 use super::status::NodeRecord;
@@ -125,11 +126,13 @@ impl Db {
         Ok(out)
     }
 
-    /// Writes node records (and address mappings) in one transaction.
-    pub fn save_nodes<'a>(
+    /// Writes node records, address mappings and the request just accepted (its replay entry) in
+    /// one transaction: one flush per acknowledged change.
+    pub fn save<'a>(
         &self,
         nodes: impl IntoIterator<Item = (&'a str, &'a NodeRecord)>,
         addresses: impl IntoIterator<Item = (&'a str, &'a str)>,
+        accepted: Option<&Envelope>,
     ) -> Result<(), String> {
         let mut conn = self.conn();
         let tx = conn.transaction().map_err(sql("writing nodes"))?;
@@ -142,18 +145,14 @@ impl Db {
             tx.execute("INSERT OR REPLACE INTO addresses (ip, node) VALUES (?1, ?2)", params![ip, node])
                 .map_err(sql("writing an address"))?;
         }
-        tx.commit().map_err(sql("writing nodes"))
-    }
-
-    /// The last accepted request of a node's stream.
-    pub fn save_replay(&self, key: &[u8; 32], stream: &str, boot: u64, seq: u64) -> Result<(), String> {
-        self.conn()
-            .execute(
+        if let Some(e) = accepted {
+            tx.execute(
                 "INSERT OR REPLACE INTO replays (node, stream, boot, seq) VALUES (?1, ?2, ?3, ?4)",
-                params![key.as_slice(), stream, to_sql(boot), to_sql(seq)],
+                params![e.key.as_slice(), e.stream, to_sql(e.boot), to_sql(e.seq)],
             )
-            .map(drop)
-            .map_err(sql("writing the replay memory"))
+            .map_err(sql("writing the replay memory"))?;
+        }
+        tx.commit().map_err(sql("writing nodes"))
     }
 }
 
@@ -169,9 +168,9 @@ mod tests {
         let version: i64 = db.conn().pragma_query_value(None, "user_version", |r| r.get(0)).unwrap();
         assert_eq!(version, MIGRATIONS.len() as i64);
         let record = NodeRecord { node: Some("abc".into()), boot: Some(u64::MAX), ..NodeRecord::default() };
-        db.save_nodes([("abc", &record)], [("10.0.0.1", "abc")]).unwrap();
-        db.save_replay(&[9; 32], "logs", u64::MAX, 7).unwrap();
-        db.save_replay(&[9; 32], "logs", 3, 8).unwrap();
+        let accepted = |boot, seq| Envelope { key: [9; 32], boot, stream: "logs".into(), seq, time: 0 };
+        db.save([("abc", &record)], [("10.0.0.1", "abc")], Some(&accepted(u64::MAX, 7))).unwrap();
+        db.save([], [], Some(&accepted(3, 8))).unwrap();
         drop(db);
         let again = Db::open(dir.path()).unwrap().load().unwrap();
         assert_eq!(again.nodes["abc"].boot, Some(u64::MAX));

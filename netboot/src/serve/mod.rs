@@ -71,7 +71,6 @@ struct Server {
     signed_only: bool,
     registry: Mutex<Registry>,
     replays: Mutex<Replays>,
-    db: Arc<db::Db>,
     profiles: Mutex<LoadedProfiles>,
     logs: Arc<logs::LogStore>,
 }
@@ -127,9 +126,8 @@ async fn serve(opts: ServeOptions) -> anyhow::Result<()> {
         root,
         scheme: if acceptor.is_some() { "https" } else { "http" },
         signed_only: opts.signed_only,
-        registry: Mutex::new(Registry::restore(db.clone(), kept.nodes, kept.addresses)),
+        registry: Mutex::new(Registry::restore(db, kept.nodes, kept.addresses)),
         replays: Mutex::new(replays),
-        db,
         profiles: Mutex::default(),
         logs: Arc::new(
             logs::LogStore::open(&opts.state)
@@ -327,12 +325,7 @@ impl Server {
         });
         let status = match &checked {
             Ok(Some(e)) => {
-                // Kept before the answer: a restarted server still refuses this request again.
-                let kept = self
-                    .db
-                    .save_replay(&e.key, &e.stream, e.boot, e.seq)
-                    .and_then(|()| self.registry().signed_by(ip, e));
-                return match kept {
+                return match self.registry().signed_by(ip, e) {
                     Ok(()) => Ok(Some(e.clone())),
                     Err(why) => {
                         tracing::error!("{why}");

@@ -132,13 +132,23 @@ impl Registry {
         node
     }
 
-    /// Writes the record of `key` now (and `ip`'s node, when it signed), before the answer.
-    fn persist(&mut self, key: &str, ip: Option<&str>) -> Result<(), String> {
+    /// Writes the record of `key` now, before the answer.
+    fn persist(&mut self, key: &str) -> Result<(), String> {
+        self.persist_signed(key, None)
+    }
+
+    /// [`Registry::persist`], with the request `signed` from an address (its replay entry, and
+    /// which node that address signed as), in the same transaction.
+    fn persist_signed(
+        &mut self,
+        key: &str,
+        signed: Option<(&str, &flint_manifest::signed::Envelope)>,
+    ) -> Result<(), String> {
         let Some(db) = &self.db else { return Ok(()) };
         self.dirty.remove(key);
         let record = self.nodes.get(key).map(|r| (key, r));
-        let address = ip.and_then(|ip| Some((ip, self.signed_from.get(ip)?.as_str())));
-        db.save_nodes(record, address)
+        let address = signed.and_then(|(ip, _)| Some((ip, self.signed_from.get(ip)?.as_str())));
+        db.save(record, address, signed.map(|(_, e)| e))
     }
 
     /// Writes every record whose counts changed; the server calls it each second.
@@ -148,10 +158,11 @@ impl Registry {
             return Ok(());
         }
         let dirty = std::mem::take(&mut self.dirty);
-        db.save_nodes(dirty.iter().filter_map(|k| Some((k.as_str(), self.nodes.get(k)?))), [])
+        db.save(dirty.iter().filter_map(|k| Some((k.as_str(), self.nodes.get(k)?))), [], None)
     }
 
-    /// A request from `ip` signed (and checked) with `envelope`'s key.
+    /// A request from `ip` signed (and checked, not a replay) with `envelope`'s key: kept, with its
+    /// replay entry, before the answer, so a restarted server still refuses it again.
     pub fn signed_by(&mut self, ip: &str, envelope: &flint_manifest::signed::Envelope) -> Result<(), String> {
         let id = flint_manifest::signed::node_id(&envelope.key);
         if self.signed_from.len() < ADDRESSES_KEPT || self.signed_from.contains_key(ip) {
@@ -161,7 +172,7 @@ impl Registry {
         node.node = Some(id.clone());
         node.public_key = Some(hex::encode(envelope.key));
         node.boot = Some(envelope.boot);
-        self.persist(&id, Some(ip))
+        self.persist_signed(&id, Some((ip, envelope)))
     }
 
     /// Log lines stored for node `id`.
@@ -178,7 +189,7 @@ impl Registry {
         let node = self.record(&key, ip);
         node.refused += 1;
         node.last_refusal = Some(clip(why));
-        self.persist(&key, None)
+        self.persist(&key)
     }
 
     /// Counts one answered request.
@@ -196,7 +207,7 @@ impl Registry {
     pub fn saw_mac(&mut self, ip: &str, mac: &str) -> Result<(), String> {
         let key = self.key_of(ip);
         self.record(&key, ip).mac = Some(mac.to_string());
-        self.persist(&key, None)
+        self.persist(&key)
     }
 
     /// Records a report.
@@ -210,7 +221,7 @@ impl Registry {
             node.stages.remove(0);
         }
         node.stages.push(Stage { at: now(), stage: clip(&report.stage), detail: clip(&report.detail) });
-        self.persist(&key, None)
+        self.persist(&key)
     }
 
     /// A copy of every node.
