@@ -60,7 +60,10 @@ pub fn listen(path: &Path) -> io::Result<UnixListener> {
     staging.push(format!(".{}.new", std::process::id()));
     let _ = std::fs::remove_file(&staging);
     let listener = UnixListener::bind(&staging)?;
-    std::fs::rename(&staging, path)?;
+    if let Err(e) = std::fs::rename(&staging, path) {
+        let _ = std::fs::remove_file(&staging);
+        return Err(e);
+    }
     Ok(listener)
 }
 
