@@ -97,7 +97,7 @@ pub fn prepare(flist: &Flist, plan: &Plan, source: &CachedSource) -> Result<Opti
         }
         cache.drop_file(&plan.key);
     }
-    let cached = |i: &u32| flist.chunks.get(*i as usize).is_some_and(|c| cache.has(&c.plain_hash()));
+    let cached = |i: &u32| flist.chunks.get(*i as usize).is_some_and(|c| cache.has(c));
     if !plan.chunks.iter().all(cached) {
         return Ok(None);
     }
@@ -148,7 +148,9 @@ fn verify(flist: &Flist, plan: &Plan, file: &File) -> bool {
     for &chunk in &plan.chunks {
         let Some(c) = flist.chunks.get(chunk as usize) else { return false };
         buf.resize(c.len as usize, 0);
-        if file.read_exact_at(&mut buf, offset).is_err() || crate::chunk::hash(&buf) != c.plain_hash() {
+        if file.read_exact_at(&mut buf, offset).is_err()
+            || crate::chunk::plain_hash_of(c.format, &buf) != c.plain_hash()
+        {
             return false;
         }
         offset += u64::from(c.len);

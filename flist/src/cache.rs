@@ -18,7 +18,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Mutex;
 
 use crate::chunk::{verify_plain, Verified};
-use crate::format::{ChunkRef, Hash};
+use crate::format::{ChunkRef, Format, Hash};
 
 /// Why the cache could not be opened.
 #[derive(Debug, thiserror::Error)]
@@ -54,11 +54,22 @@ pub struct CacheStats {
     pub pinned: u64,
 }
 
-/// A cache entry: a chunk named by its plain hash, or an assembled file named by its content key.
+/// A cache entry: a chunk named by the BLAKE3 of its plain bytes, an rfs block by their
+/// BLAKE2b-256 (under `rfs/`, re-checked with that hash), or an assembled file by its content key.
 #[derive(Clone, Copy, PartialEq, Eq, Hash, Debug)]
 enum Key {
     Chunk(Hash),
+    Block(Hash),
     File(Hash),
+}
+
+impl Key {
+    fn of(chunk: &ChunkRef) -> Key {
+        match chunk.format {
+            Format::Flint => Key::Chunk(chunk.plain_hash()),
+            Format::Rfs => Key::Block(chunk.plain_hash()),
+        }
+    }
 }
 
 #[derive(Default)]
@@ -91,7 +102,7 @@ impl Index {
     }
 
     fn is_pinned(&self, id: &Key) -> bool {
-        matches!(id, Key::Chunk(h) if self.pinned.contains(h))
+        matches!(id, Key::Chunk(h) | Key::Block(h) if self.pinned.contains(h))
     }
 
     /// Makes `chunks` the pin set: they leave the eviction order, the chunks pinned before
@@ -133,6 +144,8 @@ pub struct Cache {
 
 /// Where assembled files live, under the cache root.
 const FILES: &str = "files";
+/// Where rfs blocks live, under the cache root.
+const BLOCKS: &str = "rfs";
 
 fn hex_name(id: &Hash) -> (String, String) {
     let hex = id.to_hex();
@@ -175,6 +188,7 @@ impl Cache {
         let mut found = Vec::new();
         scan(root, Key::Chunk, &mut found).map_err(err)?;
         scan(&root.join(FILES), Key::File, &mut found).map_err(err)?;
+        scan(&root.join(BLOCKS), Key::Block, &mut found).map_err(err)?;
         found.sort_by_key(|(modified, _, _)| *modified);
         let cache = Cache { root: root.to_path_buf(), quota, index: Mutex::new(Index::default()) };
         {
@@ -195,21 +209,22 @@ impl Cache {
     fn path(&self, key: &Key) -> PathBuf {
         let (dir, id) = match key {
             Key::Chunk(id) => (self.root.clone(), id),
+            Key::Block(id) => (self.root.join(BLOCKS), id),
             Key::File(id) => (self.root.join(FILES), id),
         };
         let (fan, name) = hex_name(id);
         dir.join(fan).join(name)
     }
 
-    /// Whether the plain bytes with this hash are cached (not verified: [`Cache::get`] does that).
-    pub fn has(&self, plain: &Hash) -> bool {
-        self.lock().entries.contains_key(&Key::Chunk(*plain))
+    /// Whether the chunk is cached (not verified: [`Cache::get`] does that).
+    pub fn has(&self, chunk: &ChunkRef) -> bool {
+        self.lock().entries.contains_key(&Key::of(chunk))
     }
 
     /// The cached plain bytes of `chunk`, verified; `None` when absent or found corrupt (then
     /// dropped, so the caller refetches).
     pub fn get(&self, chunk: &ChunkRef) -> Option<Verified> {
-        let key = Key::Chunk(chunk.plain_hash());
+        let key = Key::of(chunk);
         let path = self.path(&key);
         let bytes = match fs::read(&path) {
             Ok(b) => b,
@@ -238,9 +253,8 @@ impl Cache {
     /// Stores verified plain bytes. Failure is logged and counted, never fatal: the caller
     /// already has the bytes.
     pub fn put(&self, chunk: &ChunkRef, plain: &Verified) {
-        let key = chunk.plain_hash();
-        if let Err(e) = self.store(Key::Chunk(key), plain.len() as u64, &mut |f| f.write_all(plain)) {
-            tracing::warn!("caching chunk {key} failed ({e}); serving it uncached");
+        if let Err(e) = self.store(Key::of(chunk), plain.len() as u64, &mut |f| f.write_all(plain)) {
+            tracing::warn!("caching chunk {} failed ({e}); serving it uncached", chunk.plain_hash());
         }
     }
 
@@ -367,9 +381,13 @@ impl Cache {
         let ids: Vec<Key> = self.lock().entries.keys().copied().collect();
         let mut bad = 0;
         for id in ids {
-            let Key::Chunk(hash) = id else { continue };
+            let (format, hash) = match id {
+                Key::Chunk(hash) => (Format::Flint, hash),
+                Key::Block(hash) => (Format::Rfs, hash),
+                Key::File(_) => continue,
+            };
             let path = self.path(&id);
-            let ok = fs::read(&path).map(|b| crate::chunk::hash(&b) == hash).unwrap_or(false);
+            let ok = fs::read(&path).map(|b| crate::chunk::plain_hash_of(format, &b) == hash).unwrap_or(false);
             if !ok {
                 self.drop_corrupt(&id, "content does not match its name");
                 bad += 1;
@@ -404,7 +422,7 @@ mod tests {
         cache.put(&c, &v);
         assert_eq!(&*cache.get(&c).unwrap(), b"some chunk bytes");
         // Flip a byte on disk: detected, dropped, reported as a miss.
-        let path = cache.path(&Key::Chunk(c.plain_hash()));
+        let path = cache.path(&Key::of(&c));
         let mut b = fs::read(&path).unwrap();
         b[0] ^= 1;
         fs::write(&path, b).unwrap();

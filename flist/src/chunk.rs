@@ -13,7 +13,7 @@ use std::sync::Arc;
 use chacha20poly1305::aead::{Aead, KeyInit};
 use chacha20poly1305::{ChaCha20Poly1305, Key, Nonce};
 
-use crate::format::{ChunkRef, Hash};
+use crate::format::{ChunkRef, Format, Hash};
 
 const KEY_CONTEXT: &str = "flint 2026-11 convergent chunk key v1";
 
@@ -29,6 +29,12 @@ pub enum ChunkError {
     Decrypt(Hash),
     #[error("chunk {id} is corrupt: its plain bytes hash to {actual}")]
     HashMismatch { id: Hash, actual: Hash },
+    #[error("stored object {id} is corrupt: it hashes to {actual}")]
+    IdMismatch { id: Hash, actual: Hash },
+    #[error("rfs block {id} holds {actual} plain bytes where its file's index assumed {expected} (blocks of 512 KiB but the last); the read fails (EIO) rather than serve shifted bytes")]
+    Length { id: Hash, expected: u32, actual: u64 },
+    #[error("chunk {0} names no key to open it with")]
+    NoKey(Hash),
 }
 
 /// A chunk ready for a store.
@@ -66,16 +72,22 @@ pub fn seal(plain: &[u8], encrypt: bool, zstd_level: i32) -> Result<Sealed, Chun
     let compressed = zstd::bulk::compress(plain, zstd_level).map_err(ChunkError::Compress)?;
     let len = plain.len() as u32;
     if !encrypt {
-        return Ok(Sealed { chunk: ChunkRef { id: plain_hash, plain: None, len }, bytes: compressed });
+        return Ok(Sealed {
+            chunk: ChunkRef { id: plain_hash, plain: None, len, format: Format::Flint },
+            bytes: compressed,
+        });
     }
     let bytes = cipher(&plain_hash)
         .encrypt(Nonce::from_slice(&[0; 12]), compressed.as_slice())
         .map_err(|_| ChunkError::Decrypt(plain_hash))?;
-    Ok(Sealed { chunk: ChunkRef { id: hash(&bytes), plain: Some(plain_hash), len }, bytes })
+    Ok(Sealed { chunk: ChunkRef { id: hash(&bytes), plain: Some(plain_hash), len, format: Format::Flint }, bytes })
 }
 
 /// Decrypts and decompresses a stored object and checks it is exactly the chunk named.
 pub fn open(chunk: &ChunkRef, stored: &[u8]) -> Result<Verified, ChunkError> {
+    if chunk.format == Format::Rfs {
+        return verify_plain(chunk, crate::rfs::block::open(chunk, stored)?);
+    }
     let decrypted;
     let compressed = match &chunk.plain {
         None => stored,
@@ -109,9 +121,17 @@ fn decompress(compressed: &[u8], capacity: usize) -> std::io::Result<Vec<u8>> {
     })
 }
 
+/// The hash a chunk's plain bytes are named by in its format: BLAKE3, or BLAKE2b-256 for rfs.
+pub fn plain_hash_of(format: Format, plain: &[u8]) -> Hash {
+    match format {
+        Format::Flint => hash(plain),
+        Format::Rfs => crate::rfs::block::hash(plain),
+    }
+}
+
 /// Checks bytes that claim to be a chunk's plain content (a cache file, say).
 pub fn verify_plain(chunk: &ChunkRef, plain: Vec<u8>) -> Result<Verified, ChunkError> {
-    let actual = hash(&plain);
+    let actual = plain_hash_of(chunk.format, &plain);
     if actual != chunk.plain_hash() || plain.len() != chunk.len as usize {
         return Err(ChunkError::HashMismatch { id: chunk.id, actual });
     }

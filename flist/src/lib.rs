@@ -5,7 +5,8 @@
 //! before use.
 //!
 //! Layers, each depending only on the ones before it:
-//! - [`format`]: the metadata model and its deterministic byte encoding (pure, no I/O).
+//! - [`format`]: the metadata model and its deterministic byte encoding (pure, no I/O);
+//!   [`rfs`] reads Zero-OS `.fl` files into the same model, and [`metadata`] takes either.
 //! - [`chunk`]: sealing plain bytes into stored objects (zstd, optional convergent encryption)
 //!   and opening them again, verified.
 //! - [`store`]: where stored objects live (`dir://`, `http(s)://`, `s3://`) and the router that
@@ -33,6 +34,7 @@ pub mod faults;
 pub mod fetch;
 pub mod format;
 pub mod fuse;
+pub mod metadata;
 pub mod overlay;
 #[cfg(feature = "tools")]
 pub mod pack;
@@ -41,6 +43,7 @@ pub mod read;
 pub mod registry;
 #[cfg(feature = "tools")]
 pub mod replicate;
+pub mod rfs;
 #[cfg(feature = "tools")]
 pub mod source;
 pub mod store;

@@ -59,7 +59,7 @@ pub enum MountError {
         name: String,
         /// Why.
         #[source]
-        source: flist::format::DecodeError,
+        source: flist::metadata::MetadataError,
     },
     /// No usable store.
     #[error("flist {name}: stores: {why}")]
@@ -181,14 +181,9 @@ pub fn prepare(
             b
         }
     };
-    let flist = Flist::decode(&bytes).map_err(|source| MountError::Decode { name: name.clone(), source })?;
+    let flist = flist::metadata::parse(&bytes).map_err(|source| MountError::Decode { name: name.clone(), source })?;
     let bad_stores = |why: String| MountError::Stores { name: name.clone(), why };
-    let router = if stores.is_empty() {
-        Router::from_routes(&flist.routes, RetryPolicy::default())
-    } else {
-        Router::from_specs(stores, RetryPolicy::default())
-    }
-    .map_err(|e| bad_stores(e.to_string()))?;
+    let router = Router::for_flist(&flist, stores, RetryPolicy::default()).map_err(|e| bad_stores(e.to_string()))?;
     if router.is_empty() {
         return Err(bad_stores("neither the manifest nor the flist names one".into()));
     }
@@ -382,7 +377,7 @@ impl Mounts {
             let decoded = std::fs::read(&path)
                 .ok()
                 .filter(|b| blake3::hash(b).as_bytes() == &f.digest.0)
-                .and_then(|b| Flist::decode(&b).ok());
+                .and_then(|b| flist::metadata::parse(&b).ok());
             match decoded {
                 Some(flist) => chunks.extend(flist.chunks.iter().map(flist::format::ChunkRef::plain_hash)),
                 None => tracing::warn!("flist {}: no kept copy in {} to pin its chunks by", f.name, path.display()),

@@ -48,7 +48,7 @@ pub(crate) fn push(a: PushArgs) -> anyhow::Result<ExitCode> {
 pub(crate) fn pull(a: PullArgs) -> anyhow::Result<ExitCode> {
     let reference = oci_reference(&a.reference)?;
     let bytes = a.registry.client()?.pull_flist(&reference)?;
-    let flist = flist::format::Flist::decode(&bytes).context("the pulled artifact is not an flist")?;
+    let flist = flist::metadata::parse(&bytes).context("the pulled artifact is not an flist")?;
     flist::durable::write_whole(&a.output, &bytes).with_context(|| format!("writing {}", a.output.display()))?;
     println!("{}: flist {}", a.output.display(), flist.digest());
     Ok(ExitCode::SUCCESS)

@@ -98,6 +98,8 @@ pub(crate) struct StoreArgs {
     /// Read chunks from this store instead of those recorded in the flist; repeat for replicas.
     /// `URL` or `START-END=URL` (hex first-byte range, e.g. `00-7f=http://a`). S3 credentials come
     /// from the URL (`s3://KEY:SECRET@host/bucket`) or AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY.
+    /// For an rfs `.fl`, URLs are in rfs's syntax (`s3://` plain, `s3s://` TLS, `zdb://`,
+    /// `server://`).
     #[arg(long = "store", value_name = "URL")]
     stores: Vec<String>,
     /// Attempts per store for transient errors before moving to the next replica.
@@ -111,11 +113,7 @@ impl StoreArgs {
     }
 
     pub(crate) fn router(&self, flist: &Flist) -> anyhow::Result<Router> {
-        let router = if self.stores.is_empty() {
-            Router::from_routes(&flist.routes, self.policy())?
-        } else {
-            Router::from_specs(&self.stores, self.policy())?
-        };
+        let router = Router::for_flist(flist, &self.stores, self.policy())?;
         anyhow::ensure!(!router.is_empty(), "no store to read from: the flist records none, pass --store");
         Ok(router)
     }
@@ -128,7 +126,7 @@ pub(crate) fn load(path: &Path) -> anyhow::Result<Flist> {
 /// [`load`], with the BLAKE3 digest of the file (what manifests pin and traces name).
 pub(crate) fn load_with_digest(path: &Path) -> anyhow::Result<(Flist, flist::Hash)> {
     let bytes = std::fs::read(path).with_context(|| format!("reading {}", path.display()))?;
-    let flist = Flist::decode(&bytes).with_context(|| format!("decoding {}", path.display()))?;
+    let flist = flist::metadata::parse(&bytes).with_context(|| format!("reading {}", path.display()))?;
     Ok((flist, flist::Hash(*blake3::hash(&bytes).as_bytes())))
 }
 

@@ -6,8 +6,8 @@ use std::collections::BTreeMap;
 
 use super::wire::Reader;
 use super::{
-    ChunkRef, DecodeError, Entry, Flist, Hash, Inode, InodeData, Kind, Region, Route, Timestamp, FLAG_ENCRYPTED, MAGIC,
-    MAX_BODY_LEN, MAX_CHUNK_LEN, VERSION,
+    ChunkRef, DecodeError, Entry, Flist, Format, Hash, Inode, InodeData, Kind, Region, Route, Timestamp,
+    FLAG_ENCRYPTED, MAGIC, MAX_BODY_LEN, MAX_CHUNK_LEN, VERSION,
 };
 
 const HEADER_LEN: usize = 16;
@@ -80,11 +80,25 @@ fn parse_body(body: &[u8], encrypted: bool) -> Result<Flist, DecodeError> {
     let inodes = parse_inodes(&mut top)?;
     top.end()?;
 
-    let mut f =
-        Flist { tags, routes, encrypted, chunks, entries, inodes, chunk_ends: Vec::new(), digest: Hash([0; 32]) };
-    link_tree(&mut f, &refs)?;
-    link_stream(&mut f)?;
+    let mut f = Flist {
+        tags,
+        routes,
+        encrypted,
+        format: Format::Flint,
+        chunks,
+        entries,
+        inodes,
+        chunk_ends: Vec::new(),
+        digest: Hash([0; 32]),
+    };
+    link(&mut f, &refs)?;
     Ok(f)
+}
+
+/// Derives and checks what the parts imply: the tree, then the data stream.
+pub(super) fn link(f: &mut Flist, refs: &[u32]) -> Result<(), DecodeError> {
+    link_tree(f, refs)?;
+    link_stream(f)
 }
 
 fn parse_chunks(top: &mut Reader, encrypted: bool) -> Result<Vec<ChunkRef>, DecodeError> {
@@ -100,7 +114,7 @@ fn parse_chunks(top: &mut Reader, encrypted: bool) -> Result<Vec<ChunkRef>, Deco
         }
         let id = Hash(ids.array32()?);
         let plain = if encrypted { Some(Hash(plains.array32()?)) } else { None };
-        chunks.push(ChunkRef { id, plain, len });
+        chunks.push(ChunkRef { id, plain, len, format: Format::Flint });
     }
     lens.end()?;
     ids.end()?;

@@ -89,6 +89,17 @@ impl std::fmt::Display for Hash {
     }
 }
 
+/// Which system made an flist, and so how its chunks are sealed, named and checked.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Format {
+    /// flint's own: chunks named by BLAKE3, zstd, optional convergent ChaCha20-Poly1305.
+    #[default]
+    Flint,
+    /// A Zero-OS rfs `.fl`: BLAKE2b-256 names and keys, Snappy, AES-256-GCM (see [`crate::rfs`]).
+    Rfs,
+}
+
 /// One piece of the data stream, as the metadata knows it.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct ChunkRef {
@@ -99,6 +110,8 @@ pub struct ChunkRef {
     pub plain: Option<Hash>,
     /// Length of the plain bytes.
     pub len: u32,
+    /// How the chunk is sealed; its hashes are BLAKE3 for flint, BLAKE2b-256 for rfs.
+    pub format: Format,
 }
 
 impl ChunkRef {
@@ -282,6 +295,8 @@ pub struct Flist {
     pub routes: Vec<Route>,
     /// Whether chunks are encrypted.
     pub encrypted: bool,
+    /// Which system made it: only flint's own can be encoded again.
+    pub format: Format,
     /// The chunks of the data stream, in order.
     pub chunks: Vec<ChunkRef>,
     /// Names, breadth first; `entries[0]` is the root.
@@ -314,16 +329,49 @@ impl Flist {
         entries: Vec<Entry>,
         inodes: Vec<Inode>,
     ) -> Result<(Flist, Vec<u8>), BuildError> {
-        let draft =
-            Flist { tags, routes, encrypted, chunks, entries, inodes, chunk_ends: Vec::new(), digest: Hash([0; 32]) };
+        let draft = Flist {
+            tags,
+            routes,
+            encrypted,
+            format: Format::Flint,
+            chunks,
+            entries,
+            inodes,
+            chunk_ends: Vec::new(),
+            digest: Hash([0; 32]),
+        };
         let bytes = encode::encode(&draft).map_err(BuildError::Compress)?;
         let flist = decode::decode(&bytes).map_err(BuildError::Invalid)?;
         Ok((flist, bytes))
     }
 
-    /// Encodes again; the same bytes [`Flist::build`] returned.
+    /// Encodes again; the same bytes [`Flist::build`] returned. An rfs flist has no flint
+    /// encoding: its chunks are rfs blocks (`flist convert` re-chunks it).
     pub fn encode(&self) -> std::io::Result<Vec<u8>> {
+        if self.format != Format::Flint {
+            return Err(std::io::Error::other("an rfs flist cannot be encoded as it is: convert it"));
+        }
         encode::encode(self)
+    }
+
+    /// A flist read from another system's metadata (an rfs `.fl`): `entries` breadth first with
+    /// each directory's children contiguous and sorted, `inodes` one per entry in the same order
+    /// (no hardlinks), directories holding their child count as `0..count`. The same checks as
+    /// [`Flist::decode`] apply; `digest` is that of the file it was read from.
+    pub(crate) fn assemble(
+        format: Format,
+        tags: BTreeMap<String, String>,
+        routes: Vec<Route>,
+        chunks: Vec<ChunkRef>,
+        entries: Vec<Entry>,
+        inodes: Vec<Inode>,
+        digest: Hash,
+    ) -> Result<Flist, DecodeError> {
+        let refs = vec![0; entries.len()];
+        let mut f =
+            Flist { tags, routes, encrypted: false, format, chunks, entries, inodes, chunk_ends: Vec::new(), digest };
+        decode::link(&mut f, &refs)?;
+        Ok(f)
     }
 
     /// BLAKE3 of the encoded metadata.

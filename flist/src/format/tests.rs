@@ -28,7 +28,7 @@ fn file(size: u64, regions: Option<Vec<Region>>) -> InodeData {
 }
 
 fn chunk(n: u8, len: u32) -> ChunkRef {
-    ChunkRef { id: Hash([n; 32]), plain: None, len }
+    ChunkRef { id: Hash([n; 32]), plain: None, len, format: Format::Flint }
 }
 
 /// / { a (file 10 bytes), b/ { c (sparse: 4 data bytes at 100 in 1000) , hl -> a }, dev, link }

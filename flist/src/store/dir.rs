@@ -4,7 +4,7 @@ use std::fs;
 use std::io::Write;
 use std::path::PathBuf;
 
-use super::{object_path, Store, StoreError};
+use super::{flat_object_path, object_path, Store, StoreError};
 use crate::format::Hash;
 
 pub(crate) struct DirStore {
@@ -24,7 +24,11 @@ impl DirStore {
 
 impl Store for DirStore {
     fn get(&self, id: &Hash) -> Result<Vec<u8>, StoreError> {
-        match fs::read(self.root.join(object_path(id))) {
+        let read = |path: String| fs::read(self.root.join(path));
+        match read(object_path(id)).or_else(|e| match e.kind() {
+            std::io::ErrorKind::NotFound => read(flat_object_path(id)),
+            _ => Err(e),
+        }) {
             Ok(b) => Ok(b),
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
                 Err(StoreError::NotFound { store: self.url.clone(), id: *id })
@@ -34,7 +38,7 @@ impl Store for DirStore {
     }
 
     fn has(&self, id: &Hash) -> Result<bool, StoreError> {
-        Ok(self.root.join(object_path(id)).exists())
+        Ok(self.root.join(object_path(id)).exists() || self.root.join(flat_object_path(id)).exists())
     }
 
     /// Written to a temporary file, synced, then renamed: a crash never leaves half an object
@@ -54,7 +58,8 @@ impl Store for DirStore {
         &self.url
     }
 
-    /// Objects in the fan-out directories; anything else (temporary files of writers) is not one.
+    /// Objects in the fan-out directories and flat ones (rfs's layout); anything else (temporary
+    /// files of writers) is not one.
     fn list(&self) -> Result<Vec<Hash>, StoreError> {
         let mut ids = Vec::new();
         let fans = match fs::read_dir(&self.root) {
@@ -65,6 +70,7 @@ impl Store for DirStore {
         for fan in fans {
             let fan = fan.map_err(|e| self.failed(e))?;
             if !fan.file_type().map_err(|e| self.failed(e))?.is_dir() {
+                ids.extend(super::id_of_name(&fan.file_name().to_string_lossy()));
                 continue;
             }
             for object in fs::read_dir(fan.path()).map_err(|e| self.failed(e))? {
@@ -76,9 +82,12 @@ impl Store for DirStore {
     }
 
     fn delete(&self, id: &Hash) -> Result<(), StoreError> {
-        match fs::remove_file(self.root.join(object_path(id))) {
-            Err(e) if e.kind() != std::io::ErrorKind::NotFound => Err(self.failed(e)),
-            _ => Ok(()),
+        for path in [object_path(id), flat_object_path(id)] {
+            match fs::remove_file(self.root.join(path)) {
+                Err(e) if e.kind() != std::io::ErrorKind::NotFound => return Err(self.failed(e)),
+                _ => {}
+            }
         }
+        Ok(())
     }
 }

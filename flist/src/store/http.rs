@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 use ureq::unversioned::resolver::{DefaultResolver, ResolvedSocketAddrs, Resolver};
 use ureq::unversioned::transport::{DefaultConnector, NextTimeout};
 
-use super::{object_path, Store, StoreError};
+use super::{flat_object_path, object_path, Store, StoreError};
 use crate::format::{Hash, MAX_CHUNK_LEN};
 
 /// A stored object is at most the plain chunk plus compression and AEAD overhead.
@@ -102,26 +102,29 @@ impl HttpStore {
 }
 
 impl Store for HttpStore {
+    /// `BASE/ab/abcd…`, then `BASE/abcd…` on a 404 (rfs's order).
     fn get(&self, id: &Hash) -> Result<Vec<u8>, StoreError> {
-        let resp =
-            self.agent.get(format!("{}/{}", self.base, object_path(id))).call().map_err(|e| transport(&self.url, e))?;
-        match resp.status().as_u16() {
-            200 => body(&self.url, resp),
-            code => Err(status(&self.url, id, code)),
+        for path in [object_path(id), flat_object_path(id)] {
+            let resp = self.agent.get(format!("{}/{path}", self.base)).call().map_err(|e| transport(&self.url, e))?;
+            match resp.status().as_u16() {
+                200 => return body(&self.url, resp),
+                404 => continue,
+                code => return Err(status(&self.url, id, code)),
+            }
         }
+        Err(status(&self.url, id, 404))
     }
 
     fn has(&self, id: &Hash) -> Result<bool, StoreError> {
-        let resp = self
-            .agent
-            .head(format!("{}/{}", self.base, object_path(id)))
-            .call()
-            .map_err(|e| transport(&self.url, e))?;
-        match resp.status().as_u16() {
-            200 => Ok(true),
-            404 => Ok(false),
-            code => Err(status(&self.url, id, code)),
+        for path in [object_path(id), flat_object_path(id)] {
+            let resp = self.agent.head(format!("{}/{path}", self.base)).call().map_err(|e| transport(&self.url, e))?;
+            match resp.status().as_u16() {
+                200 => return Ok(true),
+                404 => continue,
+                code => return Err(status(&self.url, id, code)),
+            }
         }
+        Ok(false)
     }
 
     fn put(&self, _id: &Hash, _bytes: &[u8]) -> Result<(), StoreError> {

@@ -2,7 +2,8 @@
 //!
 //! A store keeps sealed chunks (see [`crate::chunk`]) under their id, at `ab/abcdef…` (the
 //! first id byte as a fan-out directory) in every backend, so a `dir://` store can be served by
-//! any HTTP server or synced to a bucket as it is. Stores speak bytes only; verification is the
+//! any HTTP server or synced to a bucket as it is. Reads also find an object at `abcdef…`, the
+//! flat layout of rfs v2.0.6's stores (newer rfs writes the fanned-out one, as flint does). Stores speak bytes only; verification is the
 //! router's job, because only it knows which replica to try next.
 //!
 //! URLs: `dir:///path` (or a bare path), `http://…`/`https://…` (read-only),
@@ -80,6 +81,11 @@ pub fn object_path(id: &Hash) -> String {
     format!("{}/{}", hex.get(..2).unwrap_or_default(), hex)
 }
 
+/// Where an object may also be found: the flat layout of rfs v2.0.6's stores.
+pub fn flat_object_path(id: &Hash) -> String {
+    id.to_hex()
+}
+
 /// Opens the store a URL names.
 pub fn open(url: &str) -> Result<Arc<dyn Store>, StoreError> {
     let bad = |why: &str| StoreError::BadUrl { url: display_url(url), why: why.into() };
@@ -95,6 +101,18 @@ pub fn open(url: &str) -> Result<Arc<dyn Store>, StoreError> {
         "s3" | "s3+http" => Ok(Arc::new(s3::S3Store::new(&parsed).map_err(|why| bad(&why))?)),
         other => Err(bad(&format!("unknown scheme {other}:// (use dir://, http(s)://, s3://, s3+http://)"))),
     }
+}
+
+/// A store URL in rfs's syntax, in flint's: rfs's `s3://` is plain HTTP (flint's `s3+http://`)
+/// and its `s3s://` is TLS (flint's `s3://`); every other scheme means the same in both.
+pub fn from_rfs_url(url: &str) -> String {
+    if let Some(rest) = url.strip_prefix("s3://") {
+        return format!("s3+http://{rest}");
+    }
+    if let Some(rest) = url.strip_prefix("s3s://") {
+        return format!("s3://{rest}");
+    }
+    url.to_string()
 }
 
 /// A URL with any user name and password removed, safe to print and to record in an flist.

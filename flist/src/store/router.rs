@@ -12,7 +12,7 @@ use std::time::{Duration, Instant};
 
 use super::{display_url, open, parse_route, Store, StoreError};
 use crate::chunk::{self, Sealed, Verified};
-use crate::format::{ChunkRef, Hash, Route};
+use crate::format::{ChunkRef, Flist, Format, Hash, Route};
 
 /// How hard to try one store before moving on.
 #[derive(Clone, Copy, Debug)]
@@ -181,11 +181,22 @@ impl Router {
         Ok(router)
     }
 
-    /// A router from the routes recorded in an flist.
-    pub fn from_routes(routes: &[Route], policy: RetryPolicy) -> Result<Self, StoreError> {
+    /// The router an flist is read through: the stores given (`--store` specs), else those it
+    /// records. An rfs `.fl`'s URLs, recorded or given, are in rfs's syntax ([`super::from_rfs_url`]).
+    pub fn for_flist<S: AsRef<str>>(flist: &Flist, specs: &[S], policy: RetryPolicy) -> Result<Self, StoreError> {
+        let url = |u: &str| match flist.format {
+            Format::Flint => u.to_string(),
+            Format::Rfs => super::from_rfs_url(u),
+        };
         let mut router = Router::new(policy);
-        for r in routes {
-            router.add(r.start, r.end, open(&r.url)?);
+        if specs.is_empty() {
+            for r in &flist.routes {
+                router.add(r.start, r.end, open(&url(&r.url))?);
+            }
+        }
+        for spec in specs {
+            let (start, end, given) = parse_route(spec.as_ref())?;
+            router.add(start, end, open(&url(&given))?);
         }
         Ok(router)
     }
