@@ -327,7 +327,7 @@ fn bad_input_gets_a_clear_error() {
     let good = fs::read(t.join("f.fl")).unwrap();
     fs::write(t.join("truncated.fl"), &good[..good.len() - 5]).unwrap();
     fs::write(t.join("garbage.fl"), b"this is not an flist at all").unwrap();
-    for (file, expect) in [("truncated.fl", "decompress"), ("garbage.fl", "bad magic")] {
+    for (file, expect) in [("truncated.fl", "decompress"), ("garbage.fl", "not an flist")] {
         let out = flist(&[&"inspect", &t.join(file)]);
         assert!(!out.status.success());
         let err = String::from_utf8_lossy(&out.stderr);

@@ -21,6 +21,8 @@
 //! SQLite.
 
 pub mod block;
+#[cfg(feature = "tools")]
+pub mod write;
 
 use std::collections::{BTreeMap, HashMap};
 
@@ -50,7 +52,7 @@ pub enum RfsError {
     Sqlite(String),
     #[error("the .fl has no table {0} (not an rfs flist, or a damaged one)")]
     MissingTable(&'static str),
-    #[error("reading the .fl took more than {MAX_STEPS} SQLite steps: refused")]
+    #[error("reading the .fl took too much work (over {MAX_STEPS} SQLite steps): refused")]
     TooSlow,
     #[error("the .fl is not a valid rfs flist: {0}")]
     Invalid(String),
@@ -91,10 +93,15 @@ struct InodeRow {
 /// Reads an rfs `.fl` into the flist model. `digest` of the result is the BLAKE3 of `bytes`,
 /// what a manifest pins.
 pub fn read(bytes: &[u8]) -> Result<Flist, RfsError> {
+    read_within(bytes, MAX_STEPS)
+}
+
+/// [`read`] with a bound of `max_steps` SQLite steps.
+fn read_within(bytes: &[u8], max_steps: u64) -> Result<Flist, RfsError> {
     if bytes.len() > MAX_FILE_LEN {
         return Err(RfsError::TooLarge(bytes.len()));
     }
-    let db = open(bytes)?;
+    let db = open(bytes, max_steps)?;
     for table in ["inode", "extra", "block", "tag", "route"] {
         require_table(&db, table)?;
     }
@@ -156,7 +163,7 @@ pub fn read(bytes: &[u8]) -> Result<Flist, RfsError> {
 }
 
 /// A read-only, defensive, in-memory connection on the bytes, with a bound on the work done.
-fn open(bytes: &[u8]) -> Result<Connection, RfsError> {
+fn open(bytes: &[u8], max_steps: u64) -> Result<Connection, RfsError> {
     use rusqlite::config::DbConfig;
     let mut db = Connection::open_in_memory()?;
     db.set_db_config(DbConfig::SQLITE_DBCONFIG_DEFENSIVE, true)?;
@@ -167,7 +174,7 @@ fn open(bytes: &[u8]) -> Result<Connection, RfsError> {
         STEPS_PER_CHECK,
         Some(move || {
             steps = steps.saturating_add(STEPS_PER_CHECK as u64);
-            steps > MAX_STEPS
+            steps > max_steps
         }),
     );
     Ok(db)
@@ -386,3 +393,6 @@ fn push_blocks(row: &InodeRow, blocks: &[(Hash, Hash)], chunks: &mut Vec<ChunkRe
     }
     Ok(())
 }
+
+#[cfg(all(test, feature = "tools"))]
+mod tests;
