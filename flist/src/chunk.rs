@@ -35,6 +35,16 @@ pub enum ChunkError {
     Length { id: Hash, expected: u32, actual: u64 },
     #[error("chunk {0} names no key to open it with")]
     NoKey(Hash),
+    #[error("rfs block {id} is the object its id names, but its plain bytes hash to {actual}, not the key {key} the .fl gives: the .fl is wrong, and no replica can help")]
+    KeyMismatch { id: Hash, key: Hash, actual: Hash },
+}
+
+impl ChunkError {
+    /// Whether the metadata, not the replica, is wrong: an rfs block is checked against its id
+    /// first, so once that passes every replica holds these same bytes and fails the same way.
+    pub fn is_metadata_fault(&self, format: Format) -> bool {
+        format == Format::Rfs && !matches!(self, ChunkError::IdMismatch { .. })
+    }
 }
 
 /// A chunk ready for a store.
@@ -133,6 +143,9 @@ pub fn plain_hash_of(format: Format, plain: &[u8]) -> Hash {
 pub fn verify_plain(chunk: &ChunkRef, plain: Vec<u8>) -> Result<Verified, ChunkError> {
     let actual = plain_hash_of(chunk.format, &plain);
     if actual != chunk.plain_hash() || plain.len() != chunk.len as usize {
+        if chunk.format == Format::Rfs {
+            return Err(ChunkError::KeyMismatch { id: chunk.id, key: chunk.plain_hash(), actual });
+        }
         return Err(ChunkError::HashMismatch { id: chunk.id, actual });
     }
     Ok(Verified(plain.into()))

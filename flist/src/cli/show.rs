@@ -79,6 +79,8 @@ fn resolve(f: &Flist, path: &str) -> anyhow::Result<u32> {
 #[derive(serde::Serialize)]
 struct Info {
     digest: String,
+    /// flint's own or a Zero-OS rfs `.fl`.
+    format: flist::format::Format,
     encrypted: bool,
     tags: std::collections::BTreeMap<String, String>,
     stores: Vec<flist::format::Route>,
@@ -101,6 +103,7 @@ pub(crate) fn inspect(a: InspectArgs) -> anyhow::Result<ExitCode> {
     let (files, directories, symlinks) = (count(Kind::File), count(Kind::Dir), count(Kind::Symlink));
     let info = Info {
         digest: f.digest().to_hex(),
+        format: f.format,
         encrypted: f.encrypted,
         tags: f.tags.clone(),
         stores: f.routes.clone(),
@@ -120,6 +123,13 @@ pub(crate) fn inspect(a: InspectArgs) -> anyhow::Result<ExitCode> {
         return Ok(ExitCode::SUCCESS);
     }
     println!("digest     {}", info.digest);
+    println!(
+        "format     {}",
+        match info.format {
+            flist::format::Format::Flint => "flint",
+            flist::format::Format::Rfs => "rfs .fl (Zero-OS): BLAKE2b-named, Snappy, AES-256-GCM blocks",
+        }
+    );
     for (k, v) in &info.tags {
         println!("tag        {k} = {v}");
     }

@@ -27,7 +27,12 @@ fn cipher(key: &Hash) -> Result<(LessSafeKey, Nonce), ChunkError> {
 
 /// Seals plain bytes as rfs does (the test writer of the format uses it).
 pub fn seal(plain: &[u8]) -> Result<Sealed, ChunkError> {
-    let key = hash(plain);
+    seal_under(plain, hash(plain))
+}
+
+/// Seals plain bytes under any key: a block whose key is not its plain bytes' hash is what a
+/// wrong `.fl` points at, and tests need one.
+pub fn seal_under(plain: &[u8], key: Hash) -> Result<Sealed, ChunkError> {
     let mut bytes =
         snap::raw::Encoder::new().compress_vec(plain).map_err(|e| ChunkError::Compress(std::io::Error::other(e)))?;
     let (cipher, nonce) = cipher(&key)?;

@@ -258,6 +258,13 @@ impl Router {
                         add(&routed.traffic.bytes, bytes.len() as u64);
                         return Ok(v);
                     }
+                    Err(e) if e.is_metadata_fault(chunk.format) => {
+                        // The store served what was asked for: not its failure.
+                        add(&routed.traffic.fetched, 1);
+                        tracing::error!("{e}");
+                        failures.push(e.to_string());
+                        return Err(FetchError { id: chunk.id, failures });
+                    }
                     Err(e) => e.to_string(),
                 },
                 Err(e) => e.to_string(),

@@ -1,0 +1,254 @@
+//! Zero-OS rfs `.fl` flists: the ones rfs v2.0.6 made (tests/rfs/) unpacked and mounted through
+//! the real kernel FUSE, compared entry by entry with the trees they were made from; blocks
+//! tampered in either hash, short blocks, and both store layouts over dir and HTTP. Flists rfs
+//! cannot make are written with flist's own writer of the format.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic, clippy::indexing_slicing)]
+
+mod util;
+
+use std::fs;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use flist::rfs::{block, write};
+use flist::store::{RetryPolicy, Router};
+use util::servers::http_server;
+use util::{assert_same_tree_to_the_second, flist, flist_ok, noise, Mounted, TestDir};
+
+fn fixture(name: &str) -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/rfs").join(name)
+}
+
+/// The tree an rfs fixture was made from, extracted as root keeps it (owners, devices, times).
+fn extract_tree(name: &str, dest: &Path) {
+    fs::create_dir_all(dest).unwrap();
+    let tar = fixture(name).join(format!("{name}.tar.zst"));
+    let status =
+        Command::new("tar").args(["--zstd", "--numeric-owner", "-xpf"]).arg(&tar).arg("-C").arg(dest).status().unwrap();
+    assert!(status.success(), "extracting {}", tar.display());
+}
+
+fn fl(name: &str) -> PathBuf {
+    fixture(name).join(format!("{name}.fl"))
+}
+
+fn fixture_store(name: &str) -> String {
+    format!("dir://{}", fixture(name).join("store").display())
+}
+
+/// A copy of a fixture's store (flat layout) to tamper with.
+fn copy_store(name: &str, dest: &Path) {
+    fs::create_dir_all(dest).unwrap();
+    for e in fs::read_dir(fixture(name).join("store")).unwrap() {
+        let e = e.unwrap();
+        fs::copy(e.path(), dest.join(e.file_name())).unwrap();
+    }
+}
+
+/// The stored block ids of one file of an `.fl`, in order (read with `flist stat --json`).
+fn blocks_of(flist: &Path, path: &str) -> Vec<String> {
+    let out = flist_ok(&[&"stat", &"--json", &"--chunks", &flist, &path]);
+    let v: serde_json::Value = serde_json::from_str(&out).unwrap();
+    v["chunks"].as_array().unwrap().iter().map(|c| c["id"].as_str().unwrap().to_string()).collect()
+}
+
+#[test]
+fn rfs_flists_unpack_as_the_trees_they_were_made_from() {
+    for name in ["small", "busybox"] {
+        let t = TestDir::new();
+        extract_tree(name, &t.join("tree"));
+        flist_ok(&[&"unpack", &fl(name), &t.join("out"), &"--store", &fixture_store(name)]);
+        assert_same_tree_to_the_second(&t.join("tree"), &t.join("out"));
+    }
+}
+
+#[test]
+fn rfs_flists_mount_as_the_trees_they_were_made_from_over_dir_and_http() {
+    for name in ["small", "busybox"] {
+        let t = TestDir::new();
+        extract_tree(name, &t.join("tree"));
+        let cache = t.join("cache");
+        let cache = cache.to_str().unwrap();
+        {
+            let m = Mounted::new(&fl(name), &t.join("mnt"), &["--store", &fixture_store(name), "--cache", cache]);
+            assert_same_tree_to_the_second(&t.join("tree"), &m.path);
+        }
+        // rfs's flat layout served over HTTP, and a fresh cache so every block comes from it.
+        let server = http_server(&fixture(name).join("store"));
+        let url = format!("http://127.0.0.1:{}", server.port);
+        let cache = t.join("cache2");
+        let m = Mounted::new(&fl(name), &t.join("mnt2"), &["--store", &url, "--cache", cache.to_str().unwrap()]);
+        assert_same_tree_to_the_second(&t.join("tree"), &m.path);
+        // Cached rfs blocks are kept under their BLAKE2b key, apart from flint's chunks.
+        assert!(cache.join("rfs").is_dir(), "no rfs/ in the cache");
+    }
+}
+
+#[test]
+fn a_tampered_block_is_refused_and_the_next_replica_serves() {
+    let t = TestDir::new();
+    extract_tree("small", &t.join("tree"));
+    let truth = fs::read(t.join("tree/dir/three-mib")).unwrap();
+    let ids = blocks_of(&fl("small"), "/dir/three-mib");
+    assert_eq!(ids.len(), 7, "3 MiB + 777 bytes is six full blocks and a short one");
+    copy_store("small", &t.join("a"));
+    copy_store("small", &t.join("b"));
+    let tamper = |store: &str| {
+        for id in [&ids[0], &ids[6]] {
+            let path = t.join(store).join(id);
+            let mut bytes = fs::read(&path).unwrap();
+            let mid = bytes.len() / 2;
+            bytes[mid] ^= 0x01;
+            fs::write(&path, bytes).unwrap();
+        }
+    };
+    tamper("a");
+    let (a, b) = (t.store("a"), t.store("b"));
+    {
+        let cache = t.join("cache1");
+        let m = Mounted::new(
+            &fl("small"),
+            &t.join("mnt1"),
+            &["--store", &a, "--store", &b, "--cache", cache.to_str().unwrap()],
+        );
+        assert_eq!(fs::read(m.path.join("dir/three-mib")).unwrap(), truth);
+    }
+    // Every replica tampered: EIO, never the altered bytes, and the unpack says which block.
+    tamper("b");
+    let cache = t.join("cache2");
+    let m = Mounted::new(
+        &fl("small"),
+        &t.join("mnt2"),
+        &["--store", &a, "--store", &b, "--cache", cache.to_str().unwrap()],
+    );
+    let err = fs::read(m.path.join("dir/three-mib")).unwrap_err();
+    assert_eq!(err.raw_os_error(), Some(libc::EIO));
+    // The same tree's other files still read.
+    assert_eq!(fs::read(m.path.join("hello.txt")).unwrap(), fs::read(t.join("tree/hello.txt")).unwrap());
+    let out = flist(&[&"cat", &fl("small"), &"/dir/three-mib", &"--store", &a]);
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains(&ids[0]) || err.contains(&ids[6]), "the error names no block: {err}");
+}
+
+/// A mount in the foreground whose log the test reads; stopped with SIGTERM on drop.
+struct LoggedMount {
+    child: std::process::Child,
+    path: PathBuf,
+    log: PathBuf,
+}
+
+impl LoggedMount {
+    fn new(fl: &Path, path: &Path, store: &str, log: &Path) -> LoggedMount {
+        fs::create_dir_all(path).unwrap();
+        let child = Command::new(env!("CARGO_BIN_EXE_flist"))
+            .arg("mount")
+            .arg(fl)
+            .arg(path)
+            .args(["--store", store])
+            .stdout(Stdio::null())
+            .stderr(fs::File::create(log).unwrap())
+            .spawn()
+            .unwrap();
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while !fs::read_to_string("/proc/self/mountinfo").unwrap().contains(path.to_str().unwrap()) {
+            assert!(Instant::now() < deadline, "the mount did not appear");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        LoggedMount { child, path: path.to_path_buf(), log: log.to_path_buf() }
+    }
+
+    fn log(&self) -> String {
+        fs::read_to_string(&self.log).unwrap()
+    }
+}
+
+impl Drop for LoggedMount {
+    fn drop(&mut self) {
+        let _ = nix::sys::signal::kill(
+            nix::unistd::Pid::from_raw(self.child.id() as i32),
+            nix::sys::signal::Signal::SIGTERM,
+        );
+        let _ = self.child.wait();
+        let _ = flist(&[&"umount", &"--lazy", &self.path]);
+    }
+}
+
+/// An `.fl` of one directory holding `file`, whose blocks the caller chooses: `blocks` are
+/// (plain bytes, key to seal under); `size` is what the inode row says.
+fn one_file_fl(t: &TestDir, blocks: &[(Vec<u8>, Option<flist::Hash>)], size: i64) -> PathBuf {
+    let store = t.join("made");
+    let store_url = format!("dir://{}", store.display());
+    let mut router = Router::new(RetryPolicy::default());
+    router.add(0, 255, flist::store::open(&store_url).unwrap());
+    let w = write::Writer::new().unwrap();
+    let root = w.inode(0, "/", 0, 0, 0, 0o40755, 0, 1_600_000_000).unwrap();
+    let ino = w.inode(root, "file", size, 0, 0, 0o100644, 0, 1_600_000_000).unwrap();
+    for (plain, key) in blocks {
+        let sealed = match key {
+            Some(key) => block::seal_under(plain, *key).unwrap(),
+            None => block::seal(plain).unwrap(),
+        };
+        router.put(&sealed).unwrap();
+        w.block(ino, &sealed.chunk.id.0, &sealed.chunk.plain.unwrap().0).unwrap();
+    }
+    w.db().execute("INSERT INTO route (start, end, url) VALUES (0, 255, ?1)", [&store_url]).unwrap();
+    let path = t.join("made.fl");
+    fs::write(&path, w.finish().unwrap()).unwrap();
+    path
+}
+
+#[test]
+fn a_block_whose_plain_bytes_miss_their_key_is_eio_and_logged() {
+    let t = TestDir::new();
+    let plain = noise(100_000, 7);
+    // Sealed under another block's key: the stored bytes match the id, they decrypt, but the
+    // plain bytes are not what the key names: the .fl is wrong, no replica can help.
+    let other_key = block::hash(b"some other block");
+    let fl = one_file_fl(&t, &[(plain.clone(), Some(other_key))], plain.len() as i64);
+    let m = LoggedMount::new(&fl, &t.join("mnt"), &format!("dir://{}", t.join("made").display()), &t.join("log"));
+    let err = fs::read(m.path.join("file")).unwrap_err();
+    assert_eq!(err.raw_os_error(), Some(libc::EIO));
+    let log = m.log();
+    assert!(log.contains(&other_key.to_hex()) && log.contains("the .fl is wrong"), "the log does not say why: {log}");
+    // The reader's own check, unpack, refuses it too.
+    let out = flist(&[&"unpack", &fl, &t.join("out")]);
+    assert!(!out.status.success());
+}
+
+#[test]
+fn a_block_shorter_than_its_place_in_the_file_is_eio_with_a_clear_log() {
+    let t = TestDir::new();
+    // Two blocks, the first short: the file's index (512 KiB per block but the last) is wrong,
+    // and flint says so instead of serving bytes at the wrong offsets.
+    let first = noise(300_000, 1);
+    let second = noise(200_000, 2);
+    let size = (512 * 1024 + second.len()) as i64;
+    let fl = one_file_fl(&t, &[(first, None), (second.clone(), None)], size);
+    let m = LoggedMount::new(&fl, &t.join("mnt"), &format!("dir://{}", t.join("made").display()), &t.join("log"));
+    assert_eq!(fs::metadata(m.path.join("file")).unwrap().len(), size as u64);
+    let err = fs::read(m.path.join("file")).unwrap_err();
+    assert_eq!(err.raw_os_error(), Some(libc::EIO));
+    let log = m.log();
+    assert!(log.contains("300000") && log.contains("524288"), "the log does not say the lengths: {log}");
+}
+
+#[test]
+fn a_well_made_fl_from_flists_own_writer_reads_back() {
+    // The writer's pack of a tree rfs's fixtures do not hold (many files, a 5 MiB one, 0-byte
+    // ones) mounts as the tree: the writer and the reader agree, so hostile rows from the same
+    // writer test the reader, not the writer.
+    let t = TestDir::new();
+    let src = t.join("src");
+    for i in 0..50 {
+        util::write(&src.join(format!("d{}/f{i}", i % 5)), &noise(i * 997, i as u32));
+    }
+    util::write(&src.join("big"), &noise(5 << 20, 99));
+    let store_url = t.store("store");
+    let mut router = Router::new(RetryPolicy::default());
+    router.add(0, 255, flist::store::open(&store_url).unwrap());
+    fs::write(t.join("w.fl"), write::pack(&src, &router).unwrap()).unwrap();
+    let m = Mounted::new(&t.join("w.fl"), &t.join("mnt"), &["--cache", t.join("cache").to_str().unwrap()]);
+    assert_same_tree_to_the_second(&src, &m.path);
+}
