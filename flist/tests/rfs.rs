@@ -252,3 +252,160 @@ fn a_well_made_fl_from_flists_own_writer_reads_back() {
     let m = Mounted::new(&t.join("w.fl"), &t.join("mnt"), &["--cache", t.join("cache").to_str().unwrap()]);
     assert_same_tree_to_the_second(&src, &m.path);
 }
+
+/// Puts every block of a fixture's store into another store.
+fn load_store(name: &str, url: &str) {
+    let to = flist::store::open(url).unwrap();
+    for e in fs::read_dir(fixture(name).join("store")).unwrap() {
+        let path = e.unwrap().path();
+        let id = flist::Hash::from_hex(path.file_name().unwrap().to_str().unwrap()).unwrap();
+        to.put(&id, &fs::read(&path).unwrap()).unwrap();
+    }
+}
+
+#[test]
+fn rfs_flists_mount_from_zdb_default_namespace() {
+    let t = TestDir::new();
+    extract_tree("small", &t.join("tree"));
+    let redis = util::servers::redis_server();
+    let url = format!("zdb://127.0.0.1:{}", redis.port);
+    load_store("small", &url);
+    let m =
+        Mounted::new(&fl("small"), &t.join("mnt"), &["--store", &url, "--cache", t.join("cache").to_str().unwrap()]);
+    assert_same_tree_to_the_second(&t.join("tree"), &m.path);
+}
+
+/// `redis-cli MONITOR` on a server, writing what it sees to `out`; killed on drop.
+struct Monitor {
+    child: std::process::Child,
+    out: PathBuf,
+}
+
+impl Monitor {
+    fn new(port: u16, out: &Path) -> Monitor {
+        let child = Command::new("redis-cli")
+            .args(["-p", &port.to_string(), "MONITOR"])
+            .stdout(fs::File::create(out).unwrap())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("redis-cli (redis-tools) must be installed");
+        let m = Monitor { child, out: out.to_path_buf() };
+        // MONITOR answers OK once it is watching.
+        m.wait_for("OK");
+        m
+    }
+
+    fn wait_for(&self, what: &str) {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while !fs::read_to_string(&self.out).unwrap().contains(what) {
+            assert!(Instant::now() < deadline, "MONITOR saw no {what}: {}", fs::read_to_string(&self.out).unwrap());
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+}
+
+impl Drop for Monitor {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// A TCP relay to `port` that keeps a copy of every byte clients send through it: Redis leaves
+/// commands it rejects for their argument count out of MONITOR, so this is how a test sees them.
+fn recording_relay(port: u16) -> (u16, std::sync::Arc<std::sync::Mutex<Vec<u8>>>) {
+    use std::io::{Read, Write};
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let relay_port = listener.local_addr().unwrap().port();
+    let seen = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+    let record = seen.clone();
+    std::thread::spawn(move || {
+        for client in listener.incoming().flatten() {
+            let upstream = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
+            let (mut from_client, mut to_upstream) = (client.try_clone().unwrap(), upstream.try_clone().unwrap());
+            let (mut from_upstream, mut to_client) = (upstream, client);
+            let record = record.clone();
+            std::thread::spawn(move || {
+                let mut buf = [0u8; 65536];
+                while let Ok(n @ 1..) = from_client.read(&mut buf) {
+                    record.lock().unwrap().extend_from_slice(&buf[..n]);
+                    if to_upstream.write_all(&buf[..n]).is_err() {
+                        break;
+                    }
+                }
+                let _ = to_upstream.shutdown(std::net::Shutdown::Write);
+            });
+            std::thread::spawn(move || {
+                let _ = std::io::copy(&mut from_upstream, &mut to_client);
+                let _ = to_client.shutdown(std::net::Shutdown::Write);
+            });
+        }
+    });
+    (relay_port, seen)
+}
+
+#[test]
+fn zdb_namespaces_are_selected_as_rfs_selects_them() {
+    let t = TestDir::new();
+    let redis = util::servers::redis_server();
+    let monitor = Monitor::new(redis.port, &t.join("monitor"));
+    let cat = |url: &str| flist(&[&"cat", &fl("small"), &"/hello.txt", &"--store", &url, &"--retries", &"1"]);
+
+    // A numeric namespace is a Redis database: SELECT 1 works, and the blocks are found there.
+    let url = format!("zdb://127.0.0.1:{}/1", redis.port);
+    load_store("small", &url);
+    let out = cat(&url);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    extract_tree("small", &t.join("tree"));
+    assert_eq!(out.stdout, fs::read(t.join("tree/hello.txt")).unwrap());
+    monitor.wait_for("\"SELECT\" \"1\"");
+
+    // A named namespace: Redis refuses the SELECT, and flint says so.
+    let out = cat(&format!("zdb://127.0.0.1:{}/blocks", redis.port));
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("SELECT refused"), "unclear error: {err}");
+    monitor.wait_for("\"SELECT\" \"blocks\"");
+
+    // With a password: rfs sends it as SELECT's third argument. Redis rejects that command before
+    // MONITOR sees it, so the bytes are read off a relay.
+    let (relay, seen) = recording_relay(redis.port);
+    let out = cat(&format!("zdb://:s3cret@127.0.0.1:{relay}/blocks"));
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("SELECT refused") && !err.contains("s3cret"), "unclear error (or the password shown): {err}");
+    let sent = seen.lock().unwrap().clone();
+    let select = b"*3\r\n$6\r\nSELECT\r\n$6\r\nblocks\r\n$6\r\ns3cret\r\n";
+    assert!(sent.windows(select.len()).any(|w| w == select), "sent: {:?}", String::from_utf8_lossy(&sent));
+}
+
+#[test]
+fn rfs_flists_mount_from_an_fl_server() {
+    let t = TestDir::new();
+    extract_tree("busybox", &t.join("tree"));
+    let server = util::servers::fl_server(&fixture("busybox").join("store"));
+    let url = format!("server://http://127.0.0.1:{}", server.port);
+    let m =
+        Mounted::new(&fl("busybox"), &t.join("mnt"), &["--store", &url, "--cache", t.join("cache").to_str().unwrap()]);
+    assert_same_tree_to_the_second(&t.join("tree"), &m.path);
+}
+
+#[test]
+fn rfs_flists_mount_from_s3_in_the_flat_layout() {
+    let t = TestDir::new();
+    extract_tree("small", &t.join("tree"));
+    let s3 = util::servers::s3_server(&t.join("s3"));
+    let flint_url =
+        format!("s3+http://{}:{}@127.0.0.1:{}/rfs", util::servers::S3_KEY, util::servers::S3_SECRET, s3.port);
+    flist::store::create_bucket(&flint_url).unwrap();
+    // rfs writes hex(id) keys (flat); put them there by hand through the bucket's files.
+    copy_store("small", &t.join("s3/rfs"));
+    // The same bucket in rfs's syntax: s3:// is plain HTTP there.
+    let rfs_url = flint_url.replacen("s3+http://", "s3://", 1);
+    let m = Mounted::new(
+        &fl("small"),
+        &t.join("mnt"),
+        &["--store", &rfs_url, "--cache", t.join("cache").to_str().unwrap()],
+    );
+    assert_same_tree_to_the_second(&t.join("tree"), &m.path);
+}

@@ -19,6 +19,25 @@ pub(crate) struct HttpStore {
     base: String,
     url: String,
     agent: ureq::Agent,
+    layout: Layout,
+}
+
+/// Where an HTTP server keeps objects.
+#[derive(Clone, Copy)]
+pub(crate) enum Layout {
+    /// Files: `BASE/ab/abcd…`, then `BASE/abcd…` (rfs's order).
+    Files,
+    /// rfs's fl-server (`server://`): `BASE/api/v1/block/abcd…`.
+    FlServer,
+}
+
+impl Layout {
+    fn paths(self, id: &Hash) -> Vec<String> {
+        match self {
+            Layout::Files => vec![object_path(id), flat_object_path(id)],
+            Layout::FlServer => vec![format!("api/v1/block/{}", id.to_hex())],
+        }
+    }
 }
 
 /// Connections kept open per host between requests: as many as fetch from one store at once.
@@ -95,16 +114,19 @@ pub(crate) fn body(store: &str, resp: ureq::http::Response<ureq::Body>) -> Resul
 }
 
 impl HttpStore {
-    pub(crate) fn new(url: &url::Url) -> Self {
+    pub(crate) fn new(url: &url::Url, layout: Layout) -> Self {
         let display = super::display_url(url.as_str());
-        HttpStore { base: url.as_str().trim_end_matches('/').to_string(), url: display, agent: agent() }
+        let display = match layout {
+            Layout::Files => display,
+            Layout::FlServer => format!("server://{display}"),
+        };
+        HttpStore { base: url.as_str().trim_end_matches('/').to_string(), url: display, agent: agent(), layout }
     }
 }
 
 impl Store for HttpStore {
-    /// `BASE/ab/abcd…`, then `BASE/abcd…` on a 404 (rfs's order).
     fn get(&self, id: &Hash) -> Result<Vec<u8>, StoreError> {
-        for path in [object_path(id), flat_object_path(id)] {
+        for path in self.layout.paths(id) {
             let resp = self.agent.get(format!("{}/{path}", self.base)).call().map_err(|e| transport(&self.url, e))?;
             match resp.status().as_u16() {
                 200 => return body(&self.url, resp),
@@ -116,7 +138,7 @@ impl Store for HttpStore {
     }
 
     fn has(&self, id: &Hash) -> Result<bool, StoreError> {
-        for path in [object_path(id), flat_object_path(id)] {
+        for path in self.layout.paths(id) {
             let resp = self.agent.head(format!("{}/{path}", self.base)).call().map_err(|e| transport(&self.url, e))?;
             match resp.status().as_u16() {
                 200 => return Ok(true),

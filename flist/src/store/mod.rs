@@ -7,13 +7,16 @@
 //! router's job, because only it knows which replica to try next.
 //!
 //! URLs: `dir:///path` (or a bare path), `http://…`/`https://…` (read-only),
-//! `s3://[KEY:SECRET@]HOST[:PORT]/BUCKET[/PREFIX][?region=R]` (TLS) and `s3+http://…` (plain).
+//! `s3://[KEY:SECRET@]HOST[:PORT]/BUCKET[/PREFIX][?region=R]` (TLS) and `s3+http://…` (plain),
+//! and two of rfs's: `zdb://[:PASSWORD@]HOST[:PORT][/NAMESPACE]` (0-db, or Redis for the default
+//! namespace) and `server://http(s)://HOST[:PORT]` (rfs's fl-server).
 //! Credentials never leave the process: [`display_url`] strips them before anything is recorded.
 
 mod dir;
 mod http;
 mod router;
 mod s3;
+mod zdb;
 
 pub use http::CONNECTIONS_PER_HOST;
 pub use s3::create_bucket;
@@ -95,11 +98,21 @@ pub fn open(url: &str) -> Result<Arc<dyn Store>, StoreError> {
     if !url.contains("://") {
         return Ok(Arc::new(dir::DirStore::new(url)));
     }
+    if let Some(inner) = url.strip_prefix("server://") {
+        let parsed = url::Url::parse(inner).map_err(|e| bad(&e.to_string()))?;
+        if !matches!(parsed.scheme(), "http" | "https") {
+            return Err(bad("server:// takes an http(s):// URL of an fl-server (server://http://host:port)"));
+        }
+        return Ok(Arc::new(http::HttpStore::new(&parsed, http::Layout::FlServer)));
+    }
     let parsed = url::Url::parse(url).map_err(|e| bad(&e.to_string()))?;
     match parsed.scheme() {
-        "http" | "https" => Ok(Arc::new(http::HttpStore::new(&parsed))),
+        "http" | "https" => Ok(Arc::new(http::HttpStore::new(&parsed, http::Layout::Files))),
         "s3" | "s3+http" => Ok(Arc::new(s3::S3Store::new(&parsed).map_err(|why| bad(&why))?)),
-        other => Err(bad(&format!("unknown scheme {other}:// (use dir://, http(s)://, s3://, s3+http://)"))),
+        "zdb" => Ok(Arc::new(zdb::ZdbStore::new(&parsed).map_err(|why| bad(&why))?)),
+        other => Err(bad(&format!(
+            "unknown scheme {other}:// (use dir://, http(s)://, s3://, s3+http://, zdb://, server://http(s)://)"
+        ))),
     }
 }
 
@@ -113,6 +126,11 @@ pub fn from_rfs_url(url: &str) -> String {
         return format!("s3://{rest}");
     }
     url.to_string()
+}
+
+/// A URL's percent-encoded part (user, password, path) as text; `+` stays `+`.
+fn percent_decode(s: &str) -> String {
+    percent_encoding::percent_decode_str(s).decode_utf8_lossy().into_owned()
 }
 
 /// A URL with any user name and password removed, safe to print and to record in an flist.

@@ -7,7 +7,7 @@ use std::time::Duration;
 use rusty_s3::{Bucket, Credentials, S3Action, UrlStyle};
 
 use super::http::{agent, body, status, transport};
-use super::{object_path, Store, StoreError};
+use super::{flat_object_path, object_path, percent_decode, Store, StoreError};
 use crate::format::Hash;
 
 const SIGNATURE_LIFETIME: Duration = Duration::from_secs(600);
@@ -48,6 +48,11 @@ impl S3Store {
         format!("{}{}", self.prefix, object_path(id))
     }
 
+    /// Where reads look, in order: flint's key, then rfs's flat `hex(id)`.
+    fn read_keys(&self, id: &Hash) -> [String; 2] {
+        [self.key(id), format!("{}{}", self.prefix, flat_object_path(id))]
+    }
+
     /// Creates the bucket; for tests and first-time setup. An existing bucket is not an error.
     pub(crate) fn create_bucket(&self) -> Result<(), StoreError> {
         let creds = self.credentials.as_ref().ok_or_else(|| StoreError::Failed {
@@ -63,30 +68,31 @@ impl S3Store {
     }
 }
 
-fn percent_decode(s: &str) -> String {
-    url::form_urlencoded::parse(format!("x={s}").as_bytes()).next().map(|(_, v)| v.into_owned()).unwrap_or_default()
-}
-
 impl Store for S3Store {
     fn get(&self, id: &Hash) -> Result<Vec<u8>, StoreError> {
-        let key = self.key(id);
-        let url = self.bucket.get_object(self.credentials.as_ref(), &key).sign(SIGNATURE_LIFETIME);
-        let resp = self.agent.get(url.as_str()).call().map_err(|e| transport(&self.url, e))?;
-        match resp.status().as_u16() {
-            200 => body(&self.url, resp),
-            code => Err(status(&self.url, id, code)),
+        for key in self.read_keys(id) {
+            let url = self.bucket.get_object(self.credentials.as_ref(), &key).sign(SIGNATURE_LIFETIME);
+            let resp = self.agent.get(url.as_str()).call().map_err(|e| transport(&self.url, e))?;
+            match resp.status().as_u16() {
+                200 => return body(&self.url, resp),
+                404 => continue,
+                code => return Err(status(&self.url, id, code)),
+            }
         }
+        Err(status(&self.url, id, 404))
     }
 
     fn has(&self, id: &Hash) -> Result<bool, StoreError> {
-        let key = self.key(id);
-        let url = self.bucket.head_object(self.credentials.as_ref(), &key).sign(SIGNATURE_LIFETIME);
-        let resp = self.agent.head(url.as_str()).call().map_err(|e| transport(&self.url, e))?;
-        match resp.status().as_u16() {
-            200 => Ok(true),
-            404 => Ok(false),
-            code => Err(status(&self.url, id, code)),
+        for key in self.read_keys(id) {
+            let url = self.bucket.head_object(self.credentials.as_ref(), &key).sign(SIGNATURE_LIFETIME);
+            let resp = self.agent.head(url.as_str()).call().map_err(|e| transport(&self.url, e))?;
+            match resp.status().as_u16() {
+                200 => return Ok(true),
+                404 => continue,
+                code => return Err(status(&self.url, id, code)),
+            }
         }
+        Ok(false)
     }
 
     fn put(&self, id: &Hash, bytes: &[u8]) -> Result<(), StoreError> {

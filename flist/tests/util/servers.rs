@@ -73,13 +73,18 @@ pub fn http_server_slow(dir: &Path, port: u16, delay_ms: u64) -> Server {
         delay = delay_ms as f64 / 1000.0,
         dir = dir.to_str().unwrap(),
     );
+    python_server(&script, port, "a slow python3 http.server")
+}
+
+/// Runs a Python script that serves on `port`, once it listens.
+fn python_server(script: &str, port: u16, what: &str) -> Server {
     let mut child = Command::new("python3")
-        .args(["-u", "-c", &script])
+        .args(["-u", "-c", script])
         .stdout(Stdio::null())
         .stderr(Stdio::null())
         .spawn()
         .expect("python3 must be installed");
-    wait_ready(port, &mut child, "a slow python3 http.server");
+    wait_ready(port, &mut child, what);
     Server { child, port }
 }
 
@@ -108,5 +113,44 @@ pub fn s3_server(dir: &Path) -> Server {
         .spawn()
         .unwrap_or_else(|e| panic!("{bin} must be installed (make deps): {e}"));
     wait_ready(port, &mut child, "s3s-fs");
+    Server { child, port }
+}
+
+/// rfs's fl-server block API over a flat store: `GET /api/v1/block/<hex>` answers `dir/<hex>`.
+pub fn fl_server(dir: &Path) -> Server {
+    let port = free_port();
+    let script = format!(
+        "import http.server, os\n\
+         class Blocks(http.server.BaseHTTPRequestHandler):\n\
+         \x20   def do_GET(self):\n\
+         \x20       prefix = '/api/v1/block/'\n\
+         \x20       name = self.path[len(prefix):] if self.path.startswith(prefix) else ''\n\
+         \x20       path = os.path.join({dir:?}, name)\n\
+         \x20       if not name or '/' in name or not os.path.isfile(path):\n\
+         \x20           self.send_error(404)\n\
+         \x20           return\n\
+         \x20       body = open(path, 'rb').read()\n\
+         \x20       self.send_response(200)\n\
+         \x20       self.send_header('Content-Length', str(len(body)))\n\
+         \x20       self.end_headers()\n\
+         \x20       self.wfile.write(body)\n\
+         \x20   def log_message(self, *a):\n\
+         \x20       pass\n\
+         http.server.ThreadingHTTPServer(('127.0.0.1', {port}), Blocks).serve_forever()\n",
+        dir = dir.to_str().unwrap(),
+    );
+    python_server(&script, port, "an fl-server block API")
+}
+
+/// A Redis server on 127.0.0.1 that keeps nothing on disk (Debian's redis-server).
+pub fn redis_server() -> Server {
+    let port = free_port();
+    let mut child = Command::new("redis-server")
+        .args(["--port", &port.to_string(), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("redis-server must be installed (make deps)");
+    wait_ready(port, &mut child, "redis-server");
     Server { child, port }
 }
