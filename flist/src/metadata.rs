@@ -4,6 +4,9 @@
 use crate::format::{DecodeError, Flist, MAGIC};
 use crate::rfs::{self, RfsError};
 
+/// The largest metadata file read, in either format.
+pub const MAX_LEN: u64 = 1 << 30;
+
 /// Why bytes are not an flist.
 #[derive(Debug, thiserror::Error)]
 #[allow(missing_docs)]

@@ -254,6 +254,12 @@ fn images_are_pulled_from_a_registry() {
     flist_ok(&[&"push", &t.join("pulled.fl"), &flists, &"--insecure"]);
     flist_ok(&[&"pull", &flists, &"-o", &t.join("back.fl"), &"--insecure"]);
     assert_eq!(std::fs::read(t.join("back.fl")).unwrap(), std::fs::read(t.join("pulled.fl")).unwrap());
+    // Any command takes the flist by its registry reference, checked when a digest is given.
+    let blake3 = blake3::hash(&std::fs::read(t.join("pulled.fl")).unwrap()).to_hex().to_string();
+    let listed = flist_ok(&[&"ls", &format!("{flists}@blake3:{blake3}"), &"/", &"--insecure"]);
+    assert_eq!(listed, flist_ok(&[&"ls", &t.join("pulled.fl"), &"/"]));
+    let wrong = util::flist(&[&"ls", &flists, &"/", &"--insecure", &"--digest", &"0".repeat(64)]);
+    assert!(String::from_utf8_lossy(&wrong.stderr).contains("refused"), "{}", String::from_utf8_lossy(&wrong.stderr));
     let image =
         util::flist(&[&"pull", &format!("oci:{}/flint/test:v2", reg.address), &"-o", &t.join("no.fl"), &"--insecure"]);
     assert!(

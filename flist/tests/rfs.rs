@@ -409,3 +409,46 @@ fn rfs_flists_mount_from_s3_in_the_flat_layout() {
     );
     assert_same_tree_to_the_second(&t.join("tree"), &m.path);
 }
+
+#[test]
+fn flists_are_taken_by_reference_and_checked_against_their_digest() {
+    let t = TestDir::new();
+    extract_tree("small", &t.join("tree"));
+    let server = http_server(&fixture("small"));
+    let url = format!("http://127.0.0.1:{}/small.fl", server.port);
+    let blake3 = blake3::hash(&fs::read(fl("small")).unwrap()).to_hex().to_string();
+    let store = fixture_store("small");
+    {
+        let m = Mounted::new(Path::new(&url), &t.join("mnt"), &["--store", &store, "--digest", &blake3]);
+        assert_same_tree_to_the_second(&t.join("tree"), &m.path);
+    }
+    let listed = flist_ok(&[&"ls", &format!("{url}@blake3:{blake3}"), &"/"]);
+    assert_eq!(listed, flist_ok(&[&"ls", &fl("small"), &"/"]));
+    let sha256 = {
+        use sha2::Digest;
+        hex::encode(sha2::Sha256::digest(fs::read(fl("small")).unwrap()))
+    };
+    flist_ok(&[&"cat", &format!("{url}@sha256:{sha256}"), &"/hello.txt", &"--store", &store]);
+    // A wrong digest, in the reference or given apart: refused before anything is read.
+    for args in
+        [vec![format!("{url}@blake3:{}", "0".repeat(64))], vec![url.clone(), "--digest".into(), "ab".repeat(32)]]
+    {
+        let mut all: Vec<&dyn AsRef<std::ffi::OsStr>> = vec![&"inspect"];
+        all.extend(args.iter().map(|a| a as &dyn AsRef<std::ffi::OsStr>));
+        let out = flist(&all);
+        assert!(!out.status.success());
+        assert!(String::from_utf8_lossy(&out.stderr).contains("refused"), "{}", String::from_utf8_lossy(&out.stderr));
+    }
+    let out = flist(&[&"inspect", &format!("http://127.0.0.1:{}/none.fl", server.port)]);
+    assert!(String::from_utf8_lossy(&out.stderr).contains("404"), "{}", String::from_utf8_lossy(&out.stderr));
+
+    // From S3: BUCKET/KEY in the URL.
+    let s3 = util::servers::s3_server(&t.join("s3"));
+    let bucket =
+        format!("s3+http://{}:{}@127.0.0.1:{}/flists", util::servers::S3_KEY, util::servers::S3_SECRET, s3.port);
+    flist::store::create_bucket(&bucket).unwrap();
+    fs::copy(fl("small"), t.join("s3/flists/small.fl")).unwrap();
+    let unpacked = t.join("out");
+    flist_ok(&[&"unpack", &format!("{bucket}/small.fl"), &unpacked, &"--store", &store, &"--digest", &blake3]);
+    assert_same_tree_to_the_second(&t.join("tree"), &unpacked);
+}

@@ -7,7 +7,7 @@ use std::process::ExitCode;
 
 use anyhow::Context;
 
-use super::{load, oci_reference, RegistryArgs};
+use super::oci_reference;
 
 /// Push an flist file to an OCI registry as an artifact (its tags and digest as annotations).
 #[derive(clap::Args)]
@@ -16,8 +16,6 @@ pub(crate) struct PushArgs {
     flist: PathBuf,
     /// Where: oci:REGISTRY/REPO:TAG.
     reference: String,
-    #[command(flatten)]
-    registry: RegistryArgs,
 }
 
 /// Pull an flist file pushed with `flist push`, checked against its digest.
@@ -28,26 +26,24 @@ pub(crate) struct PullArgs {
     /// Where to write the flist.
     #[arg(short, long)]
     output: PathBuf,
-    #[command(flatten)]
-    registry: RegistryArgs,
 }
 
 pub(crate) fn push(a: PushArgs) -> anyhow::Result<ExitCode> {
     let reference = oci_reference(&a.reference)?;
-    let flist = load(&a.flist)?;
-    let bytes = std::fs::read(&a.flist).with_context(|| format!("reading {}", a.flist.display()))?;
+    let (bytes, _) = super::read_flist_file(&a.flist)?;
+    let flist = flist::metadata::parse(&bytes).with_context(|| format!("reading {}", a.flist.display()))?;
     let mut annotations: std::collections::BTreeMap<String, String> =
         flist.tags.iter().map(|(k, v)| (format!("org.flint.tag.{k}"), v.clone())).collect();
     annotations.insert("org.flint.digest".into(), flist.digest().to_hex());
     let title = a.flist.file_name().map_or("flist.fl".into(), |n| n.to_string_lossy().into_owned());
-    let digest = a.registry.client()?.push_flist(&reference, &bytes, &title, &annotations)?;
+    let digest = super::registry_client()?.push_flist(&reference, &bytes, &title, &annotations)?;
     println!("{} pushed as {}/{}@{digest}", a.flist.display(), reference.registry, reference.repository);
     Ok(ExitCode::SUCCESS)
 }
 
 pub(crate) fn pull(a: PullArgs) -> anyhow::Result<ExitCode> {
     let reference = oci_reference(&a.reference)?;
-    let bytes = a.registry.client()?.pull_flist(&reference)?;
+    let bytes = super::registry_client()?.pull_flist(&reference)?;
     let flist = flist::metadata::parse(&bytes).context("the pulled artifact is not an flist")?;
     flist::durable::write_whole(&a.output, &bytes).with_context(|| format!("writing {}", a.output.display()))?;
     println!("{}: flist {}", a.output.display(), flist.digest());

@@ -33,14 +33,39 @@ use flist::Flist;
 ///   flist pack oci:registry.example/app:1.2 -o app.fl --store dir:///srv/store
 ///   flist store copy os.fl --from dir:///srv/store --to s3://KEY:SECRET@host/bucket
 ///   flist push os.fl oci:registry.example/flists/os:1   (and flist pull … -o os.fl)
+///
+/// Wherever a command takes an flist file it also takes one by reference: an http(s):// URL,
+/// an s3://KEY:SECRET@HOST/BUCKET/KEY URL, or oci:REGISTRY/REPO:TAG (pushed with flist push),
+/// checked against a digest when one is given (--digest, or REF@blake3:HEX / REF@sha256:HEX):
+///   flist mount https://hub.example/os.fl /mnt/os --digest 3f2a…
+///   flist ls oci:registry.example/flists/os:1@blake3:3f2a… /etc
+///
+/// An rfs .fl (Zero-OS) is read wherever an flist is, recognised by its content.
 #[derive(Parser)]
 #[command(name = "flist", version, verbatim_doc_comment)]
 pub(crate) struct Cli {
     /// More logging (-v info, -vv debug). RUST_LOG overrides.
     #[arg(short, long, action = clap::ArgAction::Count, global = true)]
     verbose: u8,
+    /// Refuse the flist unless its file has this digest: BLAKE3 hex (what manifests pin and
+    /// `flist inspect` shows), or sha256:HEX. Every flist the command reads must match.
+    #[arg(long, global = true, value_name = "HEX|sha256:HEX")]
+    digest: Option<String>,
+    #[command(flatten)]
+    registry: RegistryArgs,
     #[command(subcommand)]
     command: Command,
+}
+
+/// How flists given by reference are fetched and checked: set once from the command line.
+static FETCHING: std::sync::OnceLock<(RegistryArgs, Option<String>)> = std::sync::OnceLock::new();
+
+/// A client for the registry options given on the command line.
+pub(crate) fn registry_client() -> anyhow::Result<flist::registry::Client> {
+    match FETCHING.get() {
+        Some((registry, _)) => registry.client(),
+        None => RegistryArgs::default().client(),
+    }
 }
 
 #[derive(Subcommand)]
@@ -64,13 +89,13 @@ enum Command {
 }
 
 /// How to reach an OCI registry.
-#[derive(clap::Args, Clone)]
+#[derive(clap::Args, Clone, Default)]
 pub(crate) struct RegistryArgs {
-    /// Talk plain HTTP to the registry (a local one).
-    #[arg(long)]
+    /// Talk plain HTTP to the OCI registry (a local one).
+    #[arg(long, global = true)]
     insecure: bool,
     /// Registry credentials as USER:PASSWORD (default: $FLIST_REGISTRY_AUTH, else anonymous).
-    #[arg(long, value_name = "USER:PASSWORD")]
+    #[arg(long, global = true, value_name = "USER:PASSWORD")]
     creds: Option<String>,
 }
 
@@ -125,9 +150,81 @@ pub(crate) fn load(path: &Path) -> anyhow::Result<Flist> {
 
 /// [`load`], with the BLAKE3 digest of the file (what manifests pin and traces name).
 pub(crate) fn load_with_digest(path: &Path) -> anyhow::Result<(Flist, flist::Hash)> {
-    let bytes = std::fs::read(path).with_context(|| format!("reading {}", path.display()))?;
+    let (bytes, _) = read_flist_file(path)?;
     let flist = flist::metadata::parse(&bytes).with_context(|| format!("reading {}", path.display()))?;
     Ok((flist, flist::Hash(*blake3::hash(&bytes).as_bytes())))
+}
+
+/// A digest an flist file must have.
+#[derive(Debug, PartialEq, Eq)]
+enum Expected {
+    Blake3(String),
+    Sha256(String),
+}
+
+impl Expected {
+    fn parse(text: &str) -> anyhow::Result<Expected> {
+        let hex64 = |h: &str| h.len() == 64 && h.bytes().all(|b| b.is_ascii_hexdigit());
+        let (kind, hex) = text.split_once(':').unwrap_or(("blake3", text));
+        anyhow::ensure!(hex64(hex), "digest {text:?}: 64 hex digits (BLAKE3), or sha256:HEX / blake3:HEX");
+        match kind {
+            "blake3" => Ok(Expected::Blake3(hex.to_ascii_lowercase())),
+            "sha256" => Ok(Expected::Sha256(hex.to_ascii_lowercase())),
+            _ => anyhow::bail!("digest {text:?}: blake3:HEX or sha256:HEX"),
+        }
+    }
+
+    fn check(&self, bytes: &[u8], what: &str) -> anyhow::Result<()> {
+        let (kind, want, actual) = match self {
+            Expected::Blake3(want) => ("BLAKE3", want, blake3::hash(bytes).to_hex().to_string()),
+            Expected::Sha256(want) => {
+                use sha2::Digest;
+                ("SHA-256", want, hex::encode(sha2::Sha256::digest(bytes)))
+            }
+        };
+        anyhow::ensure!(&actual == want, "{what}: its {kind} is {actual}, not {want}: refused");
+        Ok(())
+    }
+}
+
+/// Splits `REF@blake3:HEX` / `REF@sha256:HEX` into the reference and the digest. An `oci:`
+/// reference keeps `@sha256:` (the registry's own manifest digest, checked by the pull).
+fn split_digest(reference: &str) -> anyhow::Result<(&str, Option<Expected>)> {
+    let Some((head, tail)) = reference.rsplit_once('@') else { return Ok((reference, None)) };
+    let is_digest = tail.split_once(':').is_some_and(|(k, h)| {
+        matches!(k, "blake3" | "sha256") && h.len() == 64 && h.bytes().all(|b| b.is_ascii_hexdigit())
+    });
+    if !is_digest || (reference.starts_with("oci:") && tail.starts_with("sha256:")) {
+        return Ok((reference, None));
+    }
+    Ok((head, Some(Expected::parse(tail)?)))
+}
+
+/// The bytes of an flist given by path or by reference, checked against every digest given;
+/// with what was read, for messages.
+pub(crate) fn read_flist_file(path: &Path) -> anyhow::Result<(Vec<u8>, String)> {
+    let given = path.to_str().unwrap_or_default();
+    let remote = ["http://", "https://", "s3://", "s3+http://", "oci:"].iter().any(|p| given.starts_with(p));
+    let (reference, in_reference) = if remote || !path.exists() { split_digest(given)? } else { (given, None) };
+    let bytes = if reference.starts_with("oci:") {
+        let r = oci_reference(reference)?;
+        registry_client()?.pull_flist(&r).with_context(|| format!("pulling {reference}"))?
+    } else if remote {
+        let policy = RetryPolicy::default();
+        flist::store::fetch_file(reference, &policy, flist::metadata::MAX_LEN)
+            .with_context(|| format!("fetching {}", flist::store::display_url(reference)))?
+    } else {
+        let path = Path::new(reference);
+        std::fs::read(path).with_context(|| format!("reading {}", path.display()))?
+    };
+    let shown = flist::store::display_url(reference);
+    if let Some(expected) = &in_reference {
+        expected.check(&bytes, &shown)?;
+    }
+    if let Some(text) = FETCHING.get().and_then(|(_, d)| d.as_deref()) {
+        Expected::parse(text)?.check(&bytes, &shown)?;
+    }
+    Ok((bytes, shown))
 }
 
 /// A byte-counting progress bar on stderr, drawn only on a terminal.
@@ -148,6 +245,10 @@ pub(crate) fn print_json(value: &impl serde::Serialize) -> anyhow::Result<()> {
 }
 
 fn run(cli: Cli) -> anyhow::Result<ExitCode> {
+    if let Some(d) = &cli.digest {
+        Expected::parse(d)?;
+    }
+    let _ = FETCHING.set((cli.registry.clone(), cli.digest.clone()));
     match cli.command {
         Command::Pack(a) => pack::run(a),
         Command::Inspect(a) => show::inspect(a),

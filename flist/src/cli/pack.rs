@@ -32,8 +32,6 @@ pub(crate) struct PackArgs {
     /// The platform to take from a multi-platform image (`os/arch[/variant]`).
     #[arg(long, default_value = "linux/amd64")]
     platform: String,
-    #[command(flatten)]
-    registry: super::RegistryArgs,
     /// Where to write the flist.
     #[arg(short, long)]
     output: PathBuf,
@@ -112,7 +110,7 @@ fn read_source(a: &PackArgs, scratch: &std::path::Path) -> anyhow::Result<(sourc
     let text = src.to_string_lossy();
     if text.starts_with("oci:") {
         let reference = super::oci_reference(&text)?;
-        let client = a.registry.client()?;
+        let client = super::registry_client()?;
         let layout = scratch.join("layout");
         // A bar per layer; finished ones stay on screen.
         let bars = indicatif::MultiProgress::new();

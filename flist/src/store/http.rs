@@ -109,8 +109,35 @@ pub(crate) fn status(store: &str, id: &Hash, code: u16) -> StoreError {
 
 /// Reads a response body, refusing anything larger than an object can be.
 pub(crate) fn body(store: &str, resp: ureq::http::Response<ureq::Body>) -> Result<Vec<u8>, StoreError> {
-    let mut resp = resp;
-    resp.body_mut().with_config().limit(MAX_OBJECT_LEN).read_to_vec().map_err(|e| transport(store, e))
+    body_within(store, resp, MAX_OBJECT_LEN)
+}
+
+/// Reads a response body of at most `limit` bytes.
+pub(crate) fn body_within(
+    store: &str,
+    mut resp: ureq::http::Response<ureq::Body>,
+    limit: u64,
+) -> Result<Vec<u8>, StoreError> {
+    resp.body_mut().with_config().limit(limit).read_to_vec().map_err(|e| transport(store, e))
+}
+
+/// A status that is not 2xx, for a file rather than an object.
+pub(crate) fn file_status(url: &str, code: u16) -> StoreError {
+    let why = format!("HTTP {code}{}", if code == 404 { " (not found)" } else { "" });
+    match code {
+        408 | 429 | 500..=599 => StoreError::Unavailable { store: url.to_string(), why },
+        _ => StoreError::Failed { store: url.to_string(), why },
+    }
+}
+
+/// GETs a whole file of at most `limit` bytes.
+pub(crate) fn get_file(url: &url::Url, limit: u64) -> Result<Vec<u8>, StoreError> {
+    let display = super::display_url(url.as_str());
+    let resp = agent().get(url.as_str()).call().map_err(|e| transport(&display, e))?;
+    match resp.status().as_u16() {
+        200 => body_within(&display, resp, limit),
+        code => Err(file_status(&display, code)),
+    }
 }
 
 impl HttpStore {

@@ -116,6 +116,19 @@ pub fn open(url: &str) -> Result<Arc<dyn Store>, StoreError> {
     }
 }
 
+/// Fetches a whole file by URL, such as an flist by reference: `http(s)://…`, or `s3://…` /
+/// `s3+http://…` naming `BUCKET/KEY` (credentials as for a store). At most `limit` bytes;
+/// transient failures are retried under `policy`.
+pub fn fetch_file(url: &str, policy: &RetryPolicy, limit: u64) -> Result<Vec<u8>, StoreError> {
+    let bad = |why: &str| StoreError::BadUrl { url: display_url(url), why: why.into() };
+    let parsed = url::Url::parse(url).map_err(|e| bad(&e.to_string()))?;
+    match parsed.scheme() {
+        "http" | "https" => policy.run(|| http::get_file(&parsed, limit)),
+        "s3" | "s3+http" => policy.run(|| s3::get_file(&parsed, limit)),
+        other => Err(bad(&format!("cannot fetch a file over {other}:// (use http(s)://, s3://, s3+http://)"))),
+    }
+}
+
 /// A store URL in rfs's syntax, in flint's: rfs's `s3://` is plain HTTP (flint's `s3+http://`)
 /// and its `s3s://` is TLS (flint's `s3://`); every other scheme means the same in both.
 pub fn from_rfs_url(url: &str) -> String {

@@ -33,7 +33,7 @@ impl Default for RetryPolicy {
 
 impl RetryPolicy {
     /// Runs `op` until it succeeds, fails for good, or the attempts are spent.
-    fn run<T>(&self, mut op: impl FnMut() -> Result<T, StoreError>) -> Result<T, StoreError> {
+    pub(crate) fn run<T>(&self, mut op: impl FnMut() -> Result<T, StoreError>) -> Result<T, StoreError> {
         let mut backoff = self.first_backoff;
         let mut attempt = 1;
         loop {

@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use rusty_s3::{Bucket, Credentials, S3Action, UrlStyle};
 
-use super::http::{agent, body, status, transport};
+use super::http::{agent, body, body_within, file_status, status, transport};
 use super::{flat_object_path, object_path, percent_decode, Store, StoreError};
 use crate::format::Hash;
 
@@ -144,6 +144,21 @@ impl Store for S3Store {
             200 | 204 | 404 => Ok(()),
             code => Err(status(&self.url, id, code)),
         }
+    }
+}
+
+/// GETs the object an `s3://HOST/BUCKET/KEY` URL names, of at most `limit` bytes.
+pub(crate) fn get_file(url: &url::Url, limit: u64) -> Result<Vec<u8>, StoreError> {
+    let s3 = S3Store::new(url).map_err(|why| StoreError::BadUrl { url: super::display_url(url.as_str()), why })?;
+    let key = s3.prefix.trim_end_matches('/');
+    if key.is_empty() {
+        return Err(StoreError::BadUrl { url: s3.url, why: "no object key after the bucket".into() });
+    }
+    let signed = s3.bucket.get_object(s3.credentials.as_ref(), key).sign(SIGNATURE_LIFETIME);
+    let resp = s3.agent.get(signed.as_str()).call().map_err(|e| transport(&s3.url, e))?;
+    match resp.status().as_u16() {
+        200 => body_within(&s3.url, resp, limit),
+        code => Err(file_status(&s3.url, code)),
     }
 }
 
