@@ -28,6 +28,8 @@ pub mod assembled;
 pub mod cache;
 pub mod chunk;
 #[cfg(feature = "tools")]
+pub mod convert;
+#[cfg(feature = "tools")]
 pub mod diff;
 pub mod durable;
 pub mod faults;

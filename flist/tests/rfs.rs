@@ -452,3 +452,100 @@ fn flists_are_taken_by_reference_and_checked_against_their_digest() {
     flist_ok(&[&"unpack", &format!("{bucket}/small.fl"), &unpacked, &"--store", &store, &"--digest", &blake3]);
     assert_same_tree_to_the_second(&t.join("tree"), &unpacked);
 }
+
+#[test]
+fn rfs_flists_convert_to_flint_flists_of_the_same_tree() {
+    let t = TestDir::new();
+    for name in ["small", "busybox"] {
+        extract_tree(name, &t.join(&format!("{name}-tree")));
+        let out = t.join(&format!("{name}.fl"));
+        let source_fl = fl(name);
+        let convert = |json: bool| {
+            let mut args: Vec<&dyn AsRef<std::ffi::OsStr>> = vec![&"convert", &source_fl, &"-o", &out];
+            let (from, to) = (fixture_store(name), t.store("store"));
+            args.extend([
+                &"--from-store" as &dyn AsRef<std::ffi::OsStr>,
+                &from,
+                &"--store",
+                &to,
+                &"--tag",
+                &"name=converted",
+            ]);
+            if json {
+                args.push(&"--json");
+            }
+            let summary: serde_json::Value = serde_json::from_str(&flist_ok(&args)).unwrap();
+            summary
+        };
+        let first = convert(true);
+        assert!(first["files_checked"].as_u64().unwrap() > 0, "{first}");
+        // Again into the same store: every chunk is already there.
+        let again = convert(true);
+        assert_eq!(again["new_chunks"], 0, "{again}");
+        assert_eq!(again["digest"], first["digest"], "conversion is deterministic");
+        let info: serde_json::Value = serde_json::from_str(&flist_ok(&[&"inspect", &"--json", &out])).unwrap();
+        assert_eq!(info["format"], "flint");
+        assert_eq!(info["tags"]["name"], "converted");
+        let source = blake3::hash(&fs::read(fl(name)).unwrap()).to_hex().to_string();
+        assert_eq!(info["tags"]["flint.converted-from"], source.as_str());
+        let m = Mounted::new(&out, &t.join(&format!("{name}-mnt")), &["--cache", t.join("cache").to_str().unwrap()]);
+        assert_same_tree_to_the_second(&t.join(&format!("{name}-tree")), &m.path);
+        if name == "busybox" {
+            // rfs's /.startup.toml became the run configuration a service with "image" uses.
+            assert_eq!(info["tags"]["oci.entrypoint"], r#"["/bin/httpd","-f","-p","8080","-h","/www"]"#);
+            assert_eq!(info["tags"]["oci.env"], r#"["GREETING=hello from rfs","PATH=/bin"]"#);
+            assert_eq!(info["tags"]["oci.workdir"], "/www");
+        }
+    }
+    // The small flist's two 3 MiB copies are separate inodes in rfs; here they share chunks.
+    let info: serde_json::Value =
+        serde_json::from_str(&flist_ok(&[&"inspect", &"--json", &t.join("small.fl")])).unwrap();
+    assert!(info["distinct_chunks"].as_u64() < info["chunks"].as_u64(), "{info}");
+}
+
+#[test]
+fn a_conversion_with_a_bad_source_block_writes_nothing() {
+    let t = TestDir::new();
+    copy_store("small", &t.join("bad"));
+    let id = &blocks_of(&fl("small"), "/compressible")[0];
+    let path = t.join("bad").join(id);
+    let mut bytes = fs::read(&path).unwrap();
+    bytes[10] ^= 0x80;
+    fs::write(&path, bytes).unwrap();
+    let out = flist(&[
+        &"convert",
+        &fl("small"),
+        &"-o",
+        &t.join("out.fl"),
+        &"--from-store",
+        &t.store("bad"),
+        &"--store",
+        &t.store("store"),
+    ]);
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains(id.as_str()) && err.contains("compressible"), "the error names no block or file: {err}");
+    assert!(!t.join("out.fl").exists());
+}
+
+#[test]
+fn flint_flists_convert_keeping_every_attribute() {
+    // Re-chunking a flint flist keeps what rfs cannot carry: xattrs, hard links, nanoseconds,
+    // sparse files.
+    let t = TestDir::new();
+    util::awkward_tree(&t.join("src"));
+    flist_ok(&[&"pack", &t.join("src"), &"-o", &t.join("a.fl"), &"--store", &t.store("a")]);
+    flist_ok(&[
+        &"convert",
+        &t.join("a.fl"),
+        &"-o",
+        &t.join("b.fl"),
+        &"--store",
+        &t.store("b"),
+        &"--chunk-size",
+        &"64K",
+        &"--encrypt",
+    ]);
+    let m = Mounted::new(&t.join("b.fl"), &t.join("mnt"), &["--cache", t.join("cache").to_str().unwrap()]);
+    util::assert_same_tree(&t.join("src"), &m.path);
+}

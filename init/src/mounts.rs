@@ -194,7 +194,7 @@ pub fn prepare(
     std::fs::create_dir_all(&staging).map_err(io("creating", &staging))?;
     let source = CachedSource::new(router, cfg.cache.clone(), cfg.memory);
     source.start_prefetchers(cfg.prefetch_threads, cfg.prefetch_bytes);
-    let tags = flist.tags.clone();
+    let (tags, format) = (flist.tags.clone(), flist.format);
     let flist = Arc::new(flist);
     let kept_trace = cfg.state_dir.as_ref().map(|d| d.join("flists").join(format!("{hex}.trace")));
     replay_trace(name, fetcher, &source, &flist, &plan.digest, kept_trace.as_deref(), trace);
@@ -206,7 +206,28 @@ pub fn prepare(
     let session = flist::fuse::mount(fs, &staging, &MountOptions { threads: cfg.threads, allow_other: true })
         .map_err(io("mounting on", &staging))?;
     std::fs::metadata(&staging).map_err(io("the mount does not answer at", &staging))?;
+    let tags = with_rfs_run_config(name, format, tags, &staging);
     Ok(Prepared { plan: plan.clone(), tags, staging, session, source })
+}
+
+/// An rfs `.fl` made from a Docker image keeps its run configuration in `/.startup.toml`, not in
+/// tags: read it through the mount as the `oci.*` tags a service running the image uses. A bad
+/// file is logged; the flist still mounts.
+fn with_rfs_run_config(
+    name: &str,
+    format: flist::format::Format,
+    mut tags: BTreeMap<String, String>,
+    root: &Path,
+) -> BTreeMap<String, String> {
+    if format != flist::format::Format::Rfs || tags.keys().any(|k| k.starts_with("oci.")) {
+        return tags;
+    }
+    match flist::rfs::startup::oci_tags_under(root) {
+        Some(Ok(run)) => tags.extend(run),
+        Some(Err(e)) => tracing::warn!("flist {name}: its run configuration is ignored: {e}"),
+        None => {}
+    }
+    tags
 }
 
 /// How long after a mount its reads are recorded into a trace.

@@ -31,6 +31,7 @@ use flist::Flist;
 ///   flist verify os.fl
 ///   flist mount os.fl /mnt/os --cache /var/cache/flist
 ///   flist pack oci:registry.example/app:1.2 -o app.fl --store dir:///srv/store
+///   flist convert zos-app.fl -o app.fl --store dir:///srv/store   (a Zero-OS rfs .fl)
 ///   flist store copy os.fl --from dir:///srv/store --to s3://KEY:SECRET@host/bucket
 ///   flist push os.fl oci:registry.example/flists/os:1   (and flist pull … -o os.fl)
 ///
@@ -71,6 +72,7 @@ pub(crate) fn registry_client() -> anyhow::Result<flist::registry::Client> {
 #[derive(Subcommand)]
 enum Command {
     Pack(pack::PackArgs),
+    Convert(pack::ConvertArgs),
     Inspect(show::InspectArgs),
     Ls(show::LsArgs),
     Tree(show::TreeArgs),
@@ -251,6 +253,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     let _ = FETCHING.set((cli.registry.clone(), cli.digest.clone()));
     match cli.command {
         Command::Pack(a) => pack::run(a),
+        Command::Convert(a) => pack::convert(a),
         Command::Inspect(a) => show::inspect(a),
         Command::Ls(a) => show::ls(a),
         Command::Tree(a) => show::tree(a),

@@ -32,6 +32,38 @@ pub(crate) struct PackArgs {
     /// The platform to take from a multi-platform image (`os/arch[/variant]`).
     #[arg(long, default_value = "linux/amd64")]
     platform: String,
+    #[command(flatten)]
+    out: OutputArgs,
+}
+
+/// Convert an flist to flint's format: a Zero-OS rfs `.fl`, or an flist of flint's own (to
+/// re-chunk it, encrypt it or move it to other stores).
+///
+/// The tree is kept entry by entry; every source block is verified as it is read, the new
+/// chunks are deduplicated against what the stores already hold, and the new flist is checked
+/// against the source (every path, attribute and hard link, and the bytes of every file read
+/// back from the new stores) before it is written. The source's tags are kept; an rfs flist's
+/// `/.startup.toml` (a Docker image converted by rfs) becomes `oci.*` run configuration tags,
+/// and `flint.converted-from` names the source's digest.
+#[derive(clap::Args)]
+pub(crate) struct ConvertArgs {
+    /// The flist to convert: a file or a reference (http(s)://, s3://, oci:).
+    flist: PathBuf,
+    /// Read the source's chunks from this store instead of those it records; repeat for
+    /// replicas. For an rfs `.fl`, in rfs's syntax (`s3://` plain, `s3s://` TLS, `zdb://`,
+    /// `server://`).
+    #[arg(long = "from-store", value_name = "URL")]
+    from_stores: Vec<String>,
+    /// Attempts per source store for transient errors before moving to the next replica.
+    #[arg(long, default_value_t = 3)]
+    retries: u32,
+    #[command(flatten)]
+    out: OutputArgs,
+}
+
+/// Where a new flist goes and how it is chunked.
+#[derive(clap::Args)]
+pub(crate) struct OutputArgs {
     /// Where to write the flist.
     #[arg(short, long)]
     output: PathBuf,
@@ -93,6 +125,11 @@ struct Summary {
     new_stored_bytes: u64,
     #[serde(skip_serializing_if = "BTreeMap::is_empty")]
     replica_misses: BTreeMap<String, u64>,
+    /// For a conversion: the source's digest and the files whose bytes were checked.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    converted_from: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    files_checked: Option<usize>,
     seconds: f64,
 }
 
@@ -151,69 +188,75 @@ fn read_source(a: &PackArgs, scratch: &std::path::Path) -> anyhow::Result<(sourc
     Ok((tree, BTreeMap::new()))
 }
 
-pub(crate) fn run(a: PackArgs) -> anyhow::Result<ExitCode> {
-    let started = std::time::Instant::now();
-    let router = Router::from_specs(&a.stores, RetryPolicy::default())?;
-    let mut tags = BTreeMap::new();
-    for t in &a.tags {
-        let (k, v) = t.split_once('=').with_context(|| format!("tag {t:?} is not KEY=VALUE"))?;
-        tags.insert(k.to_string(), v.to_string());
-    }
-    let routes = if a.record.is_empty() {
-        None
-    } else {
-        let mut routes = Vec::new();
-        for spec in &a.record {
-            let (start, end, url) = parse_route(spec)?;
-            routes.push(Route { start, end, url: flist::store::display_url(&url) });
+impl OutputArgs {
+    /// The router to write through and the options to pack with.
+    fn plan(&self) -> anyhow::Result<(Router, PackOptions)> {
+        let router = Router::from_specs(&self.stores, RetryPolicy::default())?;
+        let mut tags = BTreeMap::new();
+        for t in &self.tags {
+            let (k, v) = t.split_once('=').with_context(|| format!("tag {t:?} is not KEY=VALUE"))?;
+            tags.insert(k.to_string(), v.to_string());
         }
-        Some(routes)
-    };
-    let avg: u32 = a.chunk_size.parse().context("chunk size")?;
-    let chunking = Chunking::around(avg);
-    let defaults = PackOptions::default();
-    let mut opts = PackOptions {
-        chunking,
-        large_file: u64::from(chunking.min),
-        small_chunking: Chunking::around(a.small_files_chunk_size.parse().context("small files chunk size")?),
-        zstd_level: a.zstd_level,
-        encrypt: a.encrypt,
-        tags,
-        routes,
-        threads: a.threads.unwrap_or(defaults.threads),
-    };
-
-    let scratch = tempfile::tempdir().context("a scratch directory")?;
-    let (tree, image_tags) = read_source(&a, scratch.path())?;
-    for (k, v) in image_tags {
-        opts.tags.entry(k).or_insert(v);
+        let routes = if self.record.is_empty() {
+            None
+        } else {
+            let mut routes = Vec::new();
+            for spec in &self.record {
+                let (start, end, url) = parse_route(spec)?;
+                routes.push(Route { start, end, url: flist::store::display_url(&url) });
+            }
+            Some(routes)
+        };
+        let avg: u32 = self.chunk_size.parse().context("chunk size")?;
+        let chunking = Chunking::around(avg);
+        let defaults = PackOptions::default();
+        let opts = PackOptions {
+            chunking,
+            large_file: u64::from(chunking.min),
+            small_chunking: Chunking::around(self.small_files_chunk_size.parse().context("small files chunk size")?),
+            zstd_level: self.zstd_level,
+            encrypt: self.encrypt,
+            tags,
+            routes,
+            threads: self.threads.unwrap_or(defaults.threads),
+        };
+        Ok((router, opts))
     }
-    let total: u64 = tree.nodes.iter().map(|n| n.data_len()).sum();
-    let bar = super::progress_bar(total, "packing");
-    let report = pack(&tree, &router, &opts, &|n| bar.inc(n)).context("packing")?;
-    bar.finish_and_clear();
 
-    flist::durable::write_whole(&a.output, &report.bytes).with_context(|| format!("writing {}", a.output.display()))?;
-
-    let f = &report.flist;
-    let summary = Summary {
-        flist: a.output.display().to_string(),
-        digest: f.digest().to_hex(),
-        metadata_bytes: report.bytes.len(),
-        entries: f.entries.len(),
-        inodes: f.inodes.len(),
-        chunks: f.chunks.len(),
-        new_chunks: report.new_chunks,
-        data_bytes: f.stream_len(),
-        stored_bytes: report.stored_bytes,
-        new_stored_bytes: report.new_bytes,
-        replica_misses: report.replica_misses.clone(),
-        seconds: started.elapsed().as_secs_f64(),
-    };
-    if a.json {
-        super::print_json(&summary)?;
-    } else {
+    /// Writes the flist and prints what was made.
+    fn finish(
+        &self,
+        report: &flist::pack::PackReport,
+        started: std::time::Instant,
+        converted: Option<(String, usize)>,
+    ) -> anyhow::Result<ExitCode> {
+        flist::durable::write_whole(&self.output, &report.bytes)
+            .with_context(|| format!("writing {}", self.output.display()))?;
+        let f = &report.flist;
+        let summary = Summary {
+            flist: self.output.display().to_string(),
+            digest: f.digest().to_hex(),
+            metadata_bytes: report.bytes.len(),
+            entries: f.entries.len(),
+            inodes: f.inodes.len(),
+            chunks: f.chunks.len(),
+            new_chunks: report.new_chunks,
+            data_bytes: f.stream_len(),
+            stored_bytes: report.stored_bytes,
+            new_stored_bytes: report.new_bytes,
+            replica_misses: report.replica_misses.clone(),
+            converted_from: converted.as_ref().map(|c| c.0.clone()),
+            files_checked: converted.as_ref().map(|c| c.1),
+            seconds: started.elapsed().as_secs_f64(),
+        };
+        if self.json {
+            super::print_json(&summary)?;
+            return Ok(ExitCode::SUCCESS);
+        }
         println!("{}  {}", summary.digest, summary.flist);
+        if let (Some(from), Some(files)) = (&summary.converted_from, summary.files_checked) {
+            println!("converted from {from}; {files} files checked against the source, byte for byte");
+        }
         println!(
             "{} entries, {} bytes of data in {} chunks ({} new, {} already stored); metadata {} bytes ({:.1} per entry); {:.1}s",
             summary.entries,
@@ -230,6 +273,41 @@ pub(crate) fn run(a: PackArgs) -> anyhow::Result<ExitCode> {
                 "warning: {store} missed {missed} chunks (the other replicas have them; `flist store copy` repairs it)"
             );
         }
+        Ok(ExitCode::SUCCESS)
     }
-    Ok(ExitCode::SUCCESS)
+}
+
+pub(crate) fn run(a: PackArgs) -> anyhow::Result<ExitCode> {
+    let started = std::time::Instant::now();
+    let (router, mut opts) = a.out.plan()?;
+    let scratch = tempfile::tempdir().context("a scratch directory")?;
+    let (tree, image_tags) = read_source(&a, scratch.path())?;
+    for (k, v) in image_tags {
+        opts.tags.entry(k).or_insert(v);
+    }
+    let total: u64 = tree.nodes.iter().map(|n| n.data_len()).sum();
+    let bar = super::progress_bar(total, "packing");
+    let report = pack(&tree, &router, &opts, &|n| bar.inc(n)).context("packing")?;
+    bar.finish_and_clear();
+    a.out.finish(&report, started, None)
+}
+
+pub(crate) fn convert(a: ConvertArgs) -> anyhow::Result<ExitCode> {
+    let started = std::time::Instant::now();
+    let source = std::sync::Arc::new(super::load(&a.flist)?);
+    let policy = RetryPolicy { attempts: a.retries.max(1), ..RetryPolicy::default() };
+    let from = Router::for_flist(&source, &a.from_stores, policy)?;
+    anyhow::ensure!(!from.is_empty(), "no store to read the source from: it records none, pass --from-store");
+    let (to, opts) = a.out.plan()?;
+    let bar = super::progress_bar(source.stream_len(), "converting");
+    let report =
+        flist::convert::convert(source.clone(), std::sync::Arc::new(from), std::sync::Arc::new(to), &opts, &|n| {
+            bar.inc(n)
+        })
+        .context("converting")?;
+    bar.finish_and_clear();
+    if let Some(Err(why)) = &report.run_config {
+        eprintln!("warning: the run configuration is not kept: {why}");
+    }
+    a.out.finish(&report.pack, started, Some((source.digest().to_hex(), report.files_checked)))
 }

@@ -21,6 +21,7 @@
 //! SQLite.
 
 pub mod block;
+pub mod startup;
 #[cfg(feature = "tools")]
 pub mod write;
 

@@ -3,6 +3,7 @@
 //! layers ([`oci`]). Content is never held in memory: a node only says where its bytes are.
 
 pub mod dir;
+pub mod flist;
 pub mod oci;
 pub mod tar;
 
@@ -52,6 +53,16 @@ pub enum Data {
         /// Byte offset of the data in the archive.
         offset: u64,
     },
+    /// Bytes [`Tree::external`] gives under this key (another flist's file, when converting).
+    External(u64),
+}
+
+/// Where [`Data::External`] bytes come from.
+pub trait ExternalData: Send + Sync + std::fmt::Debug {
+    /// A reader of exactly the data bytes under `key`.
+    fn open(&self, key: u64) -> io::Result<Box<dyn Read + Send>>;
+    /// A name for `key`, for error messages.
+    fn describe(&self, key: u64) -> String;
 }
 
 /// What a node is.
@@ -105,6 +116,8 @@ pub struct Tree {
     /// Temporary files behind some of `archives` (decompressed archives), removed when the last
     /// copy of the tree is dropped.
     pub spools: Vec<std::sync::Arc<tempfile::TempPath>>,
+    /// What [`Data::External`] refers to.
+    pub external: Option<std::sync::Arc<dyn ExternalData>>,
 }
 
 impl Tree {
@@ -114,6 +127,7 @@ impl Tree {
             nodes: vec![Node { meta, content: Content::Dir(BTreeMap::new()) }],
             archives: Vec::new(),
             spools: Vec::new(),
+            external: None,
         }
     }
 
@@ -130,6 +144,7 @@ impl Tree {
                 let name = self.archives.get(*archive).map(|p| p.display().to_string()).unwrap_or_default();
                 format!("{name} at byte {offset}")
             }
+            Data::External(key) => self.external.as_ref().map_or_else(|| format!("item {key}"), |e| e.describe(*key)),
         }
     }
 
@@ -153,6 +168,9 @@ impl Tree {
                 let mut file = File::open(path)?;
                 file.seek(SeekFrom::Start(*offset))?;
                 Box::new(file.take(len))
+            }
+            Data::External(key) => {
+                self.external.as_ref().ok_or_else(|| io::Error::other("no external data in this tree"))?.open(*key)?
             }
         };
         Ok(Box::new(Exact { inner: reader, left: len }))
