@@ -567,8 +567,15 @@ class Demo:
         out = self.ssh(ssh_port, "cat /etc/debian_version; hostname")
         c.expect(out.returncode == 0 and "flint-demo" in out.stdout, f"ssh with the manifest's key works: {out.stdout!r}")
         c.expect(vm.wait_for("is healthy", 120), "the manifest's health window passed")
-        node = self.site.node()
-        stages = [s["stage"] for s in node.get("stages", [])]
+        # The console says "is healthy" before the report that says so reaches the server.
+        want = {"network", "identity", "applied", "service", "clock", "healthy"}
+        deadline = time.monotonic() + 30
+        while True:
+            node = self.site.node()
+            stages = [s["stage"] for s in node.get("stages", [])]
+            if want <= set(stages) or time.monotonic() > deadline:
+                break
+            time.sleep(0.5)
         c.expect(node.get("mac") == "52:54:00:12:34:56", f"the server knows the node's MAC: {node.get('mac')}")
         # The console says who the node is; the server must know it by that id and this boot
         # (a node with no disk for its key has a new one every boot, with boot id 0).
@@ -578,7 +585,7 @@ class Demo:
         c.expect(ident and node.get("node") == ident and node.get("boot") == boot,
                  f"the node signs its reports with its own key: node {node.get('node')}, boot {node.get('boot')}"
                  f" (console: {line and line[1][-120:]})")
-        c.expect({"network", "identity", "applied", "service", "clock", "healthy"} <= set(stages),
+        c.expect(want <= set(stages),
                  f"the node reported its stages: {stages}")
         # Its console (from PID 1's first line) and its services' output (httpd logs the page
         # fetched above) reach the server.
