@@ -111,7 +111,7 @@ test-boot: deps build static static-faults
 	@for t in tests/boot/*.py; do echo "== $$t"; python3 $$t || exit 1; done
 # The part of test-boot that make test runs.
 test-boot-direct: deps build static static-faults
-	@for t in tests/boot/harness.py tests/boot/faults.py tests/boot/cache_disk.py tests/boot/confined.py tests/boot/rollback.py tests/boot/clock.py tests/boot/direct.py; do echo "== $$t"; python3 $$t || exit 1; done
+	@for t in tests/boot/harness.py tests/boot/faults.py tests/boot/cache_disk.py tests/boot/confined.py tests/boot/rollback.py tests/boot/clock.py tests/boot/rfs.py tests/boot/direct.py; do echo "== $$t"; python3 $$t || exit 1; done
 
 # VMs from flists (tests/vm/vm.py): qemu guests whose root is an flist shared by virtiofsd, from
 # crates.io (it builds against libseccomp and libcap-ng).

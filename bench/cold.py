@@ -5,59 +5,24 @@ and `flist unpack`, on the demo's Debian root and a 1 GiB random file. Also: war
 cache, and a warm disk cache on a new mount), the walk, peak RSS, and `chroot MNT apt-get
 --version` cold without and with a prefetch trace recorded by a first run (the reads that had to
 wait for a download, from the mount's fetch stats). Run as root (FUSE, chroot)."""
-import json, os, re, shutil, subprocess, sys, tempfile, time
+import os, shutil, sys, tempfile
 from pathlib import Path
 
-TOP = Path(__file__).resolve().parent.parent
-FLIST, NETBOOT = TOP / "target/release/flist", TOP / "target/release/netboot"
+from common import FLIST, Mount, demo_root, serve, sh, timed
+
 PORT = 18990 + os.getpid() % 500
-
-
-def sh(*cmd, **kw):
-    return subprocess.run([str(c) for c in cmd], check=True, capture_output=True, **kw)
-
-
-def timed(cmd):
-    t0 = time.perf_counter()
-    subprocess.run(cmd, shell=True, check=True, stdout=subprocess.DEVNULL)
-    return time.perf_counter() - t0
 
 
 def read_cmd(kind, mnt):
     return f"cd {mnt} && tar cf - . | wc -c" if kind == "root" else f"dd if={mnt}/big.bin bs=1M of=/dev/null 2>/dev/null"
 
 
-class Mount:
-    def __init__(self, fl, mnt, cache, *extra):
-        os.makedirs(mnt, exist_ok=True)
-        self.mnt, self.log = mnt, f"{mnt}.log"
-        self.proc = subprocess.Popen([FLIST, "-v", "mount", fl, mnt, "--cache", cache, *extra],
-                                     stdout=subprocess.DEVNULL, stderr=open(self.log, "w"))
-        until = time.time() + 30
-        while subprocess.run(["mountpoint", "-q", mnt]).returncode != 0:
-            if time.time() > until or self.proc.poll() is not None:
-                raise RuntimeError(f"flist mount of {fl} failed: {open(self.log).read()}")
-            time.sleep(0.01)
-
-    def rss_kb(self):
-        status = open(f"/proc/{self.proc.pid}/status").read()
-        return int(re.search(r"VmHWM:\s+(\d+)", status).group(1))
-
-    def close(self):
-        subprocess.run(["umount", self.mnt], check=True)
-        self.proc.wait(30)
-        m = re.search(r"fetch stats: (\{.*\})", open(self.log).read())
-        return json.loads(m.group(1)) if m else {}
-
-
 def main():
     work = Path(tempfile.mkdtemp(prefix="flint-cold-", dir="/dev/shm"))
     disk_work = Path(tempfile.mkdtemp(prefix="flint-cold-", dir="/var/tmp"))
-    tar = sh(TOP / "tests/lib/rootfs.sh", "bookworm-demo", "openssh-server,busybox").stdout.decode().strip()
     srv = work / "srv"
     trees = {"root": work / "root", "big": work / "bigtree"}
-    trees["root"].mkdir(parents=True)
-    sh("tar", "-xf", tar, "-C", trees["root"])
+    demo_root(trees["root"])
     trees["big"].mkdir()
     with open(trees["big"] / "big.bin", "wb") as f:
         for _ in range(1024):
@@ -66,9 +31,7 @@ def main():
         sh(FLIST, "pack", tree, "--output", srv / f"{kind}.fl", "--store", f"dir://{srv}/store",
            "--record", f"http://127.0.0.1:{PORT}/store")
         sh("mksquashfs", tree, work / f"{kind}.sqfs", "-comp", "zstd", "-quiet", "-no-progress")
-    server = subprocess.Popen([NETBOOT, "serve", "--root", srv, "--listen", f"127.0.0.1:{PORT}"],
-                              stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
-    server.stdout.readline()
+    server = serve(srv, PORT)
     try:
         print(f"work in {work} and {disk_work}; flist mount defaults; cache entries are not fsynced")
         for kind in trees:

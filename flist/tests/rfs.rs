@@ -60,6 +60,7 @@ fn rfs_flists_unpack_as_the_trees_they_were_made_from() {
         extract_tree(name, &t.join("tree"));
         flist_ok(&[&"unpack", &fl(name), &t.join("out"), &"--store", &fixture_store(name)]);
         assert_same_tree_to_the_second(&t.join("tree"), &t.join("out"));
+        flist_ok(&[&"verify", &fl(name), &"--store", &fixture_store(name)]);
     }
 }
 
@@ -126,6 +127,8 @@ fn a_tampered_block_is_refused_and_the_next_replica_serves() {
     assert_eq!(err.raw_os_error(), Some(libc::EIO));
     // The same tree's other files still read.
     assert_eq!(fs::read(m.path.join("hello.txt")).unwrap(), fs::read(t.join("tree/hello.txt")).unwrap());
+    let verify = flist(&[&"verify", &fl("small"), &"--store", &a]);
+    assert_eq!(verify.status.code(), Some(2), "verify finds the tampered blocks");
     let out = flist(&[&"cat", &fl("small"), &"/dir/three-mib", &"--store", &a]);
     assert!(!out.status.success());
     let err = String::from_utf8_lossy(&out.stderr);
@@ -345,6 +348,32 @@ fn recording_relay(port: u16) -> (u16, std::sync::Arc<std::sync::Mutex<Vec<u8>>>
 }
 
 #[test]
+fn zdb_over_a_unix_socket() {
+    let t = TestDir::new();
+    let socket = t.join("redis.sock");
+    let mut redis = Command::new("redis-server")
+        .args(["--port", "0", "--save", "", "--appendonly", "no", "--unixsocket"])
+        .arg(&socket)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("redis-server must be installed (make deps)");
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while std::os::unix::net::UnixStream::connect(&socket).is_err() {
+        assert!(Instant::now() < deadline, "redis-server did not listen on {}", socket.display());
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let url = format!("zdb://{}", socket.display());
+    load_store("small", &url);
+    let out = flist(&[&"cat", &fl("small"), &"/dir/three-mib", &"--store", &url]);
+    extract_tree("small", &t.join("tree"));
+    let _ = redis.kill();
+    let _ = redis.wait();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert_eq!(out.stdout, fs::read(t.join("tree/dir/three-mib")).unwrap());
+}
+
+#[test]
 fn zdb_namespaces_are_selected_as_rfs_selects_them() {
     let t = TestDir::new();
     let redis = util::servers::redis_server();
@@ -488,6 +517,15 @@ fn rfs_flists_convert_to_flint_flists_of_the_same_tree() {
         assert_eq!(info["tags"]["name"], "converted");
         let source = blake3::hash(&fs::read(fl(name)).unwrap()).to_hex().to_string();
         assert_eq!(info["tags"]["flint.converted-from"], source.as_str());
+        // `flist diff --content` of the source and the result: nothing differs.
+        let (from, to) = (fixture_store(name), t.store("store"));
+        let diff = flist(&[&"diff", &source_fl, &out, &"--content", &"--store", &from, &"--store", &to]);
+        assert!(
+            diff.status.success(),
+            "{}{}",
+            String::from_utf8_lossy(&diff.stdout),
+            String::from_utf8_lossy(&diff.stderr)
+        );
         let m = Mounted::new(&out, &t.join(&format!("{name}-mnt")), &["--cache", t.join("cache").to_str().unwrap()]);
         assert_same_tree_to_the_second(&t.join(&format!("{name}-tree")), &m.path);
         if name == "busybox" {
