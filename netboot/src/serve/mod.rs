@@ -160,6 +160,11 @@ async fn serve(opts: ServeOptions) -> anyhow::Result<()> {
                 continue;
             }
         };
+        // hyper writes a response's head and its body apart: with Nagle's algorithm the body of a
+        // small answer (a chunk, a manifest) then waits for the client's delayed ACK, ~40 ms.
+        if let Err(e) = stream.set_nodelay(true) {
+            tracing::debug!("{peer}: TCP_NODELAY: {e}");
+        }
         let (server, acceptor) = (server.clone(), acceptor.clone());
         tokio::spawn(async move {
             let service = hyper::service::service_fn(move |req| {
