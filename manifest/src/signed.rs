@@ -208,9 +208,17 @@ impl Replays {
 
     /// Accepts `envelope` if it is above the last accepted of its node and stream, and records it.
     pub fn accept(&mut self, envelope: &Envelope) -> Result<(), Refusal> {
-        let id = (envelope.key, envelope.stream.clone());
+        self.check(envelope)?;
+        self.record(envelope);
+        Ok(())
+    }
+
+    /// Whether `envelope` would be accepted, without recording it: a server records it with
+    /// [`Replays::record`] once what the request asked is stored, so that a request refused for
+    /// a failed write can be sent again.
+    pub fn check(&self, envelope: &Envelope) -> Result<(), Refusal> {
         let now = (envelope.boot, envelope.seq);
-        match self.last.get(&id) {
+        match self.last.get(&(envelope.key, envelope.stream.clone())) {
             Some(&last) if now <= last => Err(Refusal::Replayed {
                 node: node_id(&envelope.key),
                 stream: envelope.stream.clone(),
@@ -220,10 +228,14 @@ impl Replays {
                 last_seq: last.1,
             }),
             None if self.last.len() >= self.capacity => Err(Refusal::Full(self.capacity)),
-            _ => {
-                self.last.insert(id, now);
-                Ok(())
-            }
+            _ => Ok(()),
+        }
+    }
+
+    /// Records `envelope` as the last accepted of its node and stream (checked first).
+    pub fn record(&mut self, envelope: &Envelope) {
+        if self.check(envelope).is_ok() {
+            self.last.insert((envelope.key, envelope.stream.clone()), (envelope.boot, envelope.seq));
         }
     }
 }
@@ -279,7 +291,10 @@ mod tests {
     fn replays_are_refused_and_a_new_boot_starts_again_from_zero() {
         let key = SigningKey::from_bytes(&[7; 32]);
         let mut seen = Replays::new(2);
+        seen.check(&envelope(&key, 1, 0)).unwrap();
+        seen.check(&envelope(&key, 1, 0)).unwrap(); // checking records nothing
         seen.accept(&envelope(&key, 1, 0)).unwrap();
+        seen.record(&envelope(&key, 1, 0)); // recording what is not above the last changes nothing
         seen.accept(&envelope(&key, 1, 1)).unwrap();
         assert!(matches!(seen.accept(&envelope(&key, 1, 1)), Err(Refusal::Replayed { .. })));
         assert!(matches!(seen.accept(&envelope(&key, 1, 0)), Err(Refusal::Replayed { .. })));

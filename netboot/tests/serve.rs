@@ -467,3 +467,25 @@ fn a_server_killed_with_sigkill_forgets_nothing_it_answered_for() {
         String::from_utf8_lossy(&out.stderr)
     );
 }
+
+#[test]
+fn a_request_refused_for_a_failed_write_may_be_sent_again() {
+    use flint_manifest::signed::Envelope;
+    let (dir, _) = sample_root();
+    let state = tempfile::tempdir().unwrap();
+    let s = serve_with(dir.path(), None, &["--state", state.path().to_str().unwrap()]);
+    let key = ed25519_dalek::SigningKey::from_bytes(&[41; 32]);
+    let at = |seq| Envelope { key: key.verifying_key().to_bytes(), boot: 1, stream: "report".into(), seq, time: 0 };
+    let report = br#"{"mac": "52:54:00:00:00:41", "stage": "applied", "detail": "v1"}"#;
+    assert_eq!(signed_request(&s.url, "POST", "/report", report, &key, &at(0), &[]).0, 200);
+    // Another writer holds the database past the server's busy timeout: the write fails.
+    let mut other = rusqlite::Connection::open(state.path().join("netboot.db")).unwrap();
+    let lock = other.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate).unwrap();
+    let (status, why) = signed_request(&s.url, "POST", "/report", report, &key, &at(1), &[]);
+    assert_eq!(status, 503, "{why}");
+    drop(lock);
+    // What was not stored was not remembered as seen: the same request is taken now, once.
+    let (status, why) = signed_request(&s.url, "POST", "/report", report, &key, &at(1), &[]);
+    assert_eq!(status, 200, "{why}");
+    assert_eq!(signed_request(&s.url, "POST", "/report", report, &key, &at(1), &[]).0, 409);
+}

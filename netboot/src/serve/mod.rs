@@ -324,29 +324,40 @@ impl Server {
     ) -> Result<Option<Envelope>, Box<Response<Body>>> {
         let target = req.uri().path_and_query().map_or("/", |p| p.as_str());
         let header = |name: &str| req.headers().get(name).and_then(|v| v.to_str().ok()).map(str::to_string);
-        let checked = signed::check(header, req.method().as_str(), target, body).and_then(|e| match e {
-            Some(e) => flist::durable::lock(&self.replays).accept(&e).map(|()| Some(e)),
-            None => Ok(None),
-        });
-        let status = match &checked {
+        let refusal = match signed::check(header, req.method().as_str(), target, body) {
             Ok(Some(e)) => {
-                return match self.registry().signed_by(ip, e) {
-                    Ok(()) => Ok(Some(e.clone())),
-                    Err(why) => {
-                        tracing::error!("{why}");
-                        Err(Box::new(text(StatusCode::SERVICE_UNAVAILABLE, format!("{why}\n"))))
+                // Held until the request is recorded: the same request sent twice at once is
+                // accepted once.
+                let mut replays = flist::durable::lock(&self.replays);
+                match replays.check(&e) {
+                    Ok(()) => {
+                        return match self.registry().signed_by(ip, &e) {
+                            Ok(()) => {
+                                replays.record(&e);
+                                Ok(Some(e))
+                            }
+                            // Not remembered as seen: the node may send this request again.
+                            Err(why) => {
+                                tracing::error!("{why}");
+                                Err(Box::new(text(StatusCode::SERVICE_UNAVAILABLE, format!("{why}\n"))))
+                            }
+                        };
                     }
-                };
+                    Err(refusal) => Some(refusal),
+                }
             }
             Ok(None) if !self.signed_only => return Ok(None),
-            Ok(None) => StatusCode::UNAUTHORIZED,
-            Err(Refusal::Malformed(_)) => StatusCode::BAD_REQUEST,
-            Err(Refusal::Forged) => StatusCode::FORBIDDEN,
-            Err(Refusal::Replayed { .. }) => StatusCode::CONFLICT,
-            Err(Refusal::Full(_)) => StatusCode::SERVICE_UNAVAILABLE,
+            Ok(None) => None,
+            Err(refusal) => Some(refusal),
         };
-        let why =
-            checked.err().map_or_else(|| "unsigned: this server takes only signed requests".into(), |e| e.to_string());
+        let status = match &refusal {
+            None => StatusCode::UNAUTHORIZED,
+            Some(Refusal::Malformed(_)) => StatusCode::BAD_REQUEST,
+            Some(Refusal::Forged) => StatusCode::FORBIDDEN,
+            Some(Refusal::Replayed { .. }) => StatusCode::CONFLICT,
+            Some(Refusal::Full(_)) => StatusCode::SERVICE_UNAVAILABLE,
+        };
+        let why = refusal.map_or_else(|| "unsigned: this server takes only signed requests".into(), |e| e.to_string());
         tracing::warn!("{ip}: {} {}: refused: {why}", req.method(), req_line(target));
         if let Err(e) = self.registry().refused(ip, &why) {
             tracing::error!("{e}");
