@@ -489,3 +489,70 @@ fn a_request_refused_for_a_failed_write_may_be_sent_again() {
     assert_eq!(status, 200, "{why}");
     assert_eq!(signed_request(&s.url, "POST", "/report", report, &key, &at(1), &[]).0, 409);
 }
+
+/// `/metrics` lines as (name with labels, value); every line is a comment or a sample.
+fn metrics(url: &str) -> Vec<(String, f64)> {
+    let (status, headers, body) = get(&format!("{url}/metrics"), &[]);
+    assert_eq!(status, 200);
+    assert!(header(&headers, "content-type").unwrap().starts_with("text/plain; version=0.0.4"));
+    let text = String::from_utf8(body).unwrap();
+    let mut samples = Vec::new();
+    for line in text.lines() {
+        if line.starts_with("# HELP flint_") || line.starts_with("# TYPE flint_") {
+            continue;
+        }
+        let (name, value) = line.rsplit_once(' ').unwrap_or_else(|| panic!("not a sample: {line:?}"));
+        let bare = name.split('{').next().unwrap();
+        assert!(bare.starts_with("flint_") && bare.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_'), "{line}");
+        if let Some(labels) = name.strip_prefix(bare) {
+            assert!(labels.is_empty() || (labels.starts_with('{') && labels.ends_with("\"}")), "{line}");
+        }
+        samples.push((name.to_string(), value.parse().unwrap_or_else(|_| panic!("not a number: {line:?}"))));
+    }
+    samples
+}
+
+fn sample(samples: &[(String, f64)], name: &str) -> Option<f64> {
+    samples.iter().find(|(n, _)| n == name).map(|(_, v)| *v)
+}
+
+#[test]
+fn metrics_count_nodes_by_state_and_version_and_what_was_served_and_refused() {
+    use flint_manifest::signed::Envelope;
+    let (dir, data) = sample_root();
+    let state = tempfile::tempdir().unwrap();
+    let s = serve_with(dir.path(), None, &["--state", state.path().to_str().unwrap()]);
+    let post = |seed: u8, seq: u64, stage: &str, detail: &str| {
+        let key = ed25519_dalek::SigningKey::from_bytes(&[seed; 32]);
+        let e = Envelope { key: key.verifying_key().to_bytes(), boot: 1, stream: "report".into(), seq, time: 0 };
+        let body = serde_json::json!({"stage": stage, "detail": detail}).to_string();
+        signed_request(&s.url, "POST", "/report", body.as_bytes(), &key, &e, &[]).0
+    };
+    for seed in [1, 2] {
+        assert_eq!(post(seed, 0, "applied", "manifest version 3: 1 flists mounted, 2 services"), 200);
+        assert_eq!(post(seed, 1, "healthy", "the health window passed"), 200);
+    }
+    assert_eq!(post(3, 0, "applied", "manifest version 4: 1 flists mounted, 2 services"), 200);
+    assert_eq!(post(3, 1, "rollback", "to version 3"), 200);
+    assert_eq!(post(3, 1, "rollback", "to version 3"), 409);
+    assert_eq!(get(&format!("{}/boot/vmlinuz", s.url), &[]).2, data);
+    assert_eq!(get(&format!("{}/store/ab/abcdef", s.url), &[]).2, b"chunk");
+    let before = metrics(&s.url);
+    assert_eq!(sample(&before, "flint_nodes{state=\"healthy\",version=\"3\"}"), Some(2.0), "{before:?}");
+    assert_eq!(sample(&before, "flint_nodes{state=\"rollback\",version=\"4\"}"), Some(1.0), "{before:?}");
+    assert_eq!(sample(&before, "flint_reports_total"), Some(6.0));
+    assert_eq!(sample(&before, "flint_refused_requests_total{reason=\"replayed\"}"), Some(1.0));
+    assert_eq!(sample(&before, "flint_refusing_addresses"), Some(1.0));
+    assert_eq!(sample(&before, "flint_served_requests_total{kind=\"report\"}"), Some(7.0));
+    assert_eq!(sample(&before, "flint_served_bytes_total{kind=\"kernel\"}"), Some(data.len() as f64), "{before:?}");
+    assert_eq!(sample(&before, "flint_served_bytes_total{kind=\"chunk\"}"), Some(5.0));
+    // Every acknowledged report was one database write, at least.
+    let writes = sample(&before, "flint_db_write_seconds_count").unwrap();
+    assert!(writes >= 6.0, "{writes}");
+    assert_eq!(sample(&before, "flint_db_write_seconds_bucket{le=\"+Inf\"}"), Some(writes));
+    // Scraping is not a node; it is counted as a page.
+    let after = metrics(&s.url);
+    let nodes: f64 = after.iter().filter(|(n, _)| n.starts_with("flint_nodes{")).map(|(_, v)| v).sum();
+    assert_eq!(nodes, 3.0, "{after:?}");
+    assert_eq!(sample(&after, "flint_served_requests_total{kind=\"page\"}"), Some(1.0));
+}

@@ -42,6 +42,8 @@ pub struct Loaded {
 /// The open database.
 pub struct Db {
     conn: Mutex<Connection>,
+    /// How long write transactions took (`/metrics`).
+    writes: Mutex<super::metrics::Histogram>,
 }
 
 fn sql(what: &str) -> impl Fn(rusqlite::Error) -> String + '_ {
@@ -80,7 +82,7 @@ impl Db {
             tx.commit().map_err(sql("migrating"))?;
             tracing::info!("state database {}: schema version {}", path.display(), step + 1);
         }
-        Ok(Db { conn: Mutex::new(conn) })
+        Ok(Db { conn: Mutex::new(conn), writes: Mutex::default() })
     }
 
     fn conn(&self) -> std::sync::MutexGuard<'_, Connection> {
@@ -129,6 +131,23 @@ impl Db {
     /// Writes node records, address mappings and the request just accepted (its replay entry) in
     /// one transaction: one flush per acknowledged change.
     pub fn save<'a>(
+        &self,
+        nodes: impl IntoIterator<Item = (&'a str, &'a NodeRecord)>,
+        addresses: impl IntoIterator<Item = (&'a str, &'a str)>,
+        accepted: Option<&Envelope>,
+    ) -> Result<(), String> {
+        let started = std::time::Instant::now();
+        let written = self.write(nodes, addresses, accepted);
+        flist::durable::lock(&self.writes).observe(started.elapsed());
+        written
+    }
+
+    /// How long write transactions took, since the server started.
+    pub fn write_latency(&self) -> super::metrics::Histogram {
+        flist::durable::lock(&self.writes).clone()
+    }
+
+    fn write<'a>(
         &self,
         nodes: impl IntoIterator<Item = (&'a str, &'a NodeRecord)>,
         addresses: impl IntoIterator<Item = (&'a str, &'a str)>,

@@ -7,6 +7,7 @@
 //! - `/logs` — nodes POST their log lines and numbers here, signed ([`logs`]); `/logs/NODE-ID`
 //!   gives a node's stored lines (`?tail=N`), `/metrics/NODE-ID` its latest numbers.
 //! - `/` and `/status.json` — what is served and which node fetched what ([`status`]).
+//! - `/metrics` — the fleet and the server in Prometheus text format ([`metrics`]).
 //! - anything else — a file under the root ([`files`]): kernels, signed manifests, flists and
 //!   the chunk store, with byte ranges and ETags.
 //!
@@ -21,6 +22,7 @@
 pub mod db;
 pub mod files;
 pub mod logs;
+pub mod metrics;
 pub mod profiles;
 pub mod status;
 mod tls;
@@ -73,6 +75,7 @@ struct Server {
     replays: Mutex<Replays>,
     profiles: Mutex<LoadedProfiles>,
     logs: Arc<logs::LogStore>,
+    counters: Mutex<metrics::Counters>,
 }
 
 /// `netboot.json` as last read, and the size and time of the file it was read from: every
@@ -133,6 +136,7 @@ async fn serve(opts: ServeOptions) -> anyhow::Result<()> {
             logs::LogStore::open(&opts.state)
                 .with_context(|| format!("the state directory {}", opts.state.display()))?,
         ),
+        counters: Mutex::default(),
     });
     // Request counts acknowledge nothing: they are written once a second, not per request.
     let flushing = server.clone();
@@ -192,6 +196,10 @@ impl Server {
         flist::durable::lock(&self.registry)
     }
 
+    fn counters(&self) -> MutexGuard<'_, metrics::Counters> {
+        flist::durable::lock(&self.counters)
+    }
+
     /// The profiles, read again if `netboot.json` changed (or appeared, or went).
     fn profiles(&self) -> Arc<Result<Profiles, String>> {
         let stamp =
@@ -236,6 +244,10 @@ impl Server {
                 });
                 ("page", typed(StatusCode::OK, "application/json", format!("{body:#}\n")))
             }
+            (&Method::GET | &Method::HEAD, "/metrics") => {
+                let page = self.registry().metrics(&self.counters());
+                ("page", typed(StatusCode::OK, "text/plain; version=0.0.4; charset=utf-8", page))
+            }
             (&Method::GET | &Method::HEAD, "/boot.ipxe") => ("script", text(StatusCode::OK, profiles::CHAIN_SCRIPT)),
             (&Method::GET | &Method::HEAD, p) if p.starts_with("/ipxe/") => {
                 ("script", self.node_script(&req, &ip, p.trim_start_matches("/ipxe/"), profiles))
@@ -267,6 +279,7 @@ impl Server {
             .or_else(|| hyper::body::Body::size_hint(response.body()).exact())
             .unwrap_or(0);
         let bytes = if method == Method::HEAD { 0 } else { bytes };
+        self.counters().served(kind, bytes);
         // Someone looking at the status page (or a node's log) is not a node.
         if kind != "page" {
             self.registry().request(&ip, kind, bytes);
@@ -350,13 +363,14 @@ impl Server {
             Ok(None) => None,
             Err(refusal) => Some(refusal),
         };
-        let status = match &refusal {
-            None => StatusCode::UNAUTHORIZED,
-            Some(Refusal::Malformed(_)) => StatusCode::BAD_REQUEST,
-            Some(Refusal::Forged) => StatusCode::FORBIDDEN,
-            Some(Refusal::Replayed { .. }) => StatusCode::CONFLICT,
-            Some(Refusal::Full(_)) => StatusCode::SERVICE_UNAVAILABLE,
+        let (status, reason) = match &refusal {
+            None => (StatusCode::UNAUTHORIZED, "unsigned"),
+            Some(Refusal::Malformed(_)) => (StatusCode::BAD_REQUEST, "malformed"),
+            Some(Refusal::Forged) => (StatusCode::FORBIDDEN, "forged"),
+            Some(Refusal::Replayed { .. }) => (StatusCode::CONFLICT, "replayed"),
+            Some(Refusal::Full(_)) => (StatusCode::SERVICE_UNAVAILABLE, "replay memory full"),
         };
+        self.counters().refused(reason);
         let why = refusal.map_or_else(|| "unsigned: this server takes only signed requests".into(), |e| e.to_string());
         tracing::warn!("{ip}: {} {}: refused: {why}", req.method(), req_line(target));
         if let Err(e) = self.registry().refused(ip, &why) {
@@ -406,7 +420,10 @@ impl Server {
                     report.detail
                 );
                 match self.registry().report(ip, &report) {
-                    Ok(()) => Response::new(empty()),
+                    Ok(()) => {
+                        self.counters().report();
+                        Response::new(empty())
+                    }
                     Err(e) => {
                         tracing::error!("{e}");
                         text(StatusCode::SERVICE_UNAVAILABLE, format!("{e}\n"))
@@ -430,7 +447,10 @@ impl Server {
         };
         let node = match self.signer(&Request::from_parts(parts, ()), &body, ip) {
             Ok(Some(node)) => node,
-            Ok(None) => return text(StatusCode::UNAUTHORIZED, "logs are taken only signed by a node's key\n"),
+            Ok(None) => {
+                self.counters().refused("unsigned");
+                return text(StatusCode::UNAUTHORIZED, "logs are taken only signed by a node's key\n");
+            }
             Err(refused) => return *refused,
         };
         let batch: flint_manifest::logs::Batch = match serde_json::from_slice(&body) {
@@ -454,6 +474,7 @@ impl Server {
                     tracing::warn!("node {id}: {} log lines dropped by the node before these", taken.dropped);
                 }
                 self.registry().logged(&id, taken.written as u64);
+                self.counters().logs(taken.written as u64);
                 let answer = serde_json::to_string(&taken.position).unwrap_or_default();
                 typed(StatusCode::OK, "application/json", answer)
             }

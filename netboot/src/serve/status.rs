@@ -228,6 +228,11 @@ impl Registry {
     pub fn nodes(&self) -> BTreeMap<String, NodeRecord> {
         self.nodes.clone()
     }
+
+    /// `/metrics`: the nodes as held now, with the server's `counters`.
+    pub fn metrics(&self, counters: &super::metrics::Counters) -> String {
+        super::metrics::render(&self.nodes, counters, self.db.as_ref().map(|db| db.write_latency()).as_ref())
+    }
 }
 
 /// What the root holds, by kind.
