@@ -442,14 +442,19 @@ def http_get(url, timeout=10):
         return None
 
 
-def wait_http(url, timeout=120):
+def poll(fetch, done, timeout, every):
+    """fetch() every `every` seconds until done(its value) or `timeout` seconds have passed;
+    returns the last value fetched."""
     deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        body = http_get(url, timeout=5)
-        if body is not None:
-            return body
-        time.sleep(1)
-    return None
+    value = fetch()
+    while not done(value) and time.monotonic() < deadline:
+        time.sleep(every)
+        value = fetch()
+    return value
+
+
+def wait_http(url, timeout=120):
+    return poll(lambda: http_get(url, timeout=5), lambda body: body is not None, timeout, 1)
 
 
 class Checks:
@@ -569,13 +574,8 @@ class Demo:
         c.expect(vm.wait_for("is healthy", 120), "the manifest's health window passed")
         # The console says "is healthy" before the report that says so reaches the server.
         want = {"network", "identity", "applied", "service", "clock", "healthy"}
-        deadline = time.monotonic() + 30
-        while True:
-            node = self.site.node()
-            stages = [s["stage"] for s in node.get("stages", [])]
-            if want <= set(stages) or time.monotonic() > deadline:
-                break
-            time.sleep(0.5)
+        node = poll(self.site.node, lambda n: want <= {s["stage"] for s in n.get("stages", [])}, 30, 0.5)
+        stages = [s["stage"] for s in node.get("stages", [])]
         c.expect(node.get("mac") == "52:54:00:12:34:56", f"the server knows the node's MAC: {node.get('mac')}")
         # The console says who the node is; the server must know it by that id and this boot
         # (a node with no disk for its key has a new one every boot, with boot id 0).
@@ -592,11 +592,7 @@ class Demo:
         def shipped(logs):
             sources = {l.get("s") for l in logs}
             return {"console", "web"} <= sources and any("starting as PID 1" in l.get("l", "") for l in logs)
-        deadline = time.monotonic() + 60
-        logs = self.site.logs(ident) if ident else []
-        while not shipped(logs) and time.monotonic() < deadline:
-            time.sleep(1)
-            logs = self.site.logs(ident) if ident else []
+        logs = poll(lambda: self.site.logs(ident) if ident else [], shipped, 60, 1)
         sources = sorted({l.get("s") for l in logs if l.get("s")})
         c.expect(shipped(logs), f"the server holds the node's log: {len(logs)} lines from {sources}")
         numbers = self.site.metrics(ident) if ident else ""
