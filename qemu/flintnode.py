@@ -72,7 +72,9 @@ class Site:
         self._accel = None
         # What direct boots pass the kernel (netboot.json and USB images keep CMDLINE).
         self.cmdline_template = CMDLINE
-        json.dump({"profiles": {"default": {"kernel": "boot/vmlinuz", "initrd": "boot/initrd.zst", "cmdline": CMDLINE}}},
+        # A site's nodes are taken as they come: a demo node makes its key at first boot.
+        json.dump({"profiles": {"default": {"kernel": "boot/vmlinuz", "initrd": "boot/initrd.zst", "cmdline": CMDLINE}},
+                   "enrollment": "open"},
                   open(os.path.join(self.srv, "netboot.json"), "w"), indent=1)
 
     def build_initramfs(self, init=INIT):

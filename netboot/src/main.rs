@@ -1,8 +1,10 @@
 //! `netboot`: the operator's side of a flint node. `keygen` makes the ed25519 key pair whose
 //! public half goes into the initramfs; `sign` signs a manifest after checking that it is one
 //! a node would accept (so a typo is caught here, not on a fleet of nodes); `serve` is the
-//! HTTP(S) server nodes boot from ([`serve`]).
+//! HTTP(S) server nodes boot from ([`serve`]); `nodes`, `rollout` and `audit` drive a running
+//! server through its admin API ([`client`]).
 
+mod client;
 mod serve;
 
 use std::net::SocketAddr;
@@ -64,6 +66,36 @@ enum Command {
         /// (hidden names are never served as files).
         #[arg(long)]
         state: Option<PathBuf>,
+        /// Address and port of the admin listener: the dashboard and the admin API (token in
+        /// STATE/admin.token). Port 0 picks one; the URL is printed and kept in STATE/admin.url.
+        #[arg(long, default_value = "127.0.0.1:0")]
+        admin: SocketAddr,
+        /// The public key nodes trust (KEY.pub): a rollout's manifest is checked as a node
+        /// would check it before it is taken.
+        #[arg(long)]
+        manifest_key: Option<PathBuf>,
+    },
+    /// Nodes: list them, accept or reject new ones, forget or replace them.
+    Nodes {
+        #[command(subcommand)]
+        command: client::NodesCommand,
+        #[command(flatten)]
+        admin: client::AdminArgs,
+    },
+    /// Staged rollouts of a new manifest version: start, status, pause, resume, abort, revert.
+    Rollout {
+        #[command(subcommand)]
+        command: client::RolloutCommand,
+        #[command(flatten)]
+        admin: client::AdminArgs,
+    },
+    /// The audit log: every admin action, and what the server did by itself.
+    Audit {
+        /// How many entries, newest.
+        #[arg(long, default_value_t = 50)]
+        limit: usize,
+        #[command(flatten)]
+        admin: client::AdminArgs,
     },
 }
 
@@ -128,10 +160,27 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                 plan.services.len()
             );
         }
-        Command::Serve { root, listen, tls_cert, tls_key, signed_only, state } => {
+        Command::Serve { root, listen, tls_cert, tls_key, signed_only, state, admin, manifest_key } => {
             let state = state.unwrap_or_else(|| root.join(".netboot"));
-            serve::run(serve::ServeOptions { root, listen, tls: tls_cert.zip(tls_key), signed_only, state })?;
+            let manifest_key = manifest_key
+                .map(|path| {
+                    let text = std::fs::read_to_string(&path).with_context(|| format!("reading {}", path.display()))?;
+                    flint_manifest::parse_key(&text).with_context(|| format!("{}", path.display()))
+                })
+                .transpose()?;
+            serve::run(serve::ServeOptions {
+                root,
+                listen,
+                tls: tls_cert.zip(tls_key),
+                signed_only,
+                state,
+                admin,
+                manifest_key,
+            })?;
         }
+        Command::Nodes { command, admin } => client::nodes(&admin, command)?,
+        Command::Rollout { command, admin } => client::rollout(&admin, command)?,
+        Command::Audit { limit, admin } => client::audit(&admin, limit)?,
     }
     Ok(())
 }

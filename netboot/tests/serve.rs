@@ -66,6 +66,8 @@ fn sample_root() -> (tempfile::TempDir, Vec<u8>) {
     std::fs::write(dir.path().join("store/ab/abcdef"), b"chunk").unwrap();
     std::fs::write(dir.path().join("manifest.json"), b"{}").unwrap();
     std::fs::write(dir.path().join(".hidden"), b"secret").unwrap();
+    // Nodes are taken as they come here; enrollment has tests of its own (fleet.rs).
+    std::fs::write(dir.path().join("netboot.json"), r#"{"enrollment": "open"}"#).unwrap();
     (dir, data)
 }
 

@@ -14,13 +14,35 @@ use std::sync::Mutex;
 use flint_manifest::signed::Envelope;
 use rusqlite::{params, Connection};
 
+use super::rollout::Rollout;
 use super::status::NodeRecord;
 
 /// The schema, one step per version: a database at version N has run the first N steps.
-const MIGRATIONS: &[&str] = &["CREATE TABLE nodes (key TEXT PRIMARY KEY, record TEXT NOT NULL);
+const MIGRATIONS: &[&str] = &[
+    "CREATE TABLE nodes (key TEXT PRIMARY KEY, record TEXT NOT NULL);
      CREATE TABLE addresses (ip TEXT PRIMARY KEY, node TEXT NOT NULL);
      CREATE TABLE replays (node BLOB NOT NULL, stream TEXT NOT NULL, boot INTEGER NOT NULL,
-                           seq INTEGER NOT NULL, PRIMARY KEY (node, stream));"];
+                           seq INTEGER NOT NULL, PRIMARY KEY (node, stream));",
+    "CREATE TABLE rollouts (id INTEGER PRIMARY KEY, rev INTEGER NOT NULL, doc TEXT NOT NULL);
+     CREATE TABLE audit (id INTEGER PRIMARY KEY AUTOINCREMENT, at REAL NOT NULL, who TEXT NOT NULL,
+                         action TEXT NOT NULL, detail TEXT NOT NULL);",
+];
+
+/// Audit entries kept: the oldest go past this many.
+const AUDIT_KEPT: i64 = 100_000;
+
+/// One entry of the audit log.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct AuditEntry {
+    /// Seconds since the epoch.
+    pub at: f64,
+    /// Who: the admin token's holder and address, or `server` for what it did by itself.
+    pub who: String,
+    /// What: `accept`, `rollout start`, `rollout pause`, …
+    pub action: String,
+    /// On what, and the outcome.
+    pub detail: String,
+}
 
 /// The database's file name in the state directory.
 pub const FILE: &str = "netboot.db";
@@ -37,6 +59,8 @@ pub struct Loaded {
     pub addresses: BTreeMap<String, String>,
     /// The replay memory.
     pub replays: Vec<ReplayRow>,
+    /// Every rollout, oldest first.
+    pub rollouts: Vec<Rollout>,
 }
 
 /// The open database.
@@ -125,7 +149,129 @@ impl Db {
                 out.replays.push((key, stream, from_sql(boot), from_sql(seq)));
             }
         }
+        let mut rollouts = conn.prepare("SELECT id, doc FROM rollouts ORDER BY id").map_err(sql("reading rollouts"))?;
+        let rows = rollouts
+            .query_map([], |r| Ok((r.get::<_, i64>(0)?, r.get::<_, String>(1)?)))
+            .map_err(sql("reading rollouts"))?;
+        for row in rows {
+            let (id, doc) = row.map_err(sql("reading rollouts"))?;
+            match serde_json::from_str(&doc) {
+                Ok(r) => out.rollouts.push(r),
+                Err(e) => tracing::warn!("state database: rollout {id}: {e}; skipped"),
+            }
+        }
         Ok(out)
+    }
+
+    /// Forgets node `id`: its record, its addresses and its replay memory.
+    pub fn forget(&self, id: &str) -> Result<(), String> {
+        let key =
+            self.conn().query_row("SELECT record FROM nodes WHERE key = ?1", [id], |r| r.get::<_, String>(0)).ok();
+        let public: Option<Vec<u8>> =
+            key.and_then(|k| serde_json::from_str::<NodeRecord>(&k).ok()).and_then(|r| hex::decode(r.public_key?).ok());
+        self.timed(|conn| {
+            let tx = conn.transaction().map_err(sql("forgetting a node"))?;
+            tx.execute("DELETE FROM nodes WHERE key = ?1", [id]).map_err(sql("forgetting a node"))?;
+            tx.execute("DELETE FROM addresses WHERE node = ?1", [id]).map_err(sql("forgetting a node"))?;
+            if let Some(public) = &public {
+                tx.execute("DELETE FROM replays WHERE node = ?1", [public]).map_err(sql("forgetting a node"))?;
+            }
+            tx.commit().map_err(sql("forgetting a node"))
+        })
+    }
+
+    /// Node `old`'s history moves to `new` (written as `record`), in one transaction.
+    pub fn replace(&self, old: &str, new: &str, record: &NodeRecord) -> Result<(), String> {
+        let text = serde_json::to_string(record).map_err(|e| format!("the state database: a node record: {e}"))?;
+        self.timed(|conn| {
+            let tx = conn.transaction().map_err(sql("replacing a node"))?;
+            tx.execute("DELETE FROM nodes WHERE key = ?1", [old]).map_err(sql("replacing a node"))?;
+            tx.execute("INSERT OR REPLACE INTO nodes (key, record) VALUES (?1, ?2)", params![new, text])
+                .map_err(sql("replacing a node"))?;
+            tx.execute("UPDATE addresses SET node = ?1 WHERE node = ?2", params![new, old])
+                .map_err(sql("replacing a node"))?;
+            tx.commit().map_err(sql("replacing a node"))
+        })
+    }
+
+    /// Writes a new rollout (its `rev` is 0); fails if its number is taken (another server
+    /// made one first).
+    pub fn insert_rollout(&self, rollout: &Rollout, audit: &AuditEntry) -> Result<(), String> {
+        let doc = serde_json::to_string(rollout).map_err(|e| format!("the state database: a rollout: {e}"))?;
+        self.timed(|conn| {
+            let tx = conn
+                .transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)
+                .map_err(sql("writing a rollout"))?;
+            tx.execute(
+                "INSERT INTO rollouts (id, rev, doc) VALUES (?1, ?2, ?3)",
+                params![to_sql(rollout.id), to_sql(rollout.rev), doc],
+            )
+            .map_err(sql("writing a rollout"))?;
+            insert_audit(&tx, audit)?;
+            tx.commit().map_err(sql("writing a rollout"))
+        })
+    }
+
+    /// Writes `rollout` over revision `rollout.rev - 1`: `Ok(false)` when the stored revision
+    /// is another (someone else changed it first: read it again).
+    pub fn update_rollout(&self, rollout: &Rollout, audit: Option<&AuditEntry>) -> Result<bool, String> {
+        let doc = serde_json::to_string(rollout).map_err(|e| format!("the state database: a rollout: {e}"))?;
+        self.timed(|conn| {
+            let tx = conn
+                .transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)
+                .map_err(sql("writing a rollout"))?;
+            let changed = tx
+                .execute(
+                    "UPDATE rollouts SET rev = ?1, doc = ?2 WHERE id = ?3 AND rev = ?4",
+                    params![to_sql(rollout.rev), doc, to_sql(rollout.id), to_sql(rollout.rev.wrapping_sub(1))],
+                )
+                .map_err(sql("writing a rollout"))?;
+            if changed == 1 {
+                if let Some(a) = audit {
+                    insert_audit(&tx, a)?;
+                }
+            }
+            tx.commit().map_err(sql("writing a rollout"))?;
+            Ok(changed == 1)
+        })
+    }
+
+    /// The rollout `id` as stored.
+    pub fn rollout(&self, id: u64) -> Result<Option<Rollout>, String> {
+        let doc: Option<String> = self
+            .conn()
+            .query_row("SELECT doc FROM rollouts WHERE id = ?1", [to_sql(id)], |r| r.get(0))
+            .map(Some)
+            .or_else(|e| if matches!(e, rusqlite::Error::QueryReturnedNoRows) { Ok(None) } else { Err(e) })
+            .map_err(sql("reading a rollout"))?;
+        doc.map(|d| serde_json::from_str(&d).map_err(|e| format!("the state database: rollout {id}: {e}"))).transpose()
+    }
+
+    /// Appends to the audit log.
+    pub fn audit(&self, entry: &AuditEntry) -> Result<(), String> {
+        self.timed(|conn| insert_audit(conn, entry))
+    }
+
+    /// The newest `limit` audit entries, newest first.
+    pub fn audit_log(&self, limit: usize) -> Result<Vec<AuditEntry>, String> {
+        let conn = self.conn();
+        let mut q = conn
+            .prepare("SELECT at, who, action, detail FROM audit ORDER BY id DESC LIMIT ?1")
+            .map_err(sql("reading the audit log"))?;
+        let rows = q
+            .query_map([i64::try_from(limit).unwrap_or(i64::MAX)], |r| {
+                Ok(AuditEntry { at: r.get(0)?, who: r.get(1)?, action: r.get(2)?, detail: r.get(3)? })
+            })
+            .map_err(sql("reading the audit log"))?;
+        rows.collect::<Result<_, _>>().map_err(sql("reading the audit log"))
+    }
+
+    /// Runs a write under the connection, timed for `/metrics`.
+    fn timed<T>(&self, write: impl FnOnce(&mut Connection) -> Result<T, String>) -> Result<T, String> {
+        let started = std::time::Instant::now();
+        let done = write(&mut self.conn());
+        flist::durable::lock(&self.writes).observe(started.elapsed());
+        done
     }
 
     /// Writes node records, address mappings and the request just accepted (its replay entry) in
@@ -136,43 +282,50 @@ impl Db {
         addresses: impl IntoIterator<Item = (&'a str, &'a str)>,
         accepted: Option<&Envelope>,
     ) -> Result<(), String> {
-        let started = std::time::Instant::now();
-        let written = self.write(nodes, addresses, accepted);
-        flist::durable::lock(&self.writes).observe(started.elapsed());
-        written
+        self.timed(|conn| write(conn, nodes, addresses, accepted))
     }
 
     /// How long write transactions took, since the server started.
     pub fn write_latency(&self) -> super::metrics::Histogram {
         flist::durable::lock(&self.writes).clone()
     }
+}
 
-    fn write<'a>(
-        &self,
-        nodes: impl IntoIterator<Item = (&'a str, &'a NodeRecord)>,
-        addresses: impl IntoIterator<Item = (&'a str, &'a str)>,
-        accepted: Option<&Envelope>,
-    ) -> Result<(), String> {
-        let mut conn = self.conn();
-        let tx = conn.transaction().map_err(sql("writing nodes"))?;
-        for (key, record) in nodes {
-            let text = serde_json::to_string(record).map_err(|e| format!("the state database: a node record: {e}"))?;
-            tx.execute("INSERT OR REPLACE INTO nodes (key, record) VALUES (?1, ?2)", params![key, text])
-                .map_err(sql("writing a node"))?;
-        }
-        for (ip, node) in addresses {
-            tx.execute("INSERT OR REPLACE INTO addresses (ip, node) VALUES (?1, ?2)", params![ip, node])
-                .map_err(sql("writing an address"))?;
-        }
-        if let Some(e) = accepted {
-            tx.execute(
-                "INSERT OR REPLACE INTO replays (node, stream, boot, seq) VALUES (?1, ?2, ?3, ?4)",
-                params![e.key.as_slice(), e.stream, to_sql(e.boot), to_sql(e.seq)],
-            )
-            .map_err(sql("writing the replay memory"))?;
-        }
-        tx.commit().map_err(sql("writing nodes"))
+fn write<'a>(
+    conn: &mut Connection,
+    nodes: impl IntoIterator<Item = (&'a str, &'a NodeRecord)>,
+    addresses: impl IntoIterator<Item = (&'a str, &'a str)>,
+    accepted: Option<&Envelope>,
+) -> Result<(), String> {
+    let tx = conn.transaction().map_err(sql("writing nodes"))?;
+    for (key, record) in nodes {
+        let text = serde_json::to_string(record).map_err(|e| format!("the state database: a node record: {e}"))?;
+        tx.execute("INSERT OR REPLACE INTO nodes (key, record) VALUES (?1, ?2)", params![key, text])
+            .map_err(sql("writing a node"))?;
     }
+    for (ip, node) in addresses {
+        tx.execute("INSERT OR REPLACE INTO addresses (ip, node) VALUES (?1, ?2)", params![ip, node])
+            .map_err(sql("writing an address"))?;
+    }
+    if let Some(e) = accepted {
+        tx.execute(
+            "INSERT OR REPLACE INTO replays (node, stream, boot, seq) VALUES (?1, ?2, ?3, ?4)",
+            params![e.key.as_slice(), e.stream, to_sql(e.boot), to_sql(e.seq)],
+        )
+        .map_err(sql("writing the replay memory"))?;
+    }
+    tx.commit().map_err(sql("writing nodes"))
+}
+
+fn insert_audit(conn: &Connection, entry: &AuditEntry) -> Result<(), String> {
+    conn.execute(
+        "INSERT INTO audit (at, who, action, detail) VALUES (?1, ?2, ?3, ?4)",
+        params![entry.at, entry.who, entry.action, entry.detail],
+    )
+    .map_err(sql("writing the audit log"))?;
+    conn.execute("DELETE FROM audit WHERE id <= (SELECT MAX(id) FROM audit) - ?1", [AUDIT_KEPT])
+        .map_err(sql("trimming the audit log"))?;
+    Ok(())
 }
 
 #[cfg(test)]

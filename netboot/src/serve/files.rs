@@ -13,15 +13,20 @@ use tokio::io::{AsyncReadExt, AsyncSeekExt};
 
 use super::{empty, text, Body};
 
+/// Whether `url_path` names a file under a root at all: not empty, no `..`, no hidden component.
+pub fn is_clean(url_path: &str) -> bool {
+    let relative = Path::new(url_path.trim_start_matches('/'));
+    !relative.as_os_str().is_empty()
+        && relative.components().all(|c| matches!(c, Component::Normal(n) if !n.to_string_lossy().starts_with('.')))
+}
+
 /// `path` (from a URL) under `root`, if it names nothing outside it: no `..`, no hidden
 /// component (temporary files of writers), and no symlink leading out.
 pub async fn resolve(root: &Path, url_path: &str) -> Option<PathBuf> {
-    let relative = Path::new(url_path.trim_start_matches('/'));
-    let clean =
-        relative.components().all(|c| matches!(c, Component::Normal(n) if !n.to_string_lossy().starts_with('.')));
-    if !clean || relative.as_os_str().is_empty() {
+    if !is_clean(url_path) {
         return None;
     }
+    let relative = Path::new(url_path.trim_start_matches('/'));
     let real = tokio::fs::canonicalize(root.join(relative)).await.ok()?;
     real.starts_with(root).then_some(real)
 }

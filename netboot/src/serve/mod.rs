@@ -17,13 +17,24 @@
 //! `nodes/NODE-ID/` when there is one there (else the shared one). With `--signed-only`,
 //! unsigned reports and manifest requests are refused (401).
 //!
+//! A node seen for the first time is pending until the operator accepts it (unless
+//! `netboot.json` allows its key or says `"enrollment": "open"`, [`profiles`]): it boots and
+//! reports, once per [`status::PENDING_EVERY`] at most, but gets no manifest; a rejected node's
+//! requests are refused and write nothing. Which manifest an accepted node gets is up to the
+//! rollouts ([`fleet`]); the operator drives them, and watches the fleet, on the admin listener
+//! ([`admin`], [`dashboard`]).
+//!
 //! Every request is logged (the access log) with the peer, status, bytes and time taken.
 
+pub mod admin;
+pub mod dashboard;
 pub mod db;
 pub mod files;
+pub mod fleet;
 pub mod logs;
 pub mod metrics;
 pub mod profiles;
+pub mod rollout;
 pub mod status;
 mod tls;
 
@@ -62,6 +73,10 @@ pub struct ServeOptions {
     pub signed_only: bool,
     /// Where nodes' logs and numbers are kept.
     pub state: PathBuf,
+    /// The admin listener's address and port.
+    pub admin: SocketAddr,
+    /// The public key nodes trust: rollouts' manifests are checked as a node checks them.
+    pub manifest_key: Option<ed25519_dalek::VerifyingKey>,
 }
 
 /// Most (node, stream) pairs whose last request is remembered against replays.
@@ -76,6 +91,18 @@ struct Server {
     profiles: Mutex<LoadedProfiles>,
     logs: Arc<logs::LogStore>,
     counters: Mutex<metrics::Counters>,
+    db: Arc<db::Db>,
+    rollouts: Mutex<fleet::Rollouts>,
+    manifest_key: Option<ed25519_dalek::VerifyingKey>,
+    admin_token: String,
+}
+
+/// A signed request's node, as checked.
+pub struct Signer {
+    /// What it signed.
+    pub envelope: Envelope,
+    /// Its enrollment (never rejected: those are refused).
+    pub standing: status::Standing,
 }
 
 /// `netboot.json` as last read, and the size and time of the file it was read from: every
@@ -124,12 +151,25 @@ async fn serve(opts: ServeOptions) -> anyhow::Result<()> {
     for (key, stream, boot, seq) in kept.replays {
         replays.restore(key, stream, boot, seq);
     }
-    tracing::info!("state in {}: {} nodes known", opts.state.display(), kept.nodes.len());
+    tracing::info!(
+        "state in {}: {} nodes known, {} rollouts",
+        opts.state.display(),
+        kept.nodes.len(),
+        kept.rollouts.len()
+    );
+    let admin_token = admin::token(&opts.state)?;
+    let admin_listener = tokio::net::TcpListener::bind(opts.admin)
+        .await
+        .with_context(|| format!("listening on {} (--admin)", opts.admin))?;
     let server = Arc::new(Server {
         root,
         scheme: if acceptor.is_some() { "https" } else { "http" },
         signed_only: opts.signed_only,
-        registry: Mutex::new(Registry::restore(db, kept.nodes, kept.addresses)),
+        registry: Mutex::new(Registry::restore(db.clone(), kept.nodes, kept.addresses)),
+        rollouts: Mutex::new(fleet::Rollouts::restore(db.clone(), kept.rollouts)),
+        db,
+        manifest_key: opts.manifest_key,
+        admin_token,
         replays: Mutex::new(replays),
         profiles: Mutex::default(),
         logs: Arc::new(
@@ -139,21 +179,64 @@ async fn serve(opts: ServeOptions) -> anyhow::Result<()> {
         counters: Mutex::default(),
     });
     // Request counts acknowledge nothing: they are written once a second, not per request.
+    // Rollouts step at the same pace.
     let flushing = server.clone();
     tokio::spawn(async move {
         let mut tick = tokio::time::interval(Duration::from_secs(1));
         loop {
             tick.tick().await;
             let server = flushing.clone();
-            let flushed = tokio::task::spawn_blocking(move || server.registry().flush()).await;
+            let flushed = tokio::task::spawn_blocking(move || {
+                server.registry().flush()?;
+                server.step_rollouts()
+            })
+            .await;
             if let Ok(Err(e)) = flushed {
                 tracing::error!("{e}");
             }
         }
     });
     let address = listener.local_addr()?;
-    // On stdout, for scripts that start it on port 0.
-    println!("serving {} on {}://{address}/", server.root.display(), server.scheme);
+    let admin_address = admin_listener.local_addr()?;
+    let admin_url = format!("http://{admin_address}/");
+    if let Err(e) = std::fs::write(opts.state.join(admin::URL_FILE), format!("{admin_url}\n")) {
+        tracing::warn!("{}: {e}", opts.state.join(admin::URL_FILE).display());
+    }
+    // On stdout, for scripts that start it on port 0: written once, and a reader that went
+    // away (a closed pipe) is not a reason to stop serving.
+    let said = format!(
+        "serving {} on {}://{address}/\nadmin on {admin_url} (token in {})\n",
+        server.root.display(),
+        server.scheme,
+        opts.state.join(admin::TOKEN_FILE).display()
+    );
+    {
+        use std::io::Write;
+        let mut out = std::io::stdout().lock();
+        let _ = out.write_all(said.as_bytes()).and_then(|()| out.flush());
+    }
+    tokio::spawn(accept(admin_listener, server.clone(), None, Side::Admin));
+    accept(listener, server, acceptor, Side::Nodes).await;
+    Ok(())
+}
+
+/// Which listener a connection came in on.
+#[derive(Clone, Copy)]
+enum Side {
+    /// What nodes use.
+    Nodes,
+    /// The dashboard and the admin API (plain HTTP: bind it to loopback or a management
+    /// network).
+    Admin,
+}
+
+/// Serves the connections of `listener` until the process ends.
+async fn accept(
+    listener: tokio::net::TcpListener,
+    server: Arc<Server>,
+    acceptor: Option<tokio_rustls::TlsAcceptor>,
+    side: Side,
+) {
     loop {
         let (stream, peer) = match listener.accept().await {
             Ok(accepted) => accepted,
@@ -173,7 +256,12 @@ async fn serve(opts: ServeOptions) -> anyhow::Result<()> {
         tokio::spawn(async move {
             let service = hyper::service::service_fn(move |req| {
                 let server = server.clone();
-                async move { Ok::<_, Infallible>(server.handle(req, peer).await) }
+                async move {
+                    Ok::<_, Infallible>(match side {
+                        Side::Nodes => server.handle(req, peer).await,
+                        Side::Admin => server.admin(req, peer).await,
+                    })
+                }
             });
             let mut http = hyper::server::conn::http1::Builder::new();
             http.timer(TokioTimer::new()).header_read_timeout(Duration::from_secs(30));
@@ -194,6 +282,19 @@ async fn serve(opts: ServeOptions) -> anyhow::Result<()> {
 impl Server {
     fn registry(&self) -> MutexGuard<'_, Registry> {
         flist::durable::lock(&self.registry)
+    }
+
+    fn rollouts(&self) -> MutexGuard<'_, fleet::Rollouts> {
+        flist::durable::lock(&self.rollouts)
+    }
+
+    /// One step of the rollouts under way (see [`fleet::Rollouts::tick`]).
+    fn step_rollouts(&self) -> Result<(), String> {
+        let profiles = self.profiles();
+        let nodes = self.registry().nodes();
+        let fleet: std::collections::BTreeSet<String> =
+            fleet::fleet(&nodes, profiles.as_ref().as_ref().ok()).into_keys().collect();
+        self.rollouts().tick(&nodes, &fleet)
     }
 
     fn counters(&self) -> MutexGuard<'_, metrics::Counters> {
@@ -257,15 +358,18 @@ impl Server {
             (&Method::GET | &Method::HEAD, p) if p.starts_with("/logs/") || p.starts_with("/metrics/") => {
                 ("page", self.node_logs(&req, p))
             }
-            (&Method::GET | &Method::HEAD, p) if status::kind_of(p, profiles.as_ref().ok()) == "manifest" => {
-                match self.signer(&req, b"", &ip) {
-                    Err(refused) => ("manifest", *refused),
-                    Ok(node) => ("manifest", self.manifest(&req, p, node.as_ref(), method == Method::HEAD).await),
-                }
-            }
+            (&Method::GET | &Method::HEAD, p) if status::kind_of(p, profiles.as_ref().ok()) == "manifest" => match self
+                .signer(&req, b"", &ip)
+            {
+                Err(refused) => ("manifest", *refused),
+                Ok(node) => ("manifest", self.manifest(&req, p, node.as_ref(), method == Method::HEAD, profiles).await),
+            },
             (&Method::GET | &Method::HEAD, p) => {
                 let kind = status::kind_of(p, profiles.as_ref().ok());
-                match files::resolve(&self.root, p).await {
+                // A new version's flists go only to the nodes its rollout has reached.
+                let asker = self.registry().key_of(&ip);
+                let withheld = self.rollouts().withheld(p.trim_start_matches('/'), Some(&asker));
+                match files::resolve(&self.root, p).await.filter(|_| !withheld) {
                     Some(file) => (kind, files::serve(&file, req.headers(), method == Method::HEAD).await),
                     None => (kind, text(StatusCode::NOT_FOUND, "not found\n")),
                 }
@@ -329,12 +433,7 @@ impl Server {
 
     /// Who signed `req` (with `body`): `Ok(None)` unsigned (allowed unless `--signed-only`),
     /// the envelope when it verifies and is not a replay, else the refusal to send.
-    fn signer(
-        &self,
-        req: &Request<impl Sized>,
-        body: &[u8],
-        ip: &str,
-    ) -> Result<Option<Envelope>, Box<Response<Body>>> {
+    fn signer(&self, req: &Request<impl Sized>, body: &[u8], ip: &str) -> Result<Option<Signer>, Box<Response<Body>>> {
         let target = req.uri().path_and_query().map_or("/", |p| p.as_str());
         let header = |name: &str| req.headers().get(name).and_then(|v| v.to_str().ok()).map(str::to_string);
         let refusal = match signed::check(header, req.method().as_str(), target, body) {
@@ -344,13 +443,36 @@ impl Server {
                 let mut replays = flist::durable::lock(&self.replays);
                 match replays.check(&e) {
                     Ok(()) => {
-                        return match self.registry().signed_by(ip, &e) {
-                            Ok(()) => {
+                        let profiles = self.profiles();
+                        let signed = self.registry().signed_by(ip, &e, profiles.as_ref().as_ref().ok());
+                        return match signed {
+                            Ok(status::Standing::Rejected) => {
+                                drop(replays);
+                                self.counters().refused("rejected");
+                                let id = signed::node_id(&e.key);
+                                self.registry().refused(ip, &format!("node {id} is rejected"));
+                                Err(Box::new(text(
+                                    StatusCode::FORBIDDEN,
+                                    format!("node {id} is rejected by the operator: nothing it sends is taken\n"),
+                                )))
+                            }
+                            Ok(standing) => {
                                 replays.record(&e);
-                                Ok(Some(e))
+                                Ok(Some(Signer { envelope: e, standing }))
+                            }
+                            Err(status::Refused::TooOften) => {
+                                self.counters().refused("too often");
+                                Err(Box::new(text(
+                                    StatusCode::TOO_MANY_REQUESTS,
+                                    format!(
+                                        "node {} is not accepted: it may write once every {} s\n",
+                                        signed::node_id(&e.key),
+                                        status::PENDING_EVERY.as_secs()
+                                    ),
+                                )))
                             }
                             // Not remembered as seen: the node may send this request again.
-                            Err(why) => {
+                            Err(status::Refused::Busy(why)) => {
                                 tracing::error!("{why}");
                                 Err(Box::new(text(StatusCode::SERVICE_UNAVAILABLE, format!("{why}\n"))))
                             }
@@ -373,29 +495,69 @@ impl Server {
         self.counters().refused(reason);
         let why = refusal.map_or_else(|| "unsigned: this server takes only signed requests".into(), |e| e.to_string());
         tracing::warn!("{ip}: {} {}: refused: {why}", req.method(), req_line(target));
-        if let Err(e) = self.registry().refused(ip, &why) {
-            tracing::error!("{e}");
-        }
+        self.registry().refused(ip, &why);
         Err(Box::new(text(status, format!("{why}\n"))))
     }
 
-    /// A manifest (or its signature): the node's own under `nodes/NODE-ID/` if it has one.
+    /// A manifest (or its signature): the node's own under `nodes/NODE-ID/` if it has one,
+    /// else what the rollouts of its path give it ([`fleet::Rollouts::serve`]). Under manual
+    /// enrollment only accepted nodes get one.
     async fn manifest(
         &self,
         req: &Request<Incoming>,
         path: &str,
-        node: Option<&Envelope>,
+        node: Option<&Signer>,
         head: bool,
+        profiles: &Result<Profiles, String>,
     ) -> Response<Body> {
-        let own = match (node, path.rsplit('/').next()) {
-            (Some(e), Some(name)) => {
-                files::resolve(&self.root, &format!("/nodes/{}/{name}", signed::node_id(&e.key))).await
+        let enrollment = profiles.as_ref().ok().map_or(profiles::Enrollment::Manual, |p| p.enrollment);
+        let id = node.map(|s| signed::node_id(&s.envelope.key));
+        match (node, &id) {
+            (None, _) if enrollment == profiles::Enrollment::Manual => {
+                self.counters().refused("unsigned");
+                return text(
+                    StatusCode::UNAUTHORIZED,
+                    "enrollment is manual: manifests go only to accepted nodes, which sign their requests\n",
+                );
             }
+            (Some(s), Some(id)) if s.standing == status::Standing::Pending => {
+                self.counters().refused("pending");
+                return text(
+                    StatusCode::FORBIDDEN,
+                    format!(
+                        "node {id} is pending: it gets a manifest once the operator runs `netboot nodes accept {id}`\n"
+                    ),
+                );
+            }
+            _ => {}
+        }
+        let own = match (&id, path.rsplit('/').next()) {
+            (Some(id), Some(name)) => files::resolve(&self.root, &format!("/nodes/{id}/{name}")).await,
             _ => None,
         };
-        match own.or(files::resolve(&self.root, path).await) {
-            Some(file) => files::serve(&file, req.headers(), head).await,
-            None => text(StatusCode::NOT_FOUND, "not found\n"),
+        if let Some(file) = own {
+            return files::serve(&file, req.headers(), head).await;
+        }
+        let relative = path.trim_start_matches('/');
+        let served = self.rollouts().serve(&self.root, relative, id.as_deref());
+        match served {
+            Ok(fleet::Served::Rollout { id: rollout, version, bytes }) => {
+                tracing::debug!("{}: rollout {rollout}, version {version}", id.as_deref().unwrap_or("unsigned"));
+                let kind = if relative.ends_with(".sig") { "text/plain; charset=utf-8" } else { "application/json" };
+                let mut r = typed(StatusCode::OK, kind, String::from_utf8_lossy(&bytes).into_owned());
+                if head {
+                    *r.body_mut() = empty();
+                }
+                r
+            }
+            Ok(fleet::Served::Root) => match files::resolve(&self.root, path).await {
+                Some(file) => files::serve(&file, req.headers(), head).await,
+                None => text(StatusCode::NOT_FOUND, "not found\n"),
+            },
+            Err(e) => {
+                tracing::error!("{e}");
+                text(StatusCode::SERVICE_UNAVAILABLE, format!("{e}\n"))
+            }
         }
     }
 
@@ -412,7 +574,8 @@ impl Server {
         };
         match serde_json::from_slice::<status::Report>(&body) {
             Ok(report) => {
-                let who = node.as_ref().map_or_else(|| format!("{ip} (unsigned)"), |e| signed::node_id(&e.key));
+                let who =
+                    node.as_ref().map_or_else(|| format!("{ip} (unsigned)"), |s| signed::node_id(&s.envelope.key));
                 tracing::info!(
                     "node {who} at {ip} ({}): {}: {}",
                     report.mac.as_deref().unwrap_or("?"),
@@ -446,7 +609,15 @@ impl Server {
             Err(e) => return text(StatusCode::PAYLOAD_TOO_LARGE, format!("{e}\n")),
         };
         let node = match self.signer(&Request::from_parts(parts, ()), &body, ip) {
-            Ok(Some(node)) => node,
+            Ok(Some(s)) if s.standing == status::Standing::Accepted => s.envelope,
+            Ok(Some(s)) => {
+                self.counters().refused("pending");
+                let id = signed::node_id(&s.envelope.key);
+                return text(
+                    StatusCode::FORBIDDEN,
+                    format!("node {id} is pending: its logs are taken once it is accepted\n"),
+                );
+            }
             Ok(None) => {
                 self.counters().refused("unsigned");
                 return text(StatusCode::UNAUTHORIZED, "logs are taken only signed by a node's key\n");

@@ -9,6 +9,17 @@
 //! ```
 //! In `cmdline`, `{server}` becomes the server's URL as the node reached it, `{mac}` the node's
 //! MAC address and `{profile}` the profile's name.
+//!
+//! The same file says how nodes are enrolled and grouped:
+//! ```json
+//! { "enrollment": "manual",
+//!   "allowed": ["NODE-ID", "64 hex digits of a node's public key"],
+//!   "groups": { "canary": ["NODE-ID", "52:54:00:00:00:01", "rack1-*"] } }
+//! ```
+//! With `manual` (the default) a node seen for the first time is pending until the operator
+//! accepts it, unless `allowed` names it; with `open` every node is accepted when first seen.
+//! A group member is a node id, a MAC address, or a pattern (`*` for any characters) matched
+//! against both; groups name the waves of a rollout.
 
 use std::collections::BTreeMap;
 use std::path::Path;
@@ -37,7 +48,27 @@ struct RawConfig {
     profiles: BTreeMap<String, Profile>,
     #[serde(default)]
     nodes: BTreeMap<String, String>,
+    #[serde(default)]
+    enrollment: Enrollment,
+    #[serde(default)]
+    allowed: Vec<String>,
+    #[serde(default)]
+    groups: BTreeMap<String, Vec<String>>,
 }
+
+/// How nodes seen for the first time are taken.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Enrollment {
+    /// Pending until accepted (or named in `allowed`); unsigned manifest requests are refused.
+    #[default]
+    Manual,
+    /// Accepted when first seen.
+    Open,
+}
+
+/// Most groups, members per group, and allowed keys.
+const MAX_LISTED: usize = 10_000;
 
 /// The profiles and the node assignments, validated.
 #[derive(Debug, Serialize)]
@@ -46,6 +77,28 @@ pub struct Profiles {
     pub profiles: BTreeMap<String, Profile>,
     /// MAC address (lower case, colons) → profile.
     pub nodes: BTreeMap<String, String>,
+    /// How new nodes are taken.
+    pub enrollment: Enrollment,
+    /// Node ids accepted ahead of time.
+    pub allowed: std::collections::BTreeSet<String>,
+    /// Group → its members (ids, MACs, patterns).
+    pub groups: BTreeMap<String, Vec<String>>,
+}
+
+/// Whether `text` matches `pattern`, where `*` stands for any characters.
+pub fn glob_match(pattern: &str, text: &str) -> bool {
+    let mut parts = pattern.split('*');
+    let first = parts.next().unwrap_or_default();
+    let Some(mut rest) = text.strip_prefix(first) else { return false };
+    let parts: Vec<&str> = parts.collect();
+    let Some((last, middle)) = parts.split_last() else { return rest.is_empty() };
+    for part in middle {
+        match rest.find(part) {
+            Some(at) => rest = rest.get(at + part.len()..).unwrap_or_default(),
+            None => return false,
+        }
+    }
+    rest.len() >= last.len() && rest.ends_with(last)
 }
 
 /// `52-54-00-AB-CD-EF`, `52:54:00:ab:cd:ef` or `525400abcdef` as `52:54:00:ab:cd:ef`.
@@ -56,6 +109,16 @@ pub fn normalize_mac(text: &str) -> Option<String> {
         let lower = hex.to_ascii_lowercase();
         lower.as_bytes().chunks(2).map(|p| String::from_utf8_lossy(p).into_owned()).collect::<Vec<_>>().join(":")
     })
+}
+
+/// A node id from an `allowed` entry: a node id as is, a public key as the id it makes.
+fn allowed_id(entry: &str) -> Option<String> {
+    let entry = entry.trim();
+    if entry.len() == 64 {
+        let key: [u8; 32] = hex::decode(entry).ok()?.try_into().ok()?;
+        return Some(flint_manifest::signed::node_id(&key));
+    }
+    super::logs::is_node_id(entry).then(|| entry.to_string())
 }
 
 fn default_profile() -> Profile {
@@ -85,7 +148,34 @@ impl Profiles {
             }
             nodes.insert(normal, profile);
         }
-        Ok(Profiles { profiles, nodes })
+        if raw.allowed.len() > MAX_LISTED || raw.groups.len() > MAX_LISTED {
+            return Err(format!("{CONFIG}: at most {MAX_LISTED} allowed keys and groups"));
+        }
+        let mut allowed = std::collections::BTreeSet::new();
+        for key in raw.allowed {
+            allowed.insert(allowed_id(&key).ok_or_else(|| {
+                format!("{CONFIG}: allowed {key:?} is neither a node id nor a public key (64 hex digits)")
+            })?);
+        }
+        for (group, members) in &raw.groups {
+            if group.is_empty() || group.len() > 64 || members.len() > MAX_LISTED {
+                return Err(format!(
+                    "{CONFIG}: group {group:?}: a name is 1 to 64 characters, with at most {MAX_LISTED} members"
+                ));
+            }
+        }
+        let groups = raw
+            .groups
+            .into_iter()
+            .map(|(g, members)| (g, members.into_iter().map(|m| normalize_mac(&m).unwrap_or(m)).collect()))
+            .collect();
+        Ok(Profiles { profiles, nodes, enrollment: raw.enrollment, allowed, groups })
+    }
+
+    /// The groups node `id` (with MAC address `mac`, if known) is in.
+    pub fn groups_of(&self, id: &str, mac: Option<&str>) -> std::collections::BTreeSet<String> {
+        let hit = |m: &String| glob_match(m, id) || mac.is_some_and(|mac| glob_match(m, mac));
+        self.groups.iter().filter(|(_, members)| members.iter().any(hit)).map(|(g, _)| g.clone()).collect()
     }
 
     /// The profile of a node (`load` guarantees there is one; `None` only keeps this total).
@@ -163,6 +253,50 @@ mod tests {
         assert_eq!(p.for_mac("52:54:00:00:00:02").unwrap().0, "default");
         assert_eq!(p.boot_file("i/big.zst"), Some("initrd"));
         assert_eq!(p.boot_file("boot/vmlinuz"), Some("kernel"));
+    }
+
+    #[test]
+    fn patterns_match_as_globs() {
+        for (p, t, want) in [
+            ("rack1-*", "rack1-a", true),
+            ("rack1-*", "rack2-a", false),
+            ("*", "", true),
+            ("", "", true),
+            ("", "x", false),
+            ("a*b*c", "axxbyyc", true),
+            ("a*b*c", "acb", false),
+            ("*ab", "ab", true),
+            ("a*a", "a", false),
+            ("52:54:00:*", "52:54:00:12:34:56", true),
+        ] {
+            assert_eq!(glob_match(p, t), want, "{p:?} {t:?}");
+        }
+    }
+
+    #[test]
+    fn enrollment_allowed_keys_and_groups_are_read_and_checked() {
+        let dir = tempfile::tempdir().unwrap();
+        let key = [7u8; 32];
+        let id = flint_manifest::signed::node_id(&key);
+        std::fs::write(
+            dir.path().join(CONFIG),
+            format!(
+                r#"{{"enrollment": "open", "allowed": ["{}", "abc"], "groups": {{"canary": ["{id}", "52-54-00-00-00-AA"], "all": ["*"]}}}}"#,
+                hex::encode(key)
+            ),
+        )
+        .unwrap();
+        let p = Profiles::load(dir.path()).unwrap();
+        assert_eq!(p.enrollment, Enrollment::Open);
+        assert!(p.allowed.contains(&id) && p.allowed.contains("abc"));
+        assert_eq!(p.groups_of(&id, None).into_iter().collect::<Vec<_>>(), ["all", "canary"]);
+        assert_eq!(p.groups_of("zz", Some("52:54:00:00:00:aa")).len(), 2);
+        assert_eq!(p.groups_of("zz", None).into_iter().collect::<Vec<_>>(), ["all"]);
+        assert_eq!(Profiles::load(tempfile::tempdir().unwrap().path()).unwrap().enrollment, Enrollment::Manual);
+        std::fs::write(dir.path().join(CONFIG), r#"{"allowed": ["Not An Id!"]}"#).unwrap();
+        assert!(Profiles::load(dir.path()).unwrap_err().contains("neither a node id"));
+        std::fs::write(dir.path().join(CONFIG), r#"{"enrollment": "maybe"}"#).unwrap();
+        assert!(Profiles::load(dir.path()).is_err());
     }
 
     #[test]

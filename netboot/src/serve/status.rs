@@ -18,6 +18,10 @@ use super::profiles::Profiles;
 
 /// Stages kept per node; older ones are dropped so a node rebooting for weeks stays bounded.
 const STAGES_KEPT: usize = 200;
+/// Stages kept of a node not (yet) accepted.
+const STAGES_KEPT_PENDING: usize = 20;
+/// Most pending nodes: past it, requests signed by keys never seen are refused unrecorded.
+pub const MAX_PENDING: usize = 10_000;
 /// Longest stage name or detail kept from a report.
 const FIELD_MAX: usize = 500;
 
@@ -84,6 +88,54 @@ pub struct NodeRecord {
     pub stages: Vec<Stage>,
     /// Log lines it shipped that the server stored (`/logs/NODE-ID`).
     pub log_lines: u64,
+    /// Whether the operator took it (signed nodes; a record from before enrollment: accepted).
+    pub enrollment: Option<Standing>,
+    /// Node ids it replaced (`netboot nodes replace`), oldest first.
+    pub replaced: Vec<String>,
+}
+
+/// A signed node's enrollment.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Standing {
+    /// Seen, not yet accepted: it boots and reports (bounded) but gets no manifest.
+    Pending,
+    /// Accepted: gets its manifest.
+    Accepted,
+    /// Refused: nothing it sends is taken.
+    Rejected,
+}
+
+impl Standing {
+    /// Lower case, as shown.
+    pub fn name(self) -> &'static str {
+        match self {
+            Standing::Pending => "pending",
+            Standing::Accepted => "accepted",
+            Standing::Rejected => "rejected",
+        }
+    }
+}
+
+impl NodeRecord {
+    /// Its enrollment as it stands under `profiles` (`allowed` and `open` accept a pending node).
+    pub fn standing(&self, profiles: Option<&Profiles>) -> Standing {
+        match self.enrollment {
+            Some(Standing::Rejected) => Standing::Rejected,
+            None | Some(Standing::Accepted) => Standing::Accepted,
+            Some(Standing::Pending) => {
+                let accepted = profiles.is_some_and(|p| {
+                    p.enrollment == super::profiles::Enrollment::Open
+                        || self.node.as_ref().is_some_and(|id| p.allowed.contains(id))
+                });
+                if accepted {
+                    Standing::Accepted
+                } else {
+                    Standing::Pending
+                }
+            }
+        }
+    }
 }
 
 /// Every node, by node id (or address, for nodes that do not sign), kept in the state database
@@ -96,6 +148,20 @@ pub struct Registry {
     db: Option<Arc<super::db::Db>>,
     /// Records whose request counts changed since they were last written.
     dirty: BTreeSet<String>,
+    /// When each node not accepted last wrote.
+    pending_writes: std::collections::HashMap<String, std::time::Instant>,
+}
+
+/// How often a node not accepted may write.
+pub const PENDING_EVERY: std::time::Duration = std::time::Duration::from_secs(2);
+
+/// Why a signed request is not taken.
+#[derive(Debug)]
+pub enum Refused {
+    /// A node not accepted wrote again within [`PENDING_EVERY`].
+    TooOften,
+    /// The state database failed, or too many nodes are pending: try later.
+    Busy(String),
 }
 
 /// Most addresses remembered for their node id.
@@ -116,10 +182,17 @@ impl Registry {
         nodes: BTreeMap<String, NodeRecord>,
         addresses: BTreeMap<String, String>,
     ) -> Registry {
-        Registry { nodes, signed_from: addresses, db: Some(db), dirty: BTreeSet::new() }
+        Registry {
+            nodes,
+            signed_from: addresses,
+            db: Some(db),
+            dirty: BTreeSet::new(),
+            pending_writes: Default::default(),
+        }
     }
 
-    fn key_of(&self, ip: &str) -> String {
+    /// The node id that last signed from `ip`, else `ip`.
+    pub fn key_of(&self, ip: &str) -> String {
         self.signed_from.get(ip).cloned().unwrap_or_else(|| ip.to_string())
     }
 
@@ -161,10 +234,48 @@ impl Registry {
         db.save(dirty.iter().filter_map(|k| Some((k.as_str(), self.nodes.get(k)?))), [], None)
     }
 
-    /// A request from `ip` signed (and checked, not a replay) with `envelope`'s key: kept, with its
-    /// replay entry, before the answer, so a restarted server still refuses it again.
-    pub fn signed_by(&mut self, ip: &str, envelope: &flint_manifest::signed::Envelope) -> Result<(), String> {
+    /// A request from `ip` signed (and checked, not a replay) with `envelope`'s key: its node's
+    /// standing under `profiles`. Kept, with its replay entry, before the answer, so a restarted
+    /// server still refuses it again, except for a rejected node, whose requests write nothing.
+    /// A node not accepted may write once per [`PENDING_EVERY`]; a key never seen is refused
+    /// unrecorded once [`MAX_PENDING`] nodes are pending.
+    pub fn signed_by(
+        &mut self,
+        ip: &str,
+        envelope: &flint_manifest::signed::Envelope,
+        profiles: Option<&Profiles>,
+    ) -> Result<Standing, Refused> {
         let id = flint_manifest::signed::node_id(&envelope.key);
+        let standing = match self.nodes.get(&id) {
+            Some(record) => record.standing(profiles),
+            None => {
+                let fresh =
+                    NodeRecord { node: Some(id.clone()), enrollment: Some(Standing::Pending), ..Default::default() };
+                let standing = fresh.standing(profiles);
+                if standing == Standing::Pending && self.pending() >= MAX_PENDING {
+                    return Err(Refused::Busy(format!(
+                        "{MAX_PENDING} nodes are pending already: accept or forget some"
+                    )));
+                }
+                standing
+            }
+        };
+        match standing {
+            Standing::Rejected => return Ok(standing),
+            Standing::Pending => {
+                let now = std::time::Instant::now();
+                if let Some(last) = self.pending_writes.get(&id) {
+                    if now.duration_since(*last) < PENDING_EVERY {
+                        return Err(Refused::TooOften);
+                    }
+                }
+                if self.pending_writes.len() >= MAX_PENDING {
+                    self.pending_writes.retain(|_, t| now.duration_since(*t) < PENDING_EVERY);
+                }
+                self.pending_writes.insert(id.clone(), now);
+            }
+            Standing::Accepted => {}
+        }
         if self.signed_from.len() < ADDRESSES_KEPT || self.signed_from.contains_key(ip) {
             self.signed_from.insert(ip.to_string(), id.clone());
         }
@@ -172,7 +283,79 @@ impl Registry {
         node.node = Some(id.clone());
         node.public_key = Some(hex::encode(envelope.key));
         node.boot = Some(envelope.boot);
-        self.persist_signed(&id, Some((ip, envelope)))
+        node.enrollment = Some(standing);
+        self.persist_signed(&id, Some((ip, envelope))).map_err(Refused::Busy)?;
+        Ok(standing)
+    }
+
+    /// Nodes pending now.
+    fn pending(&self) -> usize {
+        self.nodes.values().filter(|r| r.enrollment == Some(Standing::Pending)).count()
+    }
+
+    /// The operator's decision on node `id` (one ever seen signing).
+    pub fn set_standing(&mut self, id: &str, standing: Standing) -> Result<(), String> {
+        let record = self.nodes.get_mut(id).filter(|r| r.node.is_some()).ok_or_else(|| format!("no node {id}"))?;
+        record.enrollment = Some(standing);
+        self.persist(id)
+    }
+
+    /// Forgets node `id`: its record and the addresses it signed from (its key may come back,
+    /// as a new node).
+    pub fn forget(&mut self, id: &str) -> Result<NodeRecord, String> {
+        let record = self.nodes.get(id).filter(|r| r.node.is_some()).cloned().ok_or_else(|| format!("no node {id}"))?;
+        if let Some(db) = &self.db {
+            db.forget(id)?;
+        }
+        self.nodes.remove(id);
+        self.signed_from.retain(|_, n| n != id);
+        self.dirty.remove(id);
+        Ok(record)
+    }
+
+    /// Moves the history of node `old` to node `new` (its disk, and so its key, was replaced):
+    /// `new` takes `old`'s stages, counts and standing, and remembers `old`'s id.
+    pub fn replace(&mut self, old: &str, new: &str) -> Result<(), String> {
+        if old == new {
+            return Err("a node cannot replace itself".into());
+        }
+        let mut record =
+            self.nodes.get(old).filter(|r| r.node.is_some()).cloned().ok_or_else(|| format!("no node {old}"))?;
+        let fresh = self.nodes.get(new).cloned();
+        if !super::logs::is_node_id(new) {
+            return Err(format!("{new:?} is not a node id"));
+        }
+        record.replaced.push(old.to_string());
+        record.node = Some(new.to_string());
+        record.enrollment = Some(Standing::Accepted);
+        if let Some(f) = fresh {
+            // What the new key already said is kept after the old history.
+            record.public_key = f.public_key;
+            record.boot = f.boot;
+            record.address = f.address.or(record.address);
+            record.last_seen = f.last_seen.max(record.last_seen);
+            record.stages.extend(f.stages);
+            let over = record.stages.len().saturating_sub(STAGES_KEPT);
+            record.stages.drain(..over);
+        } else {
+            record.public_key = None;
+            record.boot = None;
+        }
+        if let Some(db) = &self.db {
+            db.replace(old, new, &record)?;
+        }
+        self.nodes.remove(old);
+        self.nodes.insert(new.to_string(), record);
+        for n in self.signed_from.values_mut().filter(|n| n.as_str() == old) {
+            *n = new.to_string();
+        }
+        self.dirty.remove(old);
+        Ok(())
+    }
+
+    /// One node's record.
+    pub fn node(&self, id: &str) -> Option<&NodeRecord> {
+        self.nodes.get(id)
     }
 
     /// Log lines stored for node `id`.
@@ -184,12 +367,17 @@ impl Registry {
     }
 
     /// A request from `ip` refused: counted under the address, never under the node it claims.
-    pub fn refused(&mut self, ip: &str, why: &str) -> Result<(), String> {
+    /// Written with the counts, a second later: a refusal acknowledges nothing, and a flood of
+    /// them must not be a flood of writes.
+    pub fn refused(&mut self, ip: &str, why: &str) {
         let key = format!("refused {ip}");
+        if !self.nodes.contains_key(&key) && self.nodes.len() >= ADDRESSES_KEPT {
+            return;
+        }
         let node = self.record(&key, ip);
-        node.refused += 1;
+        node.refused = node.refused.saturating_add(1);
         node.last_refusal = Some(clip(why));
-        self.persist(&key)
+        self.dirty.insert(key);
     }
 
     /// Counts one answered request.
@@ -217,9 +405,10 @@ impl Registry {
         if let Some(mac) = report.mac.as_deref().and_then(super::profiles::normalize_mac) {
             node.mac = Some(mac);
         }
-        if node.stages.len() >= STAGES_KEPT {
-            node.stages.remove(0);
-        }
+        let kept =
+            if node.enrollment.is_some_and(|e| e != Standing::Accepted) { STAGES_KEPT_PENDING } else { STAGES_KEPT };
+        let over = (node.stages.len() + 1).saturating_sub(kept);
+        node.stages.drain(..over.min(node.stages.len()));
         node.stages.push(Stage { at: now(), stage: clip(&report.stage), detail: clip(&report.detail) });
         self.persist(&key)
     }
@@ -290,7 +479,8 @@ pub fn kind_of(path: &str, profiles: Option<&Profiles>) -> &'static str {
     }
 }
 
-fn escape(s: &str) -> String {
+/// `s` safe in HTML text and attribute values.
+pub fn escape(s: &str) -> String {
     s.replace('&', "&amp;").replace('<', "&lt;").replace('>', "&gt;").replace('"', "&quot;")
 }
 
