@@ -3,59 +3,12 @@
 //! root refused, and HTTPS with a certificate from a CA made by openssl, fetched by init's own client.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic, clippy::indexing_slicing)]
 
-use std::io::{BufRead, BufReader};
+mod util;
+
 use std::path::Path;
-use std::process::{Child, Command, Stdio};
+use std::process::Command;
 
-struct Served {
-    child: Child,
-    url: String,
-}
-
-impl Drop for Served {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-fn serve(root: &Path, tls: Option<(&Path, &Path)>) -> Served {
-    serve_with(root, tls, &[])
-}
-
-fn serve_with(root: &Path, tls: Option<(&Path, &Path)>, extra: &[&str]) -> Served {
-    let mut cmd = Command::new(env!("CARGO_BIN_EXE_netboot"));
-    cmd.args(["serve", "--listen", "127.0.0.1:0", "--root"]).arg(root).args(extra);
-    if let Some((cert, key)) = tls {
-        cmd.arg("--tls-cert").arg(cert).arg("--tls-key").arg(key);
-    }
-    let mut child = cmd.stdout(Stdio::piped()).stderr(Stdio::null()).spawn().unwrap();
-    let mut line = String::new();
-    BufReader::new(child.stdout.take().unwrap()).read_line(&mut line).unwrap();
-    // "serving ROOT on http://127.0.0.1:PORT/"
-    let url = line.trim().rsplit(' ').next().unwrap().trim_end_matches('/').to_string();
-    Served { child, url }
-}
-
-fn agent() -> ureq::Agent {
-    ureq::Agent::config_builder().http_status_as_error(false).build().new_agent()
-}
-
-fn get(url: &str, headers: &[(&str, &str)]) -> (u16, Vec<(String, String)>, Vec<u8>) {
-    let mut req = agent().get(url);
-    for (k, v) in headers {
-        req = req.header(*k, *v);
-    }
-    let mut resp = req.call().unwrap();
-    let status = resp.status().as_u16();
-    let headers = resp.headers().iter().map(|(k, v)| (k.to_string(), v.to_str().unwrap_or("").to_string())).collect();
-    let body = resp.body_mut().read_to_vec().unwrap();
-    (status, headers, body)
-}
-
-fn header<'a>(headers: &'a [(String, String)], name: &str) -> Option<&'a str> {
-    headers.iter().find(|(k, _)| k.eq_ignore_ascii_case(name)).map(|(_, v)| v.as_str())
-}
+use util::{agent, get, header, serve, serve_with, signed_request};
 
 fn sample_root() -> (tempfile::TempDir, Vec<u8>) {
     let dir = tempfile::tempdir().unwrap();
@@ -219,37 +172,6 @@ fn https_serves_to_init_trusting_the_pinned_ca() {
         public.get(&format!("{}/boot/vmlinuz", s.url), 1 << 20).is_err(),
         "a self-signed certificate is not a public one"
     );
-}
-
-/// A request signed as a node signs it (`flint_manifest::signed`), with any header replaced.
-fn signed_request(
-    url: &str,
-    method: &str,
-    target: &str,
-    body: &[u8],
-    key: &ed25519_dalek::SigningKey,
-    envelope: &flint_manifest::signed::Envelope,
-    tamper: &[(&str, &str)],
-) -> (u16, String) {
-    let mut headers = flint_manifest::signed::sign(key, envelope, method, target, body);
-    for (name, value) in tamper {
-        headers.iter_mut().find(|(n, _)| n == name).unwrap().1 = value.to_string();
-    }
-    let full = format!("{url}{target}");
-    let mut resp = if method == "POST" {
-        let mut req = agent().post(&full);
-        for (k, v) in &headers {
-            req = req.header(*k, v.as_str());
-        }
-        req.send(body).unwrap()
-    } else {
-        let mut req = agent().get(&full);
-        for (k, v) in &headers {
-            req = req.header(*k, v.as_str());
-        }
-        req.call().unwrap()
-    };
-    (resp.status().as_u16(), resp.body_mut().read_to_string().unwrap_or_default())
 }
 
 #[test]

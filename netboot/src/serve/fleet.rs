@@ -128,22 +128,29 @@ impl Rollouts {
             let bytes = if sig { format!("{}\n", r.signature.trim()) } else { r.manifest.clone() };
             Served::Rollout { id: r.id, version: r.version, bytes: bytes.into_bytes() }
         };
-        // A node that was served an aborted rollout's N keeps getting N: going back is only by
-        // a newer version.
-        let newest = self.all.iter().rev().find(|r| r.path == path && r.state != State::Done);
+        // The newest rollout that serves the node wins; a node that was served an aborted
+        // rollout's N keeps getting N until a newer one reaches it: going back is only by a
+        // newer version.
         let baseline_version = self.baseline(root, path).map(|r| r.version);
-        if let (Some(r), Some(node)) = (newest, node) {
-            if baseline_version.is_none_or(|b| r.version > b) && r.serves(node) {
-                let served = pick(r);
-                let id = r.id;
-                if !r.received.contains(node) {
-                    self.change(id, "server", "rollout served", |r| {
-                        r.received.insert(node.to_string());
-                        None
-                    })?;
-                }
-                return Ok(served);
+        let serving = node.and_then(|node| {
+            self.all
+                .iter()
+                .rev()
+                .filter(|r| r.path == path && r.state != State::Done)
+                .filter(|r| baseline_version.is_none_or(|b| r.version > b))
+                .find(|r| r.serves(node))
+                .map(|r| (node, r))
+        });
+        if let Some((node, r)) = serving {
+            let served = pick(r);
+            let id = r.id;
+            if !r.received.contains(node) {
+                self.change(id, "server", "rollout served", |r| {
+                    r.received.insert(node.to_string());
+                    None
+                })?;
             }
+            return Ok(served);
         }
         Ok(self.baseline(root, path).map_or(Served::Root, pick))
     }

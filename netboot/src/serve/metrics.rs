@@ -10,6 +10,9 @@
 //!   that was stored (a scraper's `rate()` is the ingest rate).
 //! - `flint_refused_requests_total{reason}`: signed requests refused (forged, replayed, …).
 //! - `flint_db_write_seconds`: a histogram of state database transactions.
+//! - `flint_rollout{id, path, version, state}` (1 for each rollout), `flint_rollout_wave{id}`
+//!   (the wave under way, from 1; 0 before the first) and `flint_rollout_nodes{id, standing}`
+//!   (started nodes healthy, failed, waiting) for the newest rollout of each manifest path.
 
 use std::collections::BTreeMap;
 use std::fmt::Write;
@@ -83,6 +86,11 @@ const STATES: [&str; 6] = ["applied", "healthy", "unhealthy", "rollback", "error
 /// A node's state: its last stateful stage, `booting` when it reported only other stages,
 /// `seen` when it only fetched files.
 pub fn state(record: &NodeRecord) -> &'static str {
+    match record.enrollment {
+        Some(super::status::Standing::Pending) => return "pending",
+        Some(super::status::Standing::Rejected) => return "rejected",
+        _ => {}
+    }
     let last = record.stages.iter().rev().find_map(|s| STATES.iter().find(|&&st| st == s.stage));
     match last {
         Some(state) => state,
@@ -160,6 +168,48 @@ pub fn render(nodes: &BTreeMap<String, NodeRecord>, counters: &Counters, db: Opt
         let _ = writeln!(out, "flint_db_write_seconds_count {}", h.count);
     }
     out
+}
+
+/// Appends the rollout families: every rollout's state, and the newest of each path's wave and
+/// nodes.
+pub fn rollouts(out: &mut String, all: &[super::rollout::Rollout], nodes: &BTreeMap<String, NodeRecord>) {
+    use super::rollout::Verdict;
+    family(out, "flint_rollout", "gauge", "Rollouts, by manifest path, version and state (1 each).");
+    for r in all {
+        let _ = writeln!(
+            out,
+            "flint_rollout{{id=\"{}\",path=\"{}\",version=\"{}\",state=\"{}\"}} 1",
+            r.id,
+            r.path.escape_default(),
+            r.version,
+            r.state.name()
+        );
+    }
+    let mut newest: BTreeMap<&str, &super::rollout::Rollout> = BTreeMap::new();
+    for r in all {
+        newest.insert(&r.path, r);
+    }
+    family(out, "flint_rollout_wave", "gauge", "The wave under way of the newest rollout of each path (0: none yet).");
+    for r in newest.values() {
+        let _ = writeln!(out, "flint_rollout_wave{{id=\"{}\"}} {}", r.id, r.current().map_or(0, |w| w + 1));
+    }
+    family(out, "flint_rollout_nodes", "gauge", "Started nodes of the newest rollout of each path, by standing.");
+    for r in newest.values() {
+        let mut counts = [("healthy", 0u64), ("failed", 0), ("waiting", 0)];
+        for v in r.standing(nodes).values() {
+            let slot = match v {
+                Verdict::Healthy => 0,
+                Verdict::Failed(_) => 1,
+                Verdict::Waiting => 2,
+            };
+            if let Some((_, n)) = counts.get_mut(slot) {
+                *n += 1;
+            }
+        }
+        for (standing, n) in counts {
+            let _ = writeln!(out, "flint_rollout_nodes{{id=\"{}\",standing=\"{standing}\"}} {n}", r.id);
+        }
+    }
 }
 
 #[cfg(test)]

@@ -346,7 +346,9 @@ impl Server {
                 ("page", typed(StatusCode::OK, "application/json", format!("{body:#}\n")))
             }
             (&Method::GET | &Method::HEAD, "/metrics") => {
-                let page = self.registry().metrics(&self.counters());
+                let mut page = self.registry().metrics(&self.counters());
+                let nodes = self.registry().nodes();
+                metrics::rollouts(&mut page, self.rollouts().all(), &nodes);
                 ("page", typed(StatusCode::OK, "text/plain; version=0.0.4; charset=utf-8", page))
             }
             (&Method::GET | &Method::HEAD, "/boot.ipxe") => ("script", text(StatusCode::OK, profiles::CHAIN_SCRIPT)),
