@@ -11,7 +11,7 @@ APT_PACKAGES := musl-tools debootstrap squashfs-tools squashfuse casync zstd att
   openssl openssh-client fdisk e2fsprogs file busybox-static curl ca-certificates gcc umoci skopeo docker-registry apache2-utils redis-server
 FUZZ_SECONDS ?= 600
 
-.PHONY: help deps build static static-faults test lint test-unit test-rootfs test-boot-steps static-check fuzz bench qemu qemu-pxe qemu-usb usb initramfs test-boot test-boot-direct test-vm vm-deps test-garage clean
+.PHONY: help deps build static static-faults test lint test-unit test-rootfs test-boot-steps static-check fuzz bench qemu qemu-pxe qemu-usb usb initramfs test-boot test-boot-direct test-vm vm-deps test-garage test-fleet clean
 
 help:
 	@echo "make qemu     build everything and boot the demo node under qemu (see README)"
@@ -25,6 +25,7 @@ help:
 	@echo "make test-boot  boot nodes under qemu by every path (direct, PXE, USB)"
 	@echo "make test-vm  run VMs from flists under the supervisor (qemu + virtiofsd)"
 	@echo "make test-garage  flists on a 3-node garage cluster, one node killed mid-read"
+	@echo "make test-fleet   13 nodes (12 init run in network namespaces, 1 qemu by PXE), two rollouts"
 
 # Debian packages and Rust pieces, installed only when missing.
 deps:
@@ -132,6 +133,13 @@ test-garage: deps build
 	@command -v garage >/dev/null || { echo "installing garage $(GARAGE_VERSION) (a long build)"; \
 	  cargo install --locked $(QUIET) garage --version $(GARAGE_VERSION); }
 	python3 tests/garage/garage.py
+
+# The fleet (tests/fleet/fleet.py): 12 `init run` nodes in network namespaces and a qemu node
+# booted by PXE, one netboot serve, a failed and a good rollout, the dashboard in Chromium.
+test-fleet: deps build static
+	@dpkg -s chromium >/dev/null 2>&1 || { echo "installing chromium (the dashboard's browser test)"; \
+	  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null; }
+	python3 tests/fleet/fleet.py
 
 clean:
 	cargo clean

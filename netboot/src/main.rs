@@ -50,9 +50,10 @@ enum Command {
         /// The directory served. Never put the secret key in it.
         #[arg(long)]
         root: PathBuf,
-        /// Address and port to listen on (port 0 picks one; the address is printed).
+        /// Address and port to listen on (port 0 picks one; the address is printed). Give it
+        /// again to listen on several (a PXE network and a management one).
         #[arg(long, default_value = "0.0.0.0:8080")]
-        listen: SocketAddr,
+        listen: Vec<SocketAddr>,
         /// PEM certificate chain: serve HTTPS (with --tls-key).
         #[arg(long, requires = "tls_key")]
         tls_cert: Option<PathBuf>,

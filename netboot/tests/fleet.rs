@@ -33,7 +33,13 @@ impl Node {
     fn envelope(&mut self, stream: &'static str) -> Envelope {
         let seq = self.seq.entry(stream).or_default();
         *seq += 1;
-        Envelope { key: self.key.verifying_key().to_bytes(), boot: self.boot, stream: stream.into(), seq: *seq, time: 0 }
+        Envelope {
+            key: self.key.verifying_key().to_bytes(),
+            boot: self.boot,
+            stream: stream.into(),
+            seq: *seq,
+            time: 0,
+        }
     }
     fn get(&mut self, url: &str, target: &str) -> (u16, String) {
         let e = self.envelope("manifest");
@@ -94,7 +100,11 @@ fn new_nodes_wait_for_the_operator_and_what_they_may_write_is_bounded() {
     std::fs::write(root.path().join("manifest.json"), "shared").unwrap();
     let (mut a, mut b, mut c) = (Node::new(1), Node::new(2), Node::new(3));
     let allowed = hex::encode(c.key.verifying_key().to_bytes());
-    std::fs::write(root.path().join("netboot.json"), format!(r#"{{"allowed": ["{allowed}"], "groups": {{"lab": ["{}"]}}}}"#, a.id())).unwrap();
+    std::fs::write(
+        root.path().join("netboot.json"),
+        format!(r#"{{"allowed": ["{allowed}"], "groups": {{"lab": ["{}"]}}}}"#, a.id()),
+    )
+    .unwrap();
     let s = start(root.path(), state.path(), &[]);
 
     // Pending: it boots and reports, gets no manifest, no logs taken, and writes at most every 2 s.
@@ -162,7 +172,8 @@ fn new_nodes_wait_for_the_operator_and_what_they_may_write_is_bounded() {
     // The admin API takes only the token, and is not on the nodes' listener.
     let (status, _) = post(&format!("{}/api/nodes/{}/accept", s.admin, b.id()), b"", &[]);
     assert_eq!(status, 401);
-    let (status, _) = post(&format!("{}/api/nodes/{}/accept", s.admin, b.id()), b"", &[("Authorization", "Bearer wrong")]);
+    let (status, _) =
+        post(&format!("{}/api/nodes/{}/accept", s.admin, b.id()), b"", &[("Authorization", "Bearer wrong")]);
     assert_eq!(status, 401);
     assert_eq!(get(&format!("{}/api/nodes", s.url), &[]).0, 404);
     // The dashboard shows it all, and viewing it makes no node.
@@ -247,11 +258,18 @@ fn a_bad_version_stops_at_the_canaries_and_a_good_one_reaches_every_node_in_wave
     assert_eq!(versions(&mut nodes, &s.url), [2, 2, 1, 1, 1, 1]);
     let sig = nodes[0].get(&s.url, "/manifest.json.sig").1;
     assert_eq!(sig.trim(), std::fs::read_to_string(bad.with_extension("json.sig")).unwrap().trim());
-    assert_eq!(nodes[2].get(&s.url, "/manifest.json.sig").1.trim(), std::fs::read_to_string(v1.with_extension("json.sig")).unwrap().trim());
+    assert_eq!(
+        nodes[2].get(&s.url, "/manifest.json.sig").1.trim(),
+        std::fs::read_to_string(v1.with_extension("json.sig")).unwrap().trim()
+    );
     for n in &mut nodes[..2] {
         n.report(&s.url, "applied", "manifest version 2: 0 flists mounted, 1 services");
         n.report(&s.url, "unhealthy", "manifest version 2 failed its health check: web exited");
-        n.report(&s.url, "rollback", "rolled back to manifest version 1: version 2 failed its health check: web exited");
+        n.report(
+            &s.url,
+            "rollback",
+            "rolled back to manifest version 1: version 2 failed its health check: web exited",
+        );
     }
     let rolled_back = Instant::now();
     wait_for("the rollout to pause", Duration::from_secs(10), || status(state.path(), 1)["state"] == "paused");
@@ -268,8 +286,15 @@ fn a_bad_version_stops_at_the_canaries_and_a_good_one_reaches_every_node_in_wave
     // The way back: version 3 with version 1's content, made and signed on the operator's side.
     let v3 = ops.path().join("v3.json");
     let (ok, _, err) = netboot(&[
-        "rollout", "revert", "1", "--key", ops.path().join("op.key").to_str().unwrap(), "-o", v3.to_str().unwrap(),
-        "--state", state.path().to_str().unwrap(),
+        "rollout",
+        "revert",
+        "1",
+        "--key",
+        ops.path().join("op.key").to_str().unwrap(),
+        "-o",
+        v3.to_str().unwrap(),
+        "--state",
+        state.path().to_str().unwrap(),
     ]);
     assert!(ok, "{err}");
     let mut made: Value = serde_json::from_slice(&std::fs::read(&v3).unwrap()).unwrap();
@@ -332,7 +357,10 @@ fn a_bad_version_stops_at_the_canaries_and_a_good_one_reaches_every_node_in_wave
     let page = String::from_utf8(get(&format!("{}/rollouts/1", s.admin), &[]).2).unwrap();
     assert!(page.contains("paused by the server") && page.contains("aborted by admin"), "{page}");
     let metrics = String::from_utf8(get(&format!("{}/metrics", s.url), &[]).2).unwrap();
-    assert!(metrics.contains("flint_rollout{id=\"2\",path=\"manifest.json\",version=\"3\",state=\"done\"} 1"), "{metrics}");
+    assert!(
+        metrics.contains("flint_rollout{id=\"2\",path=\"manifest.json\",version=\"3\",state=\"done\"} 1"),
+        "{metrics}"
+    );
     assert!(metrics.contains("flint_rollout_nodes{id=\"2\",standing=\"healthy\"} 6"), "{metrics}");
     let audit = cli(state.path(), &["audit"]);
     let actions: Vec<&str> = audit.as_array().unwrap().iter().map(|e| e["action"].as_str().unwrap()).collect();

@@ -13,6 +13,10 @@ use tokio::io::{AsyncReadExt, AsyncSeekExt};
 
 use super::{empty, text, Body};
 
+/// Bytes read from a file at a time for one response: what each response being sent holds in
+/// memory (500 nodes fetching a kernel at once hold 500 of these).
+const STREAM_BUFFER: usize = 64 << 10;
+
 /// Whether `url_path` names a file under a root at all: not empty, no `..`, no hidden component.
 pub fn is_clean(url_path: &str) -> bool {
     let relative = Path::new(url_path.trim_start_matches('/'));
@@ -107,7 +111,8 @@ pub async fn serve(path: &Path, headers: &HeaderMap, head: bool) -> Response<Bod
     if start > 0 && file.seek(SeekFrom::Start(start)).await.is_err() {
         return text(StatusCode::INTERNAL_SERVER_ERROR, "seek failed\n");
     }
-    let stream = tokio_util::io::ReaderStream::with_capacity(file.take(count), 256 << 10).map(|r| r.map(Frame::data));
+    let stream =
+        tokio_util::io::ReaderStream::with_capacity(file.take(count), STREAM_BUFFER).map(|r| r.map(Frame::data));
     let body: Body = http_body_util::BodyExt::boxed(http_body_util::StreamBody::new(stream));
     response.body(body).unwrap_or_else(|_| empty_response())
 }

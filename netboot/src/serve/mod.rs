@@ -65,8 +65,8 @@ const REPORT_MAX: usize = 16 << 10;
 pub struct ServeOptions {
     /// The directory served.
     pub root: PathBuf,
-    /// Address and port.
-    pub listen: SocketAddr,
+    /// Addresses and ports (one listener each).
+    pub listen: Vec<SocketAddr>,
     /// PEM certificate chain and key for HTTPS; plain HTTP without.
     pub tls: Option<(PathBuf, PathBuf)>,
     /// Refuse unsigned reports and manifest requests.
@@ -143,8 +143,11 @@ async fn serve(opts: ServeOptions) -> anyhow::Result<()> {
     // A broken netboot.json is reported now; it is read again for every boot script.
     Profiles::load(&root).map_err(anyhow::Error::msg)?;
     let acceptor = opts.tls.as_ref().map(|(cert, key)| tls::acceptor(cert, key)).transpose()?;
-    let listener =
-        tokio::net::TcpListener::bind(opts.listen).await.with_context(|| format!("listening on {}", opts.listen))?;
+    let mut listeners = Vec::new();
+    for address in &opts.listen {
+        listeners
+            .push(tokio::net::TcpListener::bind(address).await.with_context(|| format!("listening on {address}"))?);
+    }
     let db = Arc::new(db::Db::open(&opts.state).map_err(anyhow::Error::msg)?);
     let kept = db.load().map_err(anyhow::Error::msg)?;
     let mut replays = Replays::new(REPLAYS_KEPT);
@@ -196,7 +199,7 @@ async fn serve(opts: ServeOptions) -> anyhow::Result<()> {
             }
         }
     });
-    let address = listener.local_addr()?;
+    let addresses = listeners.iter().map(|l| l.local_addr()).collect::<Result<Vec<_>, _>>()?;
     let admin_address = admin_listener.local_addr()?;
     let admin_url = format!("http://{admin_address}/");
     if let Err(e) = std::fs::write(opts.state.join(admin::URL_FILE), format!("{admin_url}\n")) {
@@ -204,19 +207,30 @@ async fn serve(opts: ServeOptions) -> anyhow::Result<()> {
     }
     // On stdout, for scripts that start it on port 0: written once, and a reader that went
     // away (a closed pipe) is not a reason to stop serving.
-    let said = format!(
-        "serving {} on {}://{address}/\nadmin on {admin_url} (token in {})\n",
+    let urls: Vec<String> = addresses.iter().map(|a| format!("{}://{a}/", server.scheme)).collect();
+    let mut said = format!(
+        "serving {} on {}\nadmin on {admin_url} (token in {})\n",
         server.root.display(),
-        server.scheme,
+        urls.first().map_or("", String::as_str),
         opts.state.join(admin::TOKEN_FILE).display()
     );
+    for url in urls.iter().skip(1) {
+        said += &format!("also serving on {url}\n");
+    }
     {
         use std::io::Write;
         let mut out = std::io::stdout().lock();
         let _ = out.write_all(said.as_bytes()).and_then(|()| out.flush());
     }
     tokio::spawn(accept(admin_listener, server.clone(), None, Side::Admin));
-    accept(listener, server, acceptor, Side::Nodes).await;
+    let mut serving = tokio::task::JoinSet::new();
+    for listener in listeners {
+        serving.spawn(accept(listener, server.clone(), acceptor.clone(), Side::Nodes));
+    }
+    // The accept loops never end; one that panicked is the end of the server.
+    if let Some(Err(e)) = serving.join_next().await {
+        anyhow::bail!("a listener's loop ended: {e}");
+    }
     Ok(())
 }
 

@@ -46,7 +46,11 @@ pub fn serve_with(root: &Path, tls: Option<(&Path, &Path)>, extra: &[&str]) -> S
 /// `netboot ARGS`: its exit status and what it printed.
 pub fn netboot(args: &[&str]) -> (bool, String, String) {
     let out = Command::new(env!("CARGO_BIN_EXE_netboot")).args(args).output().unwrap();
-    (out.status.success(), String::from_utf8_lossy(&out.stdout).into_owned(), String::from_utf8_lossy(&out.stderr).into_owned())
+    (
+        out.status.success(),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
 }
 
 /// A POST with a JSON or plain body, and headers: status and body.
@@ -109,4 +113,3 @@ pub fn signed_request(
     };
     (resp.status().as_u16(), resp.body_mut().read_to_string().unwrap_or_default())
 }
-
