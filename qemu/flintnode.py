@@ -121,6 +121,8 @@ class Site:
         line = self.server.stdout.readline()
         if "serving" not in line:
             raise RuntimeError(f"netboot serve did not start; see {self.work}/netboot.log")
+        # "admin on URL (token in …)": the dashboard and the admin API.
+        self.admin_url = self.server.stdout.readline().split()[2]
         return self
 
     def stop(self):

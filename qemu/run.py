@@ -39,6 +39,7 @@ def main():
     site.serve()
     hostfwd = [(args.http_port, 80), (args.ssh_port, 22)]
     print(f"boot server: http://127.0.0.1:{args.port}/ (status page; log in {args.work}/netboot.log)\n"
+          f"fleet dashboard: {site.admin_url}\n"
           f"node, once up: curl http://127.0.0.1:{args.http_port}/ ; "
           f"ssh -i {demo.ssh_key} -p {args.ssh_port} root@127.0.0.1\n"
           f"accelerator: {site.accel}; quit qemu with ctrl-a x\n", flush=True)

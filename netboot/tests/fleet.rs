@@ -107,6 +107,8 @@ fn new_nodes_wait_for_the_operator_and_what_they_may_write_is_bounded() {
     .unwrap();
     let s = start(root.path(), state.path(), &[]);
 
+    // What a node fetches by PXE before it can sign becomes its own once it signs.
+    assert_eq!(get(&format!("{}/ipxe/52-54-00-00-00-01", s.url), &[]).0, 200);
     // Pending: it boots and reports, gets no manifest, no logs taken, and writes at most every 2 s.
     let (status, body) = a.get(&s.url, "/manifest.json");
     assert_eq!(status, 403, "{body}");
@@ -123,6 +125,8 @@ fn new_nodes_wait_for_the_operator_and_what_they_may_write_is_bounded() {
     assert_eq!(node_of(&list, &a.id()).unwrap()["state"], "pending", "a pending node is never shown healthy");
     assert_eq!(node_of(&list, &a.id()).unwrap()["groups"], serde_json::json!(["lab"]));
     assert_eq!(node_of(&list, &c.id()).unwrap()["enrollment"], "accepted");
+    assert_eq!(node_of(&list, &a.id()).unwrap()["mac"], "52:54:00:00:00:01", "its PXE fetches are folded in");
+    assert!(node_of(&list, "127.0.0.1").is_none(), "{list}");
     let metrics = get(&format!("{}/metrics", s.url), &[]).2;
     assert!(String::from_utf8_lossy(&metrics).contains("flint_nodes{state=\"pending\",version=\"none\"} 1"));
 

@@ -279,6 +279,7 @@ impl Registry {
         if self.signed_from.len() < ADDRESSES_KEPT || self.signed_from.contains_key(ip) {
             self.signed_from.insert(ip.to_string(), id.clone());
         }
+        self.fold_unsigned(ip, &id)?;
         let node = self.record(&id, ip);
         node.node = Some(id.clone());
         node.public_key = Some(hex::encode(envelope.key));
@@ -286,6 +287,31 @@ impl Registry {
         node.enrollment = Some(standing);
         self.persist_signed(&id, Some((ip, envelope))).map_err(Refused::Busy)?;
         Ok(standing)
+    }
+
+    /// What `ip` fetched before it first signed (a PXE boot's scripts, kernel and initramfs)
+    /// becomes node `id`'s: one node, not an address and a node.
+    fn fold_unsigned(&mut self, ip: &str, id: &str) -> Result<(), Refused> {
+        let Some(early) = self.nodes.get(ip).filter(|r| r.node.is_none()).cloned() else { return Ok(()) };
+        if let Some(db) = &self.db {
+            db.forget(ip).map_err(Refused::Busy)?;
+        }
+        self.nodes.remove(ip);
+        self.dirty.remove(ip);
+        let node = self.record(id, ip);
+        node.first_seen = if node.first_seen > 0.0 { node.first_seen.min(early.first_seen) } else { early.first_seen };
+        node.mac = node.mac.take().or(early.mac);
+        for (kind, c) in early.by_kind {
+            let mine = node.by_kind.entry(kind).or_default();
+            mine.requests = mine.requests.saturating_add(c.requests);
+            mine.bytes = mine.bytes.saturating_add(c.bytes);
+        }
+        node.total.requests = node.total.requests.saturating_add(early.total.requests);
+        node.total.bytes = node.total.bytes.saturating_add(early.total.bytes);
+        let mut stages = early.stages;
+        stages.append(&mut node.stages);
+        node.stages = stages;
+        Ok(())
     }
 
     /// Nodes pending now.
