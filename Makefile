@@ -8,7 +8,7 @@ STATIC_BINS := target/$(MUSL_TARGET)/release/flist target/$(MUSL_TARGET)/pid1/in
 QUIET       := $(if $(filter true,$(CI)),-q,)
 APT_PACKAGES := musl-tools debootstrap squashfs-tools squashfuse casync zstd attr python3 util-linux tar kmod \
   dnsmasq-base iproute2 cpio qemu-system-x86 ipxe-qemu ovmf systemd-boot-efi mtools dosfstools binutils \
-  openssl openssh-client fdisk e2fsprogs file busybox-static curl ca-certificates gcc umoci skopeo docker-registry apache2-utils redis-server
+  openssl openssh-client fdisk e2fsprogs file busybox-static curl ca-certificates gcc umoci skopeo docker-registry apache2-utils redis-server postgresql
 FUZZ_SECONDS ?= 600
 
 .PHONY: help deps build static static-faults test lint test-unit test-rootfs test-boot-steps static-check fuzz bench qemu qemu-pxe qemu-usb usb initramfs test-boot test-boot-direct test-vm vm-deps test-garage test-fleet clean

@@ -199,10 +199,19 @@ impl Replays {
         Replays { last: HashMap::new(), capacity }
     }
 
-    /// Remembers what a server accepted before it restarted (within the capacity).
+    /// Remembers what a server accepted before it restarted, or what another server on the
+    /// same state accepted (within the capacity); an entry only ever goes up.
     pub fn restore(&mut self, key: [u8; 32], stream: String, boot: u64, seq: u64) {
-        if self.last.len() < self.capacity {
-            self.last.insert((key, stream), (boot, seq));
+        let full = self.last.len() >= self.capacity;
+        match self.last.entry((key, stream)) {
+            std::collections::hash_map::Entry::Occupied(mut held) => {
+                let higher = (*held.get()).max((boot, seq));
+                held.insert(higher);
+            }
+            std::collections::hash_map::Entry::Vacant(slot) if !full => {
+                slot.insert((boot, seq));
+            }
+            std::collections::hash_map::Entry::Vacant(_) => {}
         }
     }
 

@@ -245,10 +245,19 @@ pub fn nodes(args: &AdminArgs, command: NodesCommand) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// The same action on each node, in turn (stopping at the first refused): with --json, one
+/// array of the answers.
 fn act_on_nodes(admin: &Admin, ids: &[String], action: &str) -> anyhow::Result<()> {
+    let mut done = Vec::new();
     for id in ids {
-        let done = admin.call("POST", &format!("nodes/{id}/{action}"), None)?;
-        admin.print(&done, |d| format!("{}\n", s(d, "done")));
+        let answer = admin.call("POST", &format!("nodes/{id}/{action}"), None)?;
+        if !admin.json {
+            println!("{}", s(&answer, "done"));
+        }
+        done.push(answer);
+    }
+    if admin.json {
+        println!("{:#}", Value::Array(done));
     }
     Ok(())
 }

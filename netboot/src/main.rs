@@ -75,6 +75,11 @@ enum Command {
         /// would check it before it is taken.
         #[arg(long)]
         manifest_key: Option<PathBuf>,
+        /// Keep the fleet's state in PostgreSQL (`postgres://USER@HOST:PORT/DB`) instead of
+        /// SQLite under --state: several servers on one database serve one fleet (each picks
+        /// up the others' changes within a second; a rollout's wave starts once).
+        #[arg(long)]
+        db: Option<String>,
     },
     /// Nodes: list them, accept or reject new ones, forget or replace them.
     Nodes {
@@ -161,7 +166,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                 plan.services.len()
             );
         }
-        Command::Serve { root, listen, tls_cert, tls_key, signed_only, state, admin, manifest_key } => {
+        Command::Serve { root, listen, tls_cert, tls_key, signed_only, state, admin, manifest_key, db } => {
             let state = state.unwrap_or_else(|| root.join(".netboot"));
             let manifest_key = manifest_key
                 .map(|path| {
@@ -177,6 +182,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                 state,
                 admin,
                 manifest_key,
+                db,
             })?;
         }
         Command::Nodes { command, admin } => client::nodes(&admin, command)?,

@@ -14,7 +14,7 @@ use std::time::{Duration, Instant};
 use ed25519_dalek::SigningKey;
 use flint_manifest::signed::{node_id, Envelope};
 use serde_json::Value;
-use util::{get, netboot, post, serve_with, signed_request, Served};
+use util::{get, netboot, post, serve_with, signed_request, Postgres, Served};
 
 /// A simulated node: its key and its request numbers, signing as init does.
 struct Node {
@@ -75,8 +75,25 @@ fn cli_fails(state: &Path, args: &[&str]) -> String {
     err
 }
 
-fn start(root: &Path, state: &Path, extra: &[&str]) -> Served {
+/// Where a test's servers keep the fleet: SQLite under their state directory, or one PostgreSQL.
+enum Backend {
+    Sqlite,
+    Postgres(Postgres),
+}
+
+impl Backend {
+    fn args(&self) -> Vec<String> {
+        match self {
+            Backend::Sqlite => Vec::new(),
+            Backend::Postgres(pg) => vec!["--db".into(), pg.url()],
+        }
+    }
+}
+
+fn start_on(backend: &Backend, root: &Path, state: &Path, extra: &[&str]) -> Served {
+    let db = backend.args();
     let mut args = vec!["--state", state.to_str().unwrap()];
+    args.extend(db.iter().map(String::as_str));
     args.extend_from_slice(extra);
     serve_with(root, None, &args)
 }
@@ -95,6 +112,16 @@ fn wait_for(what: &str, timeout: Duration, mut done: impl FnMut() -> bool) {
 
 #[test]
 fn new_nodes_wait_for_the_operator_and_what_they_may_write_is_bounded() {
+    enrollment(&Backend::Sqlite);
+}
+
+#[test]
+fn enrollment_on_postgresql() {
+    enrollment(&Backend::Postgres(Postgres::start()));
+}
+
+fn enrollment(backend: &Backend) {
+    let start = |root: &Path, state: &Path, extra: &[&str]| start_on(backend, root, state, extra);
     let root = tempfile::tempdir().unwrap();
     let state = tempfile::tempdir().unwrap();
     std::fs::write(root.path().join("manifest.json"), "shared").unwrap();
@@ -225,6 +252,16 @@ fn status(state: &Path, id: u64) -> Value {
 
 #[test]
 fn a_bad_version_stops_at_the_canaries_and_a_good_one_reaches_every_node_in_waves_through_a_sigkill() {
+    rollouts(&Backend::Sqlite);
+}
+
+#[test]
+fn rollouts_on_postgresql() {
+    rollouts(&Backend::Postgres(Postgres::start()));
+}
+
+fn rollouts(backend: &Backend) {
+    let start = |root: &Path, state: &Path, extra: &[&str]| start_on(backend, root, state, extra);
     let root = tempfile::tempdir().unwrap();
     let state = tempfile::tempdir().unwrap();
     let ops = tempfile::tempdir().unwrap();
@@ -371,4 +408,105 @@ fn a_bad_version_stops_at_the_canaries_and_a_good_one_reaches_every_node_in_wave
     for a in ["rollout start", "rollout abort", "rollout step"] {
         assert!(actions.contains(&a), "{a} not in {actions:?}");
     }
+}
+
+#[test]
+fn two_servers_on_one_postgresql_serve_one_fleet_and_promote_each_wave_once() {
+    let pg = Backend::Postgres(Postgres::start());
+    let root = tempfile::tempdir().unwrap();
+    let (state_a, state_b) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    let ops = tempfile::tempdir().unwrap();
+    assert!(netboot(&["keygen", ops.path().join("op.key").to_str().unwrap()]).0);
+    let v1 = manifest(ops.path(), "v1.json", 1, "sleep 1000");
+    std::fs::copy(&v1, root.path().join("manifest.json")).unwrap();
+    std::fs::copy(v1.with_extension("json.sig"), root.path().join("manifest.json.sig")).unwrap();
+    let mut nodes: Vec<Node> = (20..26).map(Node::new).collect();
+    let canaries = [nodes[0].id(), nodes[1].id()];
+    std::fs::write(
+        root.path().join("netboot.json"),
+        serde_json::json!({ "groups": { "canary": canaries } }).to_string(),
+    )
+    .unwrap();
+    let key_pub = ops.path().join("op.key.pub");
+    let a = start_on(&pg, root.path(), state_a.path(), &["--manifest-key", key_pub.to_str().unwrap()]);
+    let b = start_on(&pg, root.path(), state_b.path(), &["--manifest-key", key_pub.to_str().unwrap()]);
+    let url = |i: usize| if i % 2 == 0 { a.url.clone() } else { b.url.clone() };
+
+    // Manual enrollment: nodes seen by either server are pending on both; accepted through one.
+    for (i, n) in nodes.iter_mut().enumerate() {
+        assert_eq!(n.get(&url(i), "/manifest.json").0, 403);
+    }
+    let pending = cli(state_b.path(), &["nodes", "list"]);
+    assert_eq!(pending.as_array().unwrap().iter().filter(|n| n["enrollment"] == "pending").count(), 6, "{pending}");
+    let ids: Vec<String> = nodes.iter().map(Node::id).collect();
+    let mut args = vec!["nodes", "accept"];
+    args.extend(ids.iter().map(String::as_str));
+    cli(state_a.path(), &args);
+    wait_for("server B to see the nodes accepted", Duration::from_secs(10), || {
+        nodes.iter_mut().enumerate().all(|(i, n)| n.get(&url(i), "/manifest.json").0 == 200)
+    });
+
+    let good = manifest(ops.path(), "v2.json", 2, "sleep 1000");
+    let started = cli(
+        state_a.path(),
+        &[
+            "rollout",
+            "start",
+            good.to_str().unwrap(),
+            "--wave",
+            "group:canary",
+            "--wave",
+            "50%",
+            "--wave",
+            "rest",
+            "--wait",
+            "1s",
+        ],
+    );
+    assert!(
+        cli_fails(state_b.path(), &["rollout", "start", good.to_str().unwrap()]).contains("abort it first"),
+        "B sees A's rollout"
+    );
+    let id = started["id"].as_u64().unwrap();
+    wait_for("the rollout to finish", Duration::from_secs(60), || {
+        let got = versions_from(&mut nodes, &url);
+        for (i, (n, v)) in nodes.iter_mut().zip(&got).enumerate() {
+            if *v == 2 {
+                n.report(&url(i), "applied", "manifest version 2: 0 flists mounted, 1 services");
+                n.report(&url(i), "healthy", "manifest version 2 is healthy: web ready for 1 s");
+            }
+        }
+        let st = status(state_b.path(), id);
+        st["state"] == "done"
+    });
+    assert_eq!(versions_from(&mut nodes, &url), [2; 6]);
+    // Both servers stepped the rollout every second; each step was taken once.
+    let audit = cli(state_a.path(), &["audit", "--limit", "1000"]);
+    let steps: Vec<&str> = audit
+        .as_array()
+        .unwrap()
+        .iter()
+        .rev()
+        .filter(|e| e["action"] == "rollout step")
+        .map(|e| e["detail"].as_str().unwrap())
+        .collect();
+    let starts = |wave: &str| {
+        steps.iter().filter(|d| d.contains(&format!("wave {wave} ("))).filter(|d| d.contains("starts")).count()
+    };
+    assert_eq!((starts("1"), starts("2"), starts("3")), (1, 1, 1), "{steps:#?}");
+    assert_eq!(steps.iter().filter(|d| d.contains("done: every wave")).count(), 1, "{steps:#?}");
+    drop((a, b));
+}
+
+/// What each node is served by its own server (`url(i)`).
+fn versions_from(nodes: &mut [Node], url: &dyn Fn(usize) -> String) -> Vec<u64> {
+    nodes
+        .iter_mut()
+        .enumerate()
+        .map(|(i, n)| {
+            let (status, body) = n.get(&url(i), "/manifest.json");
+            assert_eq!(status, 200, "{body}");
+            serde_json::from_str::<Value>(&body).unwrap()["version"].as_u64().unwrap()
+        })
+        .collect()
 }

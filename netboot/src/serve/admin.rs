@@ -173,6 +173,10 @@ impl Server {
             Ok(b) => b.to_bytes(),
             Err(e) => return error(StatusCode::PAYLOAD_TOO_LARGE, e),
         };
+        // Another server on the same database may have changed what is asked about.
+        if let Err(e) = self.refresh_shared() {
+            return error(StatusCode::SERVICE_UNAVAILABLE, e);
+        }
         let profiles = self.profiles();
         let profiles = profiles.as_ref().as_ref().ok();
         let words: Vec<&str> = path.split('/').collect();

@@ -81,6 +81,28 @@ impl Rollouts {
         Rollouts { db, all }
     }
 
+    /// The rollouts as stored (another server on the same database may have changed them): a
+    /// stored revision replaces the one held.
+    pub fn learn(&mut self, stored: Vec<Rollout>) {
+        for r in stored {
+            match self.all.iter_mut().find(|h| h.id == r.id) {
+                Some(held) if held.rev != r.rev => *held = r,
+                Some(_) => {}
+                None => self.all.push(r),
+            }
+        }
+        self.all.sort_by_key(|r| r.id);
+    }
+
+    /// On a shared database, before an admin's action: the rollouts as stored now.
+    fn catch_up(&mut self) -> Result<(), String> {
+        if self.db.shared() {
+            let (_, _, stored) = self.db.shared_state()?;
+            self.learn(stored);
+        }
+        Ok(())
+    }
+
     /// Every rollout, oldest first.
     pub fn all(&self) -> &[Rollout] {
         &self.all
@@ -145,7 +167,8 @@ impl Rollouts {
             let served = pick(r);
             let id = r.id;
             if !r.received.contains(node) {
-                self.change(id, "server", "rollout served", |r| {
+                // Lost to another server's change: recorded at the node's next request.
+                let _ = self.change(id, "server", "rollout served", |r| {
                     r.received.insert(node.to_string());
                     None
                 })?;
@@ -173,6 +196,7 @@ impl Rollouts {
         who: &str,
     ) -> Result<Rollout, String> {
         rollout::check_request(&req)?;
+        self.catch_up()?;
         let path = req.path.trim_start_matches('/').to_string();
         if let Some(open) = self.open(&path) {
             return Err(format!(
@@ -255,6 +279,7 @@ impl Rollouts {
         who: &str,
         nodes: &BTreeMap<String, NodeRecord>,
     ) -> Result<Rollout, String> {
+        self.catch_up()?;
         let r = self.get(id).ok_or_else(|| format!("no rollout {id}"))?;
         let allowed = match action {
             Action::Pause => r.state == State::Running,
@@ -274,7 +299,7 @@ impl Rollouts {
         }
         let standing = r.standing(nodes);
         let name = format!("rollout {action:?}").to_lowercase();
-        self.change(id, who, &name, |r| {
+        let changed = self.change(id, who, &name, |r| {
             let t = now();
             let said = match action {
                 Action::Pause => {
@@ -309,7 +334,8 @@ impl Rollouts {
             };
             r.note(t, said.clone());
             Some(said)
-        })
+        })?;
+        changed.ok_or_else(|| format!("rollout {id} was just changed by another server: look again and retry"))
     }
 
     /// One step of every running rollout: nodes that joined the fleet go to the last wave,
@@ -319,20 +345,23 @@ impl Rollouts {
         for id in running {
             let Some(r) = self.get(id) else { continue };
             let joining: Vec<String> = fleet.iter().filter(|n| r.wave_of(n).is_none()).cloned().collect();
-            if !joining.is_empty() {
-                self.change(id, "server", "rollout join", |r| {
-                    for n in &joining {
-                        r.join(n);
-                    }
-                    None
-                })?;
+            let join = |r: &mut Rollout| {
+                for n in &joining {
+                    r.join(n);
+                }
+                None
+            };
+            // Lost to another server's change: the next tick looks again.
+            if !joining.is_empty() && self.change(id, "server", "rollout join", join)?.is_none() {
+                continue;
             }
             let Some(r) = self.get(id) else { continue };
             let t = now();
             let standing = r.standing(nodes);
             let change = rollout::step(r, t, &standing);
             if let Some(change) = change {
-                self.change(id, "server", "rollout step", |r| {
+                // Lost to another server that made the same step first: nothing to do.
+                let _ = self.change(id, "server", "rollout step", |r| {
                     r.apply(&change, t);
                     let logged = matches!(
                         change,
@@ -345,16 +374,17 @@ impl Rollouts {
         Ok(())
     }
 
-    /// Changes rollout `id` with `edit` and writes it over the revision held; when another
-    /// server changed it first, the stored one is read and the edit is not made (the next tick
-    /// looks again). `edit` returns what to put in the audit log, if anything.
+    /// Changes rollout `id` with `edit` and writes it over the revision held: the rollout as
+    /// written, or `None` when another server changed it first (then the stored one is read and
+    /// the edit is not made: the caller looks again). `edit` returns what to put in the audit
+    /// log, if anything.
     fn change(
         &mut self,
         id: u64,
         who: &str,
         action: &str,
         edit: impl FnOnce(&mut Rollout) -> Option<String>,
-    ) -> Result<Rollout, String> {
+    ) -> Result<Option<Rollout>, String> {
         let slot = self.all.iter().position(|r| r.id == id).ok_or_else(|| format!("no rollout {id}"))?;
         let mut r = self.all.get(slot).cloned().ok_or_else(|| format!("no rollout {id}"))?;
         let said = edit(&mut r);
@@ -369,13 +399,13 @@ impl Rollouts {
             if let Some(s) = self.all.get_mut(slot) {
                 *s = r.clone();
             }
-            return Ok(r);
+            return Ok(Some(r));
         }
         let stored = self.db.rollout(id)?.ok_or_else(|| format!("rollout {id} is gone from the database"))?;
         if let Some(s) = self.all.get_mut(slot) {
             *s = stored;
         }
-        Err(format!("rollout {id} was changed by another server first: read again"))
+        Ok(None)
     }
 }
 

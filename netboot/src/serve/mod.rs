@@ -35,6 +35,7 @@ pub mod logs;
 pub mod metrics;
 pub mod profiles;
 pub mod rollout;
+pub mod sql;
 pub mod status;
 mod tls;
 
@@ -75,6 +76,9 @@ pub struct ServeOptions {
     pub state: PathBuf,
     /// The admin listener's address and port.
     pub admin: SocketAddr,
+    /// A PostgreSQL URL: the state lives there, shared with other servers, instead of SQLite
+    /// under `state`.
+    pub db: Option<String>,
     /// The public key nodes trust: rollouts' manifests are checked as a node checks them.
     pub manifest_key: Option<ed25519_dalek::VerifyingKey>,
 }
@@ -148,7 +152,13 @@ async fn serve(opts: ServeOptions) -> anyhow::Result<()> {
         listeners
             .push(tokio::net::TcpListener::bind(address).await.with_context(|| format!("listening on {address}"))?);
     }
-    let db = Arc::new(db::Db::open(&opts.state).map_err(anyhow::Error::msg)?);
+    let db = Arc::new(
+        match &opts.db {
+            Some(url) => db::Db::open_postgres(url),
+            None => db::Db::open(&opts.state),
+        }
+        .map_err(anyhow::Error::msg)?,
+    );
     let kept = db.load().map_err(anyhow::Error::msg)?;
     let mut replays = Replays::new(REPLAYS_KEPT);
     for (key, stream, boot, seq) in kept.replays {
@@ -160,6 +170,7 @@ async fn serve(opts: ServeOptions) -> anyhow::Result<()> {
         kept.nodes.len(),
         kept.rollouts.len()
     );
+    std::fs::create_dir_all(&opts.state).with_context(|| format!("{}", opts.state.display()))?;
     let admin_token = admin::token(&opts.state)?;
     let admin_listener = tokio::net::TcpListener::bind(opts.admin)
         .await
@@ -191,6 +202,7 @@ async fn serve(opts: ServeOptions) -> anyhow::Result<()> {
             let server = flushing.clone();
             let flushed = tokio::task::spawn_blocking(move || {
                 server.registry().flush()?;
+                server.refresh_shared()?;
                 server.step_rollouts()
             })
             .await;
@@ -300,6 +312,25 @@ impl Server {
 
     fn rollouts(&self) -> MutexGuard<'_, fleet::Rollouts> {
         flist::durable::lock(&self.rollouts)
+    }
+
+    /// On a shared database: what the other servers wrote (node records, addresses, the replay
+    /// memory, rollouts), so that this one answers as they would.
+    fn refresh_shared(&self) -> Result<(), String> {
+        if !self.db.shared() {
+            return Ok(());
+        }
+        self.registry().refresh()?;
+        let (addresses, replays, rollouts) = self.db.shared_state()?;
+        self.registry().learn_addresses(addresses);
+        {
+            let mut memory = flist::durable::lock(&self.replays);
+            for (key, stream, boot, seq) in replays {
+                memory.restore(key, stream, boot, seq);
+            }
+        }
+        self.rollouts().learn(rollouts);
+        Ok(())
     }
 
     /// One step of the rollouts under way (see [`fleet::Rollouts::tick`]).

@@ -150,6 +150,29 @@ pub struct Registry {
     dirty: BTreeSet<String>,
     /// When each node not accepted last wrote.
     pending_writes: std::collections::HashMap<String, std::time::Instant>,
+    /// The change number of each record as last read or written.
+    versions: BTreeMap<String, i64>,
+    /// Counts not yet written, by record (added again to a record another server changed).
+    deltas: BTreeMap<String, Delta>,
+}
+
+/// Counts a record gained since it was last written.
+#[derive(Debug, Default)]
+struct Delta {
+    by_kind: BTreeMap<String, Count>,
+    log_lines: u64,
+}
+
+impl Delta {
+    fn add_to(&self, record: &mut NodeRecord) {
+        for (kind, c) in &self.by_kind {
+            for total in [&mut record.total, record.by_kind.entry(kind.clone()).or_default()] {
+                total.requests = total.requests.saturating_add(c.requests);
+                total.bytes = total.bytes.saturating_add(c.bytes);
+            }
+        }
+        record.log_lines = record.log_lines.saturating_add(self.log_lines);
+    }
 }
 
 /// How often a node not accepted may write.
@@ -179,15 +202,63 @@ impl Registry {
     /// The registry kept in `db`, as it was left (`nodes` and `addresses` as loaded from it).
     pub fn restore(
         db: Arc<super::db::Db>,
-        nodes: BTreeMap<String, NodeRecord>,
+        nodes: BTreeMap<String, (NodeRecord, i64)>,
         addresses: BTreeMap<String, String>,
     ) -> Registry {
-        Registry {
-            nodes,
-            signed_from: addresses,
-            db: Some(db),
-            dirty: BTreeSet::new(),
-            pending_writes: Default::default(),
+        let versions = nodes.iter().map(|(k, (_, v))| (k.clone(), *v)).collect();
+        let nodes = nodes.into_iter().map(|(k, (r, _))| (k, r)).collect();
+        Registry { nodes, signed_from: addresses, db: Some(db), versions, ..Default::default() }
+    }
+
+    /// Whether other servers write the same database.
+    fn shared(&self) -> bool {
+        self.db.as_ref().is_some_and(|db| db.shared())
+    }
+
+    /// Before a change to `key`'s record on a shared database: takes the stored record if another
+    /// server wrote it since, with this server's counts not yet written added to it.
+    fn sync(&mut self, key: &str) -> Result<(), String> {
+        let Some(db) = self.db.as_ref().filter(|db| db.shared()) else { return Ok(()) };
+        let Some((mut stored, changed)) = db.node(key)? else { return Ok(()) };
+        if self.versions.get(key).is_some_and(|v| *v >= changed) {
+            return Ok(());
+        }
+        if let Some(d) = self.deltas.get(key) {
+            d.add_to(&mut stored);
+        }
+        if let Some(mine) = self.nodes.get(key) {
+            stored.last_seen = stored.last_seen.max(mine.last_seen);
+        }
+        self.nodes.insert(key.to_string(), stored);
+        self.versions.insert(key.to_string(), changed);
+        Ok(())
+    }
+
+    /// On a shared database, once a second: the records other servers changed or removed.
+    pub fn refresh(&mut self) -> Result<(), String> {
+        let Some(db) = self.db.clone().filter(|db| db.shared()) else { return Ok(()) };
+        let stored = db.node_versions()?;
+        let gone: Vec<String> =
+            self.versions.keys().filter(|k| !stored.contains_key(*k) && !self.dirty.contains(*k)).cloned().collect();
+        for k in gone {
+            self.nodes.remove(&k);
+            self.versions.remove(&k);
+            self.deltas.remove(&k);
+        }
+        for (key, changed) in stored {
+            if self.versions.get(&key).is_none_or(|v| *v < changed) {
+                self.sync(&key)?;
+            }
+        }
+        Ok(())
+    }
+
+    /// The addresses other servers saw nodes sign from (a shared database).
+    pub fn learn_addresses(&mut self, addresses: BTreeMap<String, String>) {
+        for (ip, node) in addresses {
+            if self.signed_from.len() < ADDRESSES_KEPT || self.signed_from.contains_key(&ip) {
+                self.signed_from.insert(ip, node);
+            }
         }
     }
 
@@ -218,10 +289,13 @@ impl Registry {
         signed: Option<(&str, &flint_manifest::signed::Envelope)>,
     ) -> Result<(), String> {
         let Some(db) = &self.db else { return Ok(()) };
-        self.dirty.remove(key);
         let record = self.nodes.get(key).map(|r| (key, r));
         let address = signed.and_then(|(ip, _)| Some((ip, self.signed_from.get(ip)?.as_str())));
-        db.save(record, address, signed.map(|(_, e)| e))
+        let written = db.save(record, address, signed.map(|(_, e)| e))?;
+        self.dirty.remove(key);
+        self.deltas.remove(key);
+        self.versions.extend(written);
+        Ok(())
     }
 
     /// Writes every record whose counts changed; the server calls it each second.
@@ -230,8 +304,25 @@ impl Registry {
         if self.dirty.is_empty() {
             return Ok(());
         }
+        let db = db.clone();
         let dirty = std::mem::take(&mut self.dirty);
-        db.save(dirty.iter().filter_map(|k| Some((k.as_str(), self.nodes.get(k)?))), [], None)
+        for key in &dirty {
+            self.sync(key)?;
+        }
+        let written = db.save(dirty.iter().filter_map(|k| Some((k.as_str(), self.nodes.get(k)?))), [], None);
+        match written {
+            Ok(written) => {
+                for k in &dirty {
+                    self.deltas.remove(k);
+                }
+                self.versions.extend(written);
+                Ok(())
+            }
+            Err(e) => {
+                self.dirty = dirty;
+                Err(e)
+            }
+        }
     }
 
     /// A request from `ip` signed (and checked, not a replay) with `envelope`'s key: its node's
@@ -246,6 +337,7 @@ impl Registry {
         profiles: Option<&Profiles>,
     ) -> Result<Standing, Refused> {
         let id = flint_manifest::signed::node_id(&envelope.key);
+        self.sync(&id).map_err(Refused::Busy)?;
         let standing = match self.nodes.get(&id) {
             Some(record) => record.standing(profiles),
             None => {
@@ -297,6 +389,8 @@ impl Registry {
             db.forget(ip).map_err(Refused::Busy)?;
         }
         self.nodes.remove(ip);
+        self.versions.remove(ip);
+        self.deltas.remove(ip);
         self.dirty.remove(ip);
         let node = self.record(id, ip);
         node.first_seen = if node.first_seen > 0.0 { node.first_seen.min(early.first_seen) } else { early.first_seen };
@@ -321,6 +415,7 @@ impl Registry {
 
     /// The operator's decision on node `id` (one ever seen signing).
     pub fn set_standing(&mut self, id: &str, standing: Standing) -> Result<(), String> {
+        self.sync(id)?;
         let record = self.nodes.get_mut(id).filter(|r| r.node.is_some()).ok_or_else(|| format!("no node {id}"))?;
         record.enrollment = Some(standing);
         self.persist(id)
@@ -334,6 +429,8 @@ impl Registry {
             db.forget(id)?;
         }
         self.nodes.remove(id);
+        self.versions.remove(id);
+        self.deltas.remove(id);
         self.signed_from.retain(|_, n| n != id);
         self.dirty.remove(id);
         Ok(record)
@@ -368,8 +465,10 @@ impl Registry {
             record.boot = None;
         }
         if let Some(db) = &self.db {
-            db.replace(old, new, &record)?;
+            let changed = db.replace(old, new, &record)?;
+            self.versions.insert(new.to_string(), changed);
         }
+        self.versions.remove(old);
         self.nodes.remove(old);
         self.nodes.insert(new.to_string(), record);
         for n in self.signed_from.values_mut().filter(|n| n.as_str() == old) {
@@ -388,6 +487,8 @@ impl Registry {
     pub fn logged(&mut self, id: &str, lines: u64) {
         if let Some(node) = self.nodes.get_mut(id) {
             node.log_lines = node.log_lines.saturating_add(lines);
+            let d = self.deltas.entry(id.to_string()).or_default();
+            d.log_lines = d.log_lines.saturating_add(lines);
             self.dirty.insert(id.to_string());
         }
     }
@@ -411,8 +512,13 @@ impl Registry {
         let key = self.key_of(ip);
         let node = self.record(&key, ip);
         for c in [&mut node.total, node.by_kind.entry(kind.to_string()).or_default()] {
-            c.requests += 1;
-            c.bytes += bytes;
+            c.requests = c.requests.saturating_add(1);
+            c.bytes = c.bytes.saturating_add(bytes);
+        }
+        if self.shared() {
+            let d = self.deltas.entry(key.clone()).or_default().by_kind.entry(kind.to_string()).or_default();
+            d.requests = d.requests.saturating_add(1);
+            d.bytes = d.bytes.saturating_add(bytes);
         }
         self.dirty.insert(key);
     }
@@ -420,6 +526,7 @@ impl Registry {
     /// Attaches a MAC address to the node at `ip`.
     pub fn saw_mac(&mut self, ip: &str, mac: &str) -> Result<(), String> {
         let key = self.key_of(ip);
+        self.sync(&key)?;
         self.record(&key, ip).mac = Some(mac.to_string());
         self.persist(&key)
     }
@@ -427,6 +534,7 @@ impl Registry {
     /// Records a report.
     pub fn report(&mut self, ip: &str, report: &Report) -> Result<(), String> {
         let key = self.key_of(ip);
+        self.sync(&key)?;
         let node = self.record(&key, ip);
         if let Some(mac) = report.mac.as_deref().and_then(super::profiles::normalize_mac) {
             node.mac = Some(mac);

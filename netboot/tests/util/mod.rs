@@ -32,11 +32,18 @@ pub fn serve_with(root: &Path, tls: Option<(&Path, &Path)>, extra: &[&str]) -> S
     if let Some((cert, key)) = tls {
         cmd.arg("--tls-cert").arg(cert).arg("--tls-key").arg(key);
     }
-    let mut child = cmd.stdout(Stdio::piped()).stderr(Stdio::null()).spawn().unwrap();
+    // Its log goes to a file, read back if it does not start.
+    let log = tempfile::NamedTempFile::new().unwrap();
+    let mut child = cmd.stdout(Stdio::piped()).stderr(log.reopen().unwrap()).spawn().unwrap();
     let mut out = BufReader::new(child.stdout.take().unwrap());
     let (mut line, mut admin) = (String::new(), String::new());
     out.read_line(&mut line).unwrap();
     out.read_line(&mut admin).unwrap();
+    assert!(
+        line.starts_with("serving"),
+        "netboot serve did not start: {}",
+        std::fs::read_to_string(log.path()).unwrap()
+    );
     // "serving ROOT on http://127.0.0.1:PORT/", then "admin on http://127.0.0.1:PORT/ (token in …)"
     let url = line.trim().rsplit(' ').next().unwrap().trim_end_matches('/').to_string();
     let admin = admin.split_whitespace().nth(2).unwrap_or_default().trim_end_matches('/').to_string();
@@ -112,4 +119,84 @@ pub fn signed_request(
         req.call().unwrap()
     };
     (resp.status().as_u16(), resp.body_mut().read_to_string().unwrap_or_default())
+}
+
+/// A throwaway PostgreSQL cluster (Debian's `postgresql`) on a free 127.0.0.1 port, run as the
+/// unprivileged user `nobody` (PostgreSQL refuses root), stopped and removed on drop.
+pub struct Postgres {
+    dir: tempfile::TempDir,
+    bin: std::path::PathBuf,
+    pub port: u16,
+}
+
+impl Postgres {
+    pub fn start() -> Postgres {
+        use std::os::unix::fs::PermissionsExt;
+        let mut bins: Vec<_> = std::fs::read_dir("/usr/lib/postgresql")
+            .expect("PostgreSQL is not installed (make test installs Debian's postgresql)")
+            .flatten()
+            .map(|e| e.path().join("bin"))
+            .filter(|b| b.join("initdb").exists())
+            .collect();
+        bins.sort();
+        let bin = bins.pop().expect("no initdb under /usr/lib/postgresql");
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
+        let data = dir.path().join("data");
+        std::fs::create_dir(&data).unwrap();
+        let (uid, gid) = (65534, 65534);
+        std::os::unix::fs::chown(&data, Some(uid), Some(gid)).unwrap();
+        std::os::unix::fs::chown(dir.path(), Some(uid), Some(gid)).unwrap();
+        let as_nobody = |args: &[&str]| {
+            let out = Command::new("runuser").args(["-u", "nobody", "--"]).args(args).output().unwrap();
+            assert!(out.status.success(), "{args:?}: {}", String::from_utf8_lossy(&out.stderr));
+        };
+        let initdb = bin.join("initdb");
+        as_nobody(&[
+            initdb.to_str().unwrap(),
+            "-D",
+            data.to_str().unwrap(),
+            "-U",
+            "netboot",
+            "--auth=trust",
+            "-E",
+            "UTF8",
+            "--no-sync",
+        ]);
+        let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+        let options = format!("-p {port} -h 127.0.0.1 -k {} -c fsync=off", dir.path().display());
+        let log = dir.path().join("log");
+        let pg_ctl = bin.join("pg_ctl");
+        as_nobody(&[
+            pg_ctl.to_str().unwrap(),
+            "-D",
+            data.to_str().unwrap(),
+            "-l",
+            log.to_str().unwrap(),
+            "-w",
+            "-o",
+            &options,
+            "start",
+        ]);
+        Postgres { dir, bin, port }
+    }
+
+    /// The URL of its `postgres` database.
+    pub fn url(&self) -> String {
+        format!("postgres://netboot@127.0.0.1:{}/postgres", self.port)
+    }
+}
+
+impl Drop for Postgres {
+    fn drop(&mut self) {
+        let pg_ctl = self.bin.join("pg_ctl");
+        let data = self.dir.path().join("data");
+        let _ = Command::new("runuser")
+            .args(["-u", "nobody", "--"])
+            .arg(pg_ctl)
+            .arg("-D")
+            .arg(data)
+            .args(["-m", "immediate", "-w", "stop"])
+            .output();
+    }
 }
