@@ -135,11 +135,13 @@ test-garage: deps build
 	python3 tests/garage/garage.py
 
 # The fleet (tests/fleet/fleet.py): 12 `init run` nodes in network namespaces and a qemu node
-# booted by PXE, one netboot serve, a failed and a good rollout, the dashboard in Chromium.
+# booted by PXE, a failed and a good rollout, the dashboard in Chromium; on one server with
+# SQLite, then on two sharing a PostgreSQL database.
 test-fleet: deps build static
 	@dpkg -s chromium >/dev/null 2>&1 || { echo "installing chromium (the dashboard's browser test)"; \
 	  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null; }
 	python3 tests/fleet/fleet.py
+	python3 tests/fleet/fleet.py --postgres
 
 clean:
 	cargo clean

@@ -12,8 +12,11 @@ Then two rollouts, driven with `netboot rollout` as an operator would:
    resumes where it was and every node ends healthy on 3.
 The dashboard is loaded in headless Chromium (DOM dump checked, screenshot kept).
 
-Run as root: `make test-fleet` (needs `make build static`). Figures are printed as FIGURE lines."""
-import json, os, shutil, signal, subprocess, sys, tempfile, time
+With `--postgres` the same runs on two servers sharing one PostgreSQL database (a throwaway
+cluster of Debian's, run as `nobody`): half the nodes boot from each, and only server A is
+killed. Run as root: `make test-fleet` (both; needs `make build static`). Figures are printed
+as FIGURE lines."""
+import glob, json, os, shutil, signal, socket, subprocess, sys, time
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "..", "qemu"))
 import flintnode  # noqa: E402
@@ -30,6 +33,35 @@ def sh(*cmd, check=True):
     return subprocess.run(cmd, check=check, capture_output=True, text=True).stdout
 
 
+class Postgres:
+    """A throwaway cluster of Debian's PostgreSQL on a free 127.0.0.1 port, run as `nobody`."""
+
+    def __init__(self, work):
+        bins = sorted(glob.glob("/usr/lib/postgresql/*/bin/initdb"))
+        if not bins:
+            raise RuntimeError("PostgreSQL is not installed")
+        self.bin = os.path.dirname(bins[-1])
+        self.dir = os.path.join(work, "pg")
+        shutil.rmtree(self.dir, ignore_errors=True)
+        os.makedirs(os.path.join(self.dir, "data"))
+        os.chmod(self.dir, 0o755)
+        shutil.chown(self.dir, "nobody", "nogroup")
+        shutil.chown(os.path.join(self.dir, "data"), "nobody", "nogroup")
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            self.port = s.getsockname()[1]
+        self._as_nobody("initdb", "-D", os.path.join(self.dir, "data"), "-U", "netboot", "--auth=trust", "--no-sync")
+        self._as_nobody("pg_ctl", "-D", os.path.join(self.dir, "data"), "-l", os.path.join(self.dir, "log"), "-w",
+                        "-o", f"-p {self.port} -h 127.0.0.1 -k {self.dir}", "start")
+        self.url = f"postgres://netboot@127.0.0.1:{self.port}/postgres"
+
+    def _as_nobody(self, tool, *args):
+        sh("runuser", "-u", "nobody", "--", os.path.join(self.bin, tool), *args)
+
+    def stop(self):
+        self._as_nobody("pg_ctl", "-D", os.path.join(self.dir, "data"), "-m", "immediate", "-w", "stop")
+
+
 class Fleet:
     def __init__(self, work):
         self.work = work
@@ -39,7 +71,8 @@ class Fleet:
         self.ops = os.path.join(work, "ops")
         os.makedirs(self.ops, exist_ok=True)
         self.server = None
-        self.nodes = []  # (name, netns, identity file, id, process)
+        self.pg = None
+        self.nodes = []  # init run processes
         self.sys0 = self.site.mini_flists(1)[0]
 
     # The network: a bridge on the host, a veth into each node's namespace.
@@ -68,10 +101,10 @@ class Fleet:
         """Each host node's key, made ahead of time with init's key tool; their ids."""
         ids = []
         for i in range(HOST_NODES):
+            # A node's state from an earlier run would keep its earlier key: each run starts clean.
+            shutil.rmtree(os.path.join(self.work, f"n{i}"), ignore_errors=True)
             key = os.path.join(self.work, f"n{i}", "identity.key")
-            os.makedirs(os.path.dirname(key), exist_ok=True)
-            if os.path.exists(key):
-                os.remove(key)
+            os.makedirs(os.path.dirname(key))
             out = run(INIT, "identity", "new", key)
             # "node ID" and "public key HEX" lines.
             words = out.split()
@@ -101,24 +134,52 @@ class Fleet:
         return path
 
     def serve(self):
-        self.server = subprocess.Popen(
-            [NETBOOT, "serve", "--root", self.site.srv, "--state", self.state,
-             "--listen", f"{SERVER_IP}:{self.port}", "--listen", f"127.0.0.1:{self.port}",
-             "--manifest-key", self.site.key + ".pub"],
-            stdout=subprocess.PIPE, stderr=open(os.path.join(self.work, "netboot.log"), "a"), text=True)
-        line = self.server.stdout.readline()
-        admin = self.server.stdout.readline().split()[2]
+        """The boot server: one on SQLite, or two on one PostgreSQL database (`--postgres`): A on
+        the bridge for the even nodes, B on the bridge for the odd ones and on 127.0.0.1 for the
+        qemu node."""
+        self.servers = []
+        if self.pg is None:
+            self.servers.append(self._serve(self.state, [f"{SERVER_IP}:{self.port}", f"127.0.0.1:{self.port}"]))
+        else:
+            self.servers.append(self._serve(self.state, [f"{SERVER_IP}:{self.port}"]))
+            self.servers.append(self._serve(self.state + "-b", [f"{SERVER_IP}:{self.port + 1}", f"127.0.0.1:{self.port}"]))
+        self.server, self.admin = self.servers[0]
+
+    def _serve(self, state, listen):
+        args = [NETBOOT, "serve", "--root", self.site.srv, "--state", state, "--manifest-key", self.site.key + ".pub"]
+        for address in listen:
+            args += ["--listen", address]
+        if self.pg is not None:
+            args += ["--db", self.pg.url]
+        server = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=open(os.path.join(self.work, "netboot.log"), "a"),
+                                  text=True)
+        line = server.stdout.readline()
         if "serving" not in line:
             raise RuntimeError("netboot serve did not start")
-        self.admin = admin.rstrip("/")
+        return server, server.stdout.readline().split()[2].rstrip("/")
 
     def kill_server(self):
+        """SIGKILL of server A (with PostgreSQL, B goes on meanwhile)."""
         self.server.send_signal(signal.SIGKILL)
         self.server.wait()
 
+    def restart_server(self):
+        state = self.state
+        listen = [f"{SERVER_IP}:{self.port}"] + ([] if self.pg else [f"127.0.0.1:{self.port}"])
+        self.servers[0] = self._serve(state, listen)
+        self.server, self.admin = self.servers[0]
+
+    def stop_servers(self):
+        for server, _ in getattr(self, "servers", []):
+            server.kill()
+            server.wait()
+
+    def node_url(self, i):
+        return f"http://{SERVER_IP}:{self.port + (i % 2 if self.pg else 0)}"
+
     def start_nodes(self, ids):
-        url = f"http://{SERVER_IP}:{self.port}"
         for i, (key, _, _) in enumerate(ids):
+            url = self.node_url(i)
             d = os.path.join(self.work, f"n{i}")
             for sub in ["state", "cache", "run", "log"]:
                 os.makedirs(os.path.join(d, sub), exist_ok=True)
@@ -167,11 +228,15 @@ def chromium(url, *args):
 def main():
     if os.geteuid() != 0:
         sys.exit("the fleet test makes network namespaces: run it as root")
-    c = Checks("fleet")
-    work = os.path.join(flintnode.ROOT, "target/fleet")
-    shutil.rmtree(os.path.join(work, "state"), ignore_errors=True)
+    postgres = "--postgres" in sys.argv[1:]
+    c = Checks("fleet on PostgreSQL, two servers" if postgres else "fleet")
+    work = os.path.join(flintnode.ROOT, "target/fleet-pg" if postgres else "target/fleet")
+    for d in ["state", "state-b"]:
+        shutil.rmtree(os.path.join(work, d), ignore_errors=True)
     os.makedirs(work, exist_ok=True)
     fleet = Fleet(work)
+    if postgres:
+        fleet.pg = Postgres(work)
     fleet.network()
     vm = None
     try:
@@ -233,7 +298,7 @@ def main():
             r = poll(lambda: fleet.cli("rollout", "status", rid), lambda r: r["current_wave"] == 2, 300, 0.5)
             before = r
             fleet.kill_server()
-            fleet.serve()
+            fleet.restart_server()
             after = fleet.cli("rollout", "status", rid)
             c.expect([w["nodes"] for w in after["waves"]] == [w["nodes"] for w in before["waves"]]
                      and after["waves"][1]["started"] == before["waves"][1]["started"],
@@ -247,6 +312,10 @@ def main():
             c.expect(len(on3) == 13, f"every node healthy on version 3 ({len(on3)} of 13)")
             c.expect(all(2 not in applied_versions(nodes[i]) for i in everyone if i not in canaries),
                      "still no node outside the canaries ever applied version 2")
+            audit = fleet.cli("audit", "--limit", "1000")
+            starts = [e["detail"] for e in audit if e["action"] == "rollout step" and "starts" in e["detail"]]
+            c.expect(sorted(starts) == sorted(set(starts)) and len(starts) == 4,
+                     f"each wave started once, by one server ({len(starts)} starts: canary, and 3 waves of rollout 2)")
             order = {i: min(s["at"] for s in nodes[i]["stages"] if s["detail"].startswith("manifest version 3"))
                      for i in everyone}
             c.expect(max(order[i] for i in canaries) < min(order[i] for i in everyone if i not in canaries),
@@ -269,9 +338,10 @@ def main():
         if vm:
             vm.kill()
         fleet.stop_nodes()
-        if fleet.server:
-            fleet.server.kill()
+        fleet.stop_servers()
         fleet.teardown_network()
+        if fleet.pg:
+            fleet.pg.stop()
     c.finish(work)
 
 
