@@ -547,7 +547,12 @@ impl Node {
     fn attempt(&mut self) -> Result<bool, NodeError> {
         let result = self.reconcile();
         match &result {
-            Ok(_) => self.last_error = None,
+            Ok(_) => {
+                // The boot server shows the node in error until it hears otherwise.
+                if self.last_error.take().is_some() {
+                    crate::report::stage("recovered", "the manifest check works again");
+                }
+            }
             Err(e) => {
                 let message = error_chain(e);
                 tracing::error!("{message}");

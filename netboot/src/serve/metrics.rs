@@ -84,14 +84,22 @@ impl Counters {
 const STATES: [&str; 6] = ["applied", "healthy", "unhealthy", "rollback", "error", "panic"];
 
 /// A node's state: its last stateful stage, `booting` when it reported only other stages,
-/// `seen` when it only fetched files.
+/// `seen` when it only fetched files. An `error` the node reported `recovered` from since is
+/// over: the state is the one before it.
 pub fn state(record: &NodeRecord) -> &'static str {
     match record.enrollment {
         Some(super::status::Standing::Pending) => return "pending",
         Some(super::status::Standing::Rejected) => return "rejected",
         _ => {}
     }
-    let last = record.stages.iter().rev().find_map(|s| STATES.iter().find(|&&st| st == s.stage));
+    let mut recovered = false;
+    let last = record.stages.iter().rev().find_map(|s| {
+        recovered |= s.stage == "recovered";
+        if recovered && s.stage == "error" {
+            return None;
+        }
+        STATES.iter().find(|&&st| st == s.stage)
+    });
     match last {
         Some(state) => state,
         None if record.stages.is_empty() => "seen",
@@ -233,6 +241,18 @@ mod tests {
         let n = node(&[("applied", "manifest version 7: …"), ("healthy", ""), ("applied", "manifest version 8")]);
         assert_eq!((state(&n), version(&n)), ("applied", Some(8)), "a new manifest is not healthy yet");
         assert_eq!((state(&node(&[("network", "")])), version(&node(&[]))), ("booting", None));
+        let n = node(&[("applied", "manifest version 3: …"), ("healthy", ""), ("error", "fetching: refused")]);
+        assert_eq!(state(&n), "error");
+        let n = node(&[
+            ("applied", "manifest version 3: …"),
+            ("healthy", ""),
+            ("error", "x"),
+            ("error", "y"),
+            ("recovered", ""),
+        ]);
+        assert_eq!(state(&n), "healthy", "an error it recovered from is over");
+        let n = node(&[("healthy", ""), ("error", "x"), ("recovered", ""), ("error", "again")]);
+        assert_eq!(state(&n), "error", "a new error after the recovery");
         assert_eq!(state(&node(&[])), "seen");
         for detail in
             ["manifest version ", "manifest version x", "version 3", "manifest version 99999999999999999999999"]
