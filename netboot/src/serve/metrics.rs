@@ -107,10 +107,19 @@ pub fn state(record: &NodeRecord) -> &'static str {
     }
 }
 
-/// The manifest version a node last applied, from its `applied` report ("manifest version N: …").
+/// The manifest version a node runs, from its last report that names one: `applied` ("manifest
+/// version N: …"), `healthy` ("manifest version N is healthy: …") or `rollback` ("rolled back to
+/// manifest version M: …"). Reports are best effort (one sent while the server was down is
+/// lost), so any of them may be the one that says.
 pub fn version(record: &NodeRecord) -> Option<u64> {
-    let applied = record.stages.iter().rev().find(|s| s.stage == "applied")?;
-    applied.detail.strip_prefix("manifest version ")?.split(|c: char| !c.is_ascii_digit()).next()?.parse().ok()
+    record.stages.iter().rev().find_map(|s| {
+        let rest = match s.stage.as_str() {
+            "applied" | "healthy" => s.detail.strip_prefix("manifest version ")?,
+            "rollback" => s.detail.strip_prefix("rolled back to manifest version ")?,
+            _ => return None,
+        };
+        rest.split(|c: char| !c.is_ascii_digit()).next()?.parse().ok()
+    })
 }
 
 fn family(out: &mut String, name: &str, kind: &str, help: &str) {
@@ -241,6 +250,14 @@ mod tests {
         let n = node(&[("applied", "manifest version 7: …"), ("healthy", ""), ("applied", "manifest version 8")]);
         assert_eq!((state(&n), version(&n)), ("applied", Some(8)), "a new manifest is not healthy yet");
         assert_eq!((state(&node(&[("network", "")])), version(&node(&[]))), ("booting", None));
+        // The `applied` report of 3 was lost: its `healthy` one says.
+        let n = node(&[("applied", "manifest version 1: …"), ("healthy", "manifest version 3 is healthy: web ready")]);
+        assert_eq!(version(&n), Some(3));
+        let n = node(&[
+            ("applied", "manifest version 2: …"),
+            ("rollback", "rolled back to manifest version 1: version 2 failed"),
+        ]);
+        assert_eq!(version(&n), Some(1));
         let n = node(&[("applied", "manifest version 3: …"), ("healthy", ""), ("error", "fetching: refused")]);
         assert_eq!(state(&n), "error");
         let n = node(&[
