@@ -18,8 +18,9 @@
 //! ```
 //! With `manual` (the default) a node seen for the first time is pending until the operator
 //! accepts it, unless `allowed` names it; with `open` every node is accepted when first seen.
-//! A group member is a node id, a MAC address, or a pattern (`*` for any characters) matched
-//! against both; groups name the waves of a rollout.
+//! A group member is a node id, a node's public key (64 hex digits), a MAC address, or a
+//! pattern (`*` for any characters) matched against ids and MACs; groups name the waves of a
+//! rollout.
 
 use std::collections::BTreeMap;
 use std::path::Path;
@@ -111,6 +112,16 @@ pub fn normalize_mac(text: &str) -> Option<String> {
     })
 }
 
+/// A group member as matched: a MAC address in its usual form, a public key as its node id,
+/// anything else (a node id, a pattern) as written.
+fn group_member(member: &str) -> String {
+    match normalize_mac(member) {
+        Some(mac) => mac,
+        None if member.trim().len() == 64 => allowed_id(member).unwrap_or_else(|| member.to_string()),
+        None => member.to_string(),
+    }
+}
+
 /// A node id from an `allowed` entry: a node id as is, a public key as the id it makes.
 fn allowed_id(entry: &str) -> Option<String> {
     let entry = entry.trim();
@@ -167,7 +178,7 @@ impl Profiles {
         let groups = raw
             .groups
             .into_iter()
-            .map(|(g, members)| (g, members.into_iter().map(|m| normalize_mac(&m).unwrap_or(m)).collect()))
+            .map(|(g, members)| (g, members.into_iter().map(|m| group_member(&m)).collect()))
             .collect();
         Ok(Profiles { profiles, nodes, enrollment: raw.enrollment, allowed, groups })
     }
@@ -281,7 +292,8 @@ mod tests {
         std::fs::write(
             dir.path().join(CONFIG),
             format!(
-                r#"{{"enrollment": "open", "allowed": ["{}", "abc"], "groups": {{"canary": ["{id}", "52-54-00-00-00-AA"], "all": ["*"]}}}}"#,
+                r#"{{"enrollment": "open", "allowed": ["{}", "abc"], "groups": {{"canary": ["{id}", "52-54-00-00-00-AA"], "all": ["*"], "by-key": ["{}"]}}}}"#,
+                hex::encode(key),
                 hex::encode(key)
             ),
         )
@@ -289,7 +301,7 @@ mod tests {
         let p = Profiles::load(dir.path()).unwrap();
         assert_eq!(p.enrollment, Enrollment::Open);
         assert!(p.allowed.contains(&id) && p.allowed.contains("abc"));
-        assert_eq!(p.groups_of(&id, None).into_iter().collect::<Vec<_>>(), ["all", "canary"]);
+        assert_eq!(p.groups_of(&id, None).into_iter().collect::<Vec<_>>(), ["all", "by-key", "canary"]);
         assert_eq!(p.groups_of("zz", Some("52:54:00:00:00:aa")).len(), 2);
         assert_eq!(p.groups_of("zz", None).into_iter().collect::<Vec<_>>(), ["all"]);
         assert_eq!(Profiles::load(tempfile::tempdir().unwrap().path()).unwrap().enrollment, Enrollment::Manual);
