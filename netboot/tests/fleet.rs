@@ -56,21 +56,23 @@ fn admin_args(state: &Path) -> Vec<String> {
     vec!["--state".into(), state.display().to_string(), "--json".into()]
 }
 
-/// `netboot ARGS --state STATE --json`, which must succeed: its JSON.
-fn cli(state: &Path, args: &[&str]) -> Value {
+/// `netboot ARGS --state STATE --json`: whether it succeeded, its output and its errors.
+fn run_cli(state: &Path, args: &[&str]) -> (bool, String, String) {
     let mut all: Vec<String> = args.iter().map(|s| s.to_string()).collect();
     all.extend(admin_args(state));
     let refs: Vec<&str> = all.iter().map(String::as_str).collect();
-    let (ok, out, err) = netboot(&refs);
+    netboot(&refs)
+}
+
+/// `netboot ARGS --state STATE --json`, which must succeed: its JSON.
+fn cli(state: &Path, args: &[&str]) -> Value {
+    let (ok, out, err) = run_cli(state, args);
     assert!(ok, "netboot {args:?}: {err}");
     serde_json::from_str(&out).unwrap_or_else(|e| panic!("netboot {args:?}: {e}: {out}"))
 }
 
 fn cli_fails(state: &Path, args: &[&str]) -> String {
-    let mut all: Vec<String> = args.iter().map(|s| s.to_string()).collect();
-    all.extend(admin_args(state));
-    let refs: Vec<&str> = all.iter().map(String::as_str).collect();
-    let (ok, _, err) = netboot(&refs);
+    let (ok, _, err) = run_cli(state, args);
     assert!(!ok, "netboot {args:?} should fail");
     err
 }

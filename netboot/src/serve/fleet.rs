@@ -153,7 +153,9 @@ impl Rollouts {
         // The newest rollout that serves the node wins; a node that was served an aborted
         // rollout's N keeps getting N until a newer one reaches it: going back is only by a
         // newer version.
-        let baseline_version = self.baseline(root, path).map(|r| r.version);
+        // Read (the root's manifest file with it) once per request: what non-rollout nodes get.
+        let baseline = self.baseline(root, path).map(|r| (r.version, pick(r)));
+        let baseline_version = baseline.as_ref().map(|(v, _)| *v);
         let serving = node.and_then(|node| {
             self.all
                 .iter()
@@ -175,7 +177,7 @@ impl Rollouts {
             }
             return Ok(served);
         }
-        Ok(self.baseline(root, path).map_or(Served::Root, pick))
+        Ok(baseline.map_or(Served::Root, |(_, served)| served))
     }
 
     /// Whether `path` is a flist only a rollout's started nodes may fetch, and `node` is not one.
@@ -225,7 +227,6 @@ impl Rollouts {
         }
         let id = self.all.iter().map(|r| r.id).max().unwrap_or(0).saturating_add(1);
         let fleet_ids: BTreeSet<String> = fleet.keys().cloned().collect();
-        let groups: BTreeMap<String, BTreeSet<String>> = fleet.clone();
         let old_flists = previous_bytes.as_deref().map(flist_paths).unwrap_or_default();
         let t = now();
         let mut r = Rollout {
@@ -238,7 +239,7 @@ impl Rollouts {
             signature: req.signature.trim().to_string(),
             expires,
             new_flists: flist_paths(bytes).difference(&old_flists).cloned().collect(),
-            waves: rollout::plan_waves(&req.waves, &fleet_ids, &groups, id),
+            waves: rollout::plan_waves(&req.waves, &fleet_ids, fleet, id),
             wait: req.wait,
             deadline: req.deadline,
             budget: req.budget,

@@ -487,8 +487,10 @@ impl Registry {
     pub fn logged(&mut self, id: &str, lines: u64) {
         if let Some(node) = self.nodes.get_mut(id) {
             node.log_lines = node.log_lines.saturating_add(lines);
-            let d = self.deltas.entry(id.to_string()).or_default();
-            d.log_lines = d.log_lines.saturating_add(lines);
+            if self.shared() {
+                let d = self.deltas.entry(id.to_string()).or_default();
+                d.log_lines = d.log_lines.saturating_add(lines);
+            }
             self.dirty.insert(id.to_string());
         }
     }
