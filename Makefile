@@ -87,7 +87,7 @@ test-boot-steps: deps
 
 fuzz: deps
 	@command -v cargo-fuzz >/dev/null || cargo install --locked $(QUIET) cargo-fuzz
-	for t in flist:decode flist:chunk_open flist:image_layers flist:trace flist:rfs init:manifest init:boot_inputs; do crate=$${t%%:*}; target=$${t#*:}; \
+	for t in flist:decode flist:chunk_open flist:image_layers flist:trace flist:rfs flist:sqlite init:manifest init:boot_inputs; do crate=$${t%%:*}; target=$${t#*:}; \
 	  (cd $$crate/fuzz && mkdir -p corpus/$$target seeds/$$target && \
 	   RUSTC_BOOTSTRAP=1 cargo fuzz run -O $$target corpus/$$target seeds/$$target -- \
 	     -max_total_time=$(FUZZ_SECONDS) -rss_limit_mb=4096) || exit 1; done

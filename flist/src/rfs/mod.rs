@@ -13,35 +13,31 @@
 //! it is never served shifted. A file whose size its block count cannot hold is refused when the
 //! `.fl` is read.
 //!
-//! Hostile files: the database is opened from memory, read-only, in SQLite's defensive mode with
-//! an untrusted schema; the tables must be tables (not views or virtual tables); the reading
-//! stops after a bounded amount of SQLite work; every value is checked for type and range, the
-//! tree for cycles, unreachable rows, duplicate and unsafe names. Rows are read ordered by name
+//! Hostile files: the database is read by [`sqlite`], flint's own reader of the file format (no
+//! query engine, each page read at most once, so the work is bounded by the file's length); the
+//! tables must be plain tables (not views or virtual tables); every value is checked for type and
+//! range, the tree for cycles, unreachable rows, duplicate and unsafe names. Rows are read ordered by name
 //! within a directory (raw bytes), as flint orders them: rfs's own reader leaves the order to
 //! SQLite.
 
 pub mod block;
+pub mod sqlite;
 pub mod startup;
 #[cfg(feature = "tools")]
 pub mod write;
 
 use std::collections::{BTreeMap, HashMap};
 
-use rusqlite::types::ValueRef;
-use rusqlite::{Connection, Row, MAIN_DB};
+use sqlite::{Database, SqliteError, Value};
 
 use crate::format::{ChunkRef, Entry, Flist, Format, Hash, Inode, InodeData, Kind, Route, Timestamp};
 
 /// The first bytes of every SQLite file, and so of every `.fl`.
-pub const SQLITE_MAGIC: &[u8; 16] = b"SQLite format 3\0";
+pub const SQLITE_MAGIC: &[u8; 16] = sqlite::MAGIC;
 /// The block size rfs packs with (`BLOB_SIZE`).
 pub const BLOCK_LEN: u32 = 512 * 1024;
 /// Largest `.fl` read: the metadata of millions of files is a few hundred MB.
 pub const MAX_FILE_LEN: usize = 1 << 30;
-/// SQLite virtual-machine steps a read may take (tens of seconds of work at most), so a schema
-/// made to loop cannot hang the reader.
-const MAX_STEPS: u64 = 4_000_000_000;
-const STEPS_PER_CHECK: i32 = 100_000;
 
 /// Why bytes are not an rfs flist this reader can take.
 #[derive(Debug, thiserror::Error)]
@@ -53,18 +49,21 @@ pub enum RfsError {
     Sqlite(String),
     #[error("the .fl has no table {0} (not an rfs flist, or a damaged one)")]
     MissingTable(&'static str),
-    #[error("reading the .fl took too much work (over {MAX_STEPS} SQLite steps): refused")]
-    TooSlow,
     #[error("the .fl is not a valid rfs flist: {0}")]
     Invalid(String),
 }
 
+/// The writer's errors (tests and benches write `.fl` files with SQLite itself).
+#[cfg(feature = "tools")]
 impl From<rusqlite::Error> for RfsError {
     fn from(e: rusqlite::Error) -> Self {
-        match e.sqlite_error_code() {
-            Some(rusqlite::ErrorCode::OperationInterrupted) => RfsError::TooSlow,
-            _ => RfsError::Sqlite(e.to_string()),
-        }
+        RfsError::Sqlite(e.to_string())
+    }
+}
+
+impl From<SqliteError> for RfsError {
+    fn from(e: SqliteError) -> Self {
+        RfsError::Sqlite(e.to_string())
     }
 }
 
@@ -94,24 +93,15 @@ struct InodeRow {
 /// Reads an rfs `.fl` into the flist model. `digest` of the result is the BLAKE3 of `bytes`,
 /// what a manifest pins.
 pub fn read(bytes: &[u8]) -> Result<Flist, RfsError> {
-    read_within(bytes, MAX_STEPS)
-}
-
-/// [`read`] with a bound of `max_steps` SQLite steps.
-fn read_within(bytes: &[u8], max_steps: u64) -> Result<Flist, RfsError> {
     if bytes.len() > MAX_FILE_LEN {
         return Err(RfsError::TooLarge(bytes.len()));
     }
-    let db = open(bytes, max_steps)?;
-    for table in ["inode", "extra", "block", "tag", "route"] {
-        require_table(&db, table)?;
-    }
+    let db = Database::open(bytes)?;
     let rows = inode_rows(&db)?;
     let targets = symlink_targets(&db)?;
     let blocks = file_blocks(&db)?;
     let tags = tags(&db)?;
     let routes = routes(&db)?;
-    drop(db);
     let (entries, order, child_counts) = tree(&rows)?;
 
     let mut inodes = Vec::with_capacity(order.len());
@@ -163,132 +153,116 @@ fn read_within(bytes: &[u8], max_steps: u64) -> Result<Flist, RfsError> {
         .map_err(|e| invalid(format!("the tree does not hold together: {e}")))
 }
 
-/// A read-only, defensive, in-memory connection on the bytes, with a bound on the work done.
-fn open(bytes: &[u8], max_steps: u64) -> Result<Connection, RfsError> {
-    use rusqlite::config::DbConfig;
-    let mut db = Connection::open_in_memory()?;
-    db.set_db_config(DbConfig::SQLITE_DBCONFIG_DEFENSIVE, true)?;
-    db.set_db_config(DbConfig::SQLITE_DBCONFIG_TRUSTED_SCHEMA, false)?;
-    db.deserialize_read_exact(MAIN_DB, bytes, bytes.len(), true)?;
-    let mut steps = 0u64;
-    db.progress_handler(
-        STEPS_PER_CHECK,
-        Some(move || {
-            steps = steps.saturating_add(STEPS_PER_CHECK as u64);
-            steps > max_steps
-        }),
-    );
-    Ok(db)
-}
-
-/// A table rfs writes must be a plain table: a view or a virtual table could compute anything.
-fn require_table(db: &Connection, name: &'static str) -> Result<(), RfsError> {
-    let mut stmt = db.prepare("SELECT type, sql FROM sqlite_master WHERE name = ?1")?;
-    let mut rows = stmt.query([name])?;
-    let Some(row) = rows.next()? else { return Err(RfsError::MissingTable(name)) };
-    let kind: String = row.get(0)?;
-    let sql: Option<String> = row.get(1)?;
-    if kind != "table" || sql.is_some_and(|s| s.to_ascii_uppercase().contains("VIRTUAL")) {
-        return Err(invalid(format!("{name} is a {kind}, not a plain table")));
-    }
-    Ok(())
+/// A table rfs writes, with its rows' `columns` in rowid order. It must be a plain table: a view
+/// or a virtual table could compute anything.
+fn table_rows(db: &Database, name: &'static str, columns: &[&str]) -> Result<Vec<Vec<Value>>, RfsError> {
+    let table = db.table(name)?.ok_or(RfsError::MissingTable(name))?;
+    let mut out = Vec::new();
+    db.rows(&table, columns, &mut |_, values| {
+        out.push(values);
+        Ok(())
+    })?;
+    Ok(out)
 }
 
 /// Text or blob bytes of a column.
-fn raw(row: &Row, column: usize, what: &str) -> Result<Vec<u8>, RfsError> {
-    match row.get_ref(column)? {
-        ValueRef::Text(b) | ValueRef::Blob(b) => Ok(b.to_vec()),
-        other => Err(invalid(format!("{what} is {:?}, not text", other.data_type()))),
+fn raw(value: Option<&Value>, what: &str) -> Result<Vec<u8>, RfsError> {
+    match value {
+        Some(Value::Text(b) | Value::Blob(b)) => Ok(b.clone()),
+        other => Err(invalid(format!("{what} is {}, not text", type_name(other)))),
     }
 }
 
-fn int<T: TryFrom<i64>>(row: &Row, column: usize, what: &str, ino: i64) -> Result<T, RfsError> {
-    let v: i64 = row.get(column).map_err(|e| invalid(format!("inode {ino}: {what}: {e}")))?;
+fn type_name(value: Option<&Value>) -> &'static str {
+    value.map_or("missing", Value::type_name)
+}
+
+fn integer(value: Option<&Value>) -> Result<i64, String> {
+    match value {
+        Some(Value::Integer(i)) => Ok(*i),
+        other => Err(format!("is {}, not an integer", type_name(other))),
+    }
+}
+
+fn int<T: TryFrom<i64>>(row: &[Value], column: usize, what: &str, ino: i64) -> Result<T, RfsError> {
+    let v = integer(row.get(column)).map_err(|e| invalid(format!("inode {ino}: {what} {e}")))?;
     T::try_from(v).map_err(|_| invalid(format!("inode {ino}: {what} {v} is out of range")))
 }
 
-fn inode_rows(db: &Connection) -> Result<Vec<InodeRow>, RfsError> {
-    let mut stmt = db.prepare("SELECT ino, parent, name, size, uid, gid, mode, rdev, ctime, mtime FROM inode")?;
-    let mut rows = stmt.query([])?;
+fn inode_rows(db: &Database) -> Result<Vec<InodeRow>, RfsError> {
+    let columns = ["ino", "parent", "name", "size", "uid", "gid", "mode", "rdev", "ctime", "mtime"];
     let mut out = Vec::new();
-    while let Some(row) = rows.next()? {
-        let ino: i64 = row.get(0).map_err(|e| invalid(format!("an inode's ino: {e}")))?;
+    for row in table_rows(db, "inode", &columns)? {
+        let ino = integer(row.first()).map_err(|e| invalid(format!("an inode's ino {e}")))?;
         out.push(InodeRow {
             ino,
-            parent: int(row, 1, "parent", ino)?,
-            name: raw(row, 2, "a name")?,
-            size: int(row, 3, "size", ino)?,
-            uid: int(row, 4, "uid", ino)?,
-            gid: int(row, 5, "gid", ino)?,
-            mode: int(row, 6, "mode", ino)?,
+            parent: int(&row, 1, "parent", ino)?,
+            name: raw(row.get(2), "a name")?,
+            size: int(&row, 3, "size", ino)?,
+            uid: int(&row, 4, "uid", ino)?,
+            gid: int(&row, 5, "gid", ino)?,
+            mode: int(&row, 6, "mode", ino)?,
             // `st_rdev` is a u64 that SQLite keeps as the i64 of the same bits.
-            rdev: int::<i64>(row, 7, "rdev", ino)? as u64,
-            ctime: int(row, 8, "ctime", ino)?,
-            mtime: int(row, 9, "mtime", ino)?,
+            rdev: int::<i64>(&row, 7, "rdev", ino)? as u64,
+            ctime: int(&row, 8, "ctime", ino)?,
+            mtime: int(&row, 9, "mtime", ino)?,
         });
     }
     Ok(out)
 }
 
-fn symlink_targets(db: &Connection) -> Result<HashMap<i64, Vec<u8>>, RfsError> {
-    let mut stmt = db.prepare("SELECT ino, data FROM extra")?;
-    let mut rows = stmt.query([])?;
+fn symlink_targets(db: &Database) -> Result<HashMap<i64, Vec<u8>>, RfsError> {
     let mut out = HashMap::new();
-    while let Some(row) = rows.next()? {
-        let ino: i64 = row.get(0)?;
-        if out.insert(ino, raw(row, 1, "a symlink target")?).is_some() {
+    for row in table_rows(db, "extra", &["ino", "data"])? {
+        let ino = integer(row.first()).map_err(|e| invalid(format!("an extra row's ino {e}")))?;
+        if out.insert(ino, raw(row.get(1), "a symlink target")?).is_some() {
             return Err(invalid(format!("inode {ino} has two extra rows")));
         }
     }
     Ok(out)
 }
 
-fn hash32(row: &Row, column: usize, what: &str) -> Result<Hash, RfsError> {
-    match row.get_ref(column)? {
-        ValueRef::Blob(b) => {
-            b.try_into().map(Hash).map_err(|_| invalid(format!("a block {what} of {} bytes", b.len())))
+fn hash32(value: Option<&Value>, what: &str) -> Result<Hash, RfsError> {
+    match value {
+        Some(Value::Blob(b)) => {
+            b.as_slice().try_into().map(Hash).map_err(|_| invalid(format!("a block {what} of {} bytes", b.len())))
         }
-        other => Err(invalid(format!("a block {what} is {:?}, not a 32-byte blob", other.data_type()))),
+        other => Err(invalid(format!("a block {what} is {}, not a 32-byte blob", type_name(other)))),
     }
 }
 
-/// Each file's (id, key) pairs in the order it was packed.
-fn file_blocks(db: &Connection) -> Result<HashMap<i64, Vec<(Hash, Hash)>>, RfsError> {
-    let mut stmt = db.prepare("SELECT ino, id, key FROM block ORDER BY ino, rowid")?;
-    let mut rows = stmt.query([])?;
+/// Each file's (id, key) pairs in the order it was packed (rowid order, which the rows come in).
+fn file_blocks(db: &Database) -> Result<HashMap<i64, Vec<(Hash, Hash)>>, RfsError> {
     let mut out: HashMap<i64, Vec<(Hash, Hash)>> = HashMap::new();
-    while let Some(row) = rows.next()? {
-        let ino: i64 = row.get(0)?;
-        out.entry(ino).or_default().push((hash32(row, 1, "id")?, hash32(row, 2, "key")?));
+    for row in table_rows(db, "block", &["ino", "id", "key"])? {
+        let ino = integer(row.first()).map_err(|e| invalid(format!("a block's ino {e}")))?;
+        out.entry(ino).or_default().push((hash32(row.get(1), "id")?, hash32(row.get(2), "key")?));
     }
     Ok(out)
 }
 
-fn tags(db: &Connection) -> Result<BTreeMap<String, String>, RfsError> {
-    let mut stmt = db.prepare("SELECT key, value FROM tag")?;
-    let mut rows = stmt.query([])?;
+fn tags(db: &Database) -> Result<BTreeMap<String, String>, RfsError> {
     let mut out = BTreeMap::new();
-    while let Some(row) = rows.next()? {
-        let text = |i| raw(row, i, "a tag").map(|b| String::from_utf8_lossy(&b).into_owned());
+    for row in table_rows(db, "tag", &["key", "value"])? {
+        let text = |i| raw(row.get(i), "a tag").map(|b| String::from_utf8_lossy(&b).into_owned());
         out.insert(text(0)?, text(1)?);
     }
     Ok(out)
 }
 
-fn routes(db: &Connection) -> Result<Vec<Route>, RfsError> {
-    let mut stmt = db.prepare("SELECT start, end, url FROM route")?;
-    let mut rows = stmt.query([])?;
+fn routes(db: &Database) -> Result<Vec<Route>, RfsError> {
     let mut out = Vec::new();
-    while let Some(row) = rows.next()? {
+    for row in table_rows(db, "route", &["start", "end", "url"])? {
         let byte = |i| {
-            let v: i64 = row.get(i)?;
+            let v = integer(row.get(i)).map_err(|e| invalid(format!("a route bound {e}")))?;
             u8::try_from(v).map_err(|_| invalid(format!("a route bound {v} is not a byte")))
         };
         let (start, end) = (byte(0)?, byte(1)?);
         if start > end {
             return Err(invalid(format!("a route starts at {start:#04x} after its end {end:#04x}")));
         }
-        let url = String::from_utf8(raw(row, 2, "a route url")?).map_err(|_| invalid("a route url is not UTF-8"))?;
+        let url =
+            String::from_utf8(raw(row.get(2), "a route url")?).map_err(|_| invalid("a route url is not UTF-8"))?;
         out.push(Route { start, end, url });
     }
     Ok(out)

@@ -11,14 +11,13 @@ use super::*;
 const DIR: i64 = 0o40755;
 const FILE: i64 = 0o100644;
 const LINK: i64 = 0o120777;
-const STEPS: u64 = 50_000_000;
 
 /// An `.fl` with a root (ino 1), and whatever `build` adds.
 fn fl(build: impl FnOnce(&Writer)) -> Result<Flist, RfsError> {
     let w = Writer::new().unwrap();
     w.inode(0, "/", 4096, 0, 0, DIR, 0, 1).unwrap();
     build(&w);
-    read_within(&w.finish().unwrap(), STEPS)
+    read(&w.finish().unwrap())
 }
 
 fn refused(build: impl FnOnce(&Writer)) -> String {
@@ -210,7 +209,7 @@ fn files_that_are_not_sqlite_or_damaged_give_clear_errors() {
 }
 
 #[test]
-fn reading_stops_once_its_work_bound_is_spent() {
+fn a_table_over_many_pages_reads_whole() {
     let w = Writer::new().unwrap();
     w.inode(0, "/", 0, 0, 0, DIR, 0, 1).unwrap();
     exec(
@@ -220,7 +219,6 @@ fn reading_stops_once_its_work_bound_is_spent() {
               SELECT 1, 'f' || i, 0, 0, 0, 33188, 0, 0, 0 FROM n",
     );
     let bytes = w.finish().unwrap();
-    assert!(matches!(read_within(&bytes, 10_000), Err(RfsError::TooSlow)));
     assert_eq!(read(&bytes).unwrap().entries.len(), 20_001);
 }
 
@@ -259,7 +257,7 @@ proptest! {
             }
         }
         let bytes = w.finish().unwrap();
-        if let Ok(f) = read_within(&bytes, STEPS) {
+        if let Ok(f) = read(&bytes) {
             let stored: i64 = rows.iter().filter(|r| r.0 > 0).count() as i64;
             prop_assert!(f.entries.len() as i64 <= stored.max(1));
             let data: u64 = f.inodes.iter().map(Inode::data_len).sum();
