@@ -292,7 +292,7 @@ fn network(params: &BootParams) -> (String, String) {
 }
 
 /// The operator's key: baked into the initramfs, or from the command line if the build allows it.
-fn manifest_key(params: &BootParams) -> Result<ed25519_dalek::VerifyingKey, String> {
+fn manifest_key(params: &BootParams) -> Result<flint_manifest::ed25519::VerifyingKey, String> {
     let text = match (&params.key, Path::new(ALLOW_CMDLINE_KEY).exists()) {
         (Some(k), true) => k.clone(),
         (Some(_), false) => {

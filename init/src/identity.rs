@@ -13,7 +13,7 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use ed25519_dalek::SigningKey;
+use flint_manifest::ed25519::SigningKey;
 use flint_manifest::signed::{self, Envelope};
 
 /// A key baked into the image by the operator.

@@ -16,7 +16,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime};
 
 use crossbeam_channel::{select, Receiver, Sender};
-use ed25519_dalek::VerifyingKey;
+use flint_manifest::ed25519::VerifyingKey;
 use flist::durable::lock;
 use flist::Hash;
 

@@ -8,7 +8,7 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::Duration;
 
-use ed25519_dalek::SigningKey;
+use flint_manifest::ed25519::SigningKey;
 use serde_json::{json, Value};
 use util::{alive, hex_key, publish, start, start_under, Node, INIT};
 

@@ -18,7 +18,7 @@ use std::ffi::OsString;
 use std::path::PathBuf;
 use std::time::Duration;
 
-use ed25519_dalek::{Signature, Signer, SigningKey, Verifier, VerifyingKey};
+use crate::ed25519::{Signature, SigningKey, VerifyingKey};
 use flist::Hash;
 use nix::sys::signal::Signal;
 use serde::{Deserialize, Serialize};
@@ -26,6 +26,7 @@ use serde::{Deserialize, Serialize};
 use crate::vm::{RawVm, VmPlan};
 
 pub mod caps;
+pub mod ed25519;
 pub mod health;
 pub mod limits;
 pub mod logs;

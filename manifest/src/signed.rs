@@ -13,7 +13,7 @@
 
 use std::collections::HashMap;
 
-use ed25519_dalek::{Signature, Signer, SigningKey, Verifier, VerifyingKey};
+use crate::ed25519::{Signature, SigningKey, VerifyingKey};
 
 /// The public key.
 pub const NODE: &str = "flint-node";

@@ -59,7 +59,7 @@ struct Seen {
 
 struct Node {
     agent: ureq::Agent,
-    key: ed25519_dalek::SigningKey,
+    key: flint_manifest::ed25519::SigningKey,
     mac: String,
     seq: BTreeMap<&'static str, u64>,
     seen: Seen,
@@ -127,7 +127,7 @@ fn boot(i: usize, a: &Args) -> Seen {
         .new_agent();
     let mut n = Node {
         agent,
-        key: ed25519_dalek::SigningKey::from_bytes(&seed),
+        key: flint_manifest::ed25519::SigningKey::from_bytes(&seed),
         mac,
         seq: BTreeMap::new(),
         seen: Seen::default(),

@@ -13,7 +13,7 @@ use std::process::ExitCode;
 
 use anyhow::Context;
 use clap::{Parser, Subcommand};
-use ed25519_dalek::SigningKey;
+use flint_manifest::ed25519::SigningKey;
 
 #[derive(Parser)]
 #[command(name = "netboot", version, about = "flint's boot server and signing tool")]

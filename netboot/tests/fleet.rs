@@ -11,7 +11,7 @@ use std::collections::BTreeMap;
 use std::path::Path;
 use std::time::{Duration, Instant};
 
-use ed25519_dalek::SigningKey;
+use flint_manifest::ed25519::SigningKey;
 use flint_manifest::signed::{node_id, Envelope};
 use serde_json::Value;
 use util::{get, netboot, post, serve_with, signed_request, Postgres, Served};

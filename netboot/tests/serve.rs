@@ -179,7 +179,7 @@ fn signed_requests_tell_nodes_apart_and_forged_replayed_or_unsigned_ones_are_ref
     use flint_manifest::signed::{node_id, Envelope};
     let (dir, _) = sample_root();
     std::fs::write(dir.path().join("manifest.json"), "shared").unwrap();
-    let key = ed25519_dalek::SigningKey::from_bytes(&[11; 32]);
+    let key = flint_manifest::ed25519::SigningKey::from_bytes(&[11; 32]);
     let id = node_id(&key.verifying_key().to_bytes());
     std::fs::create_dir_all(dir.path().join("nodes").join(&id)).unwrap();
     std::fs::write(dir.path().join("nodes").join(&id).join("manifest.json"), "for this node").unwrap();
@@ -197,7 +197,7 @@ fn signed_requests_tell_nodes_apart_and_forged_replayed_or_unsigned_ones_are_ref
     assert!(why.contains("replayed"), "{why}");
     assert_eq!(post(&at(1, 0), &[]).0, 409);
     // Signed by another key while claiming this one, or with a changed field: forged.
-    let other = ed25519_dalek::SigningKey::from_bytes(&[12; 32]);
+    let other = flint_manifest::ed25519::SigningKey::from_bytes(&[12; 32]);
     let forged = flint_manifest::signed::sign(&other, &at(1, 5), "POST", "/report", report);
     let forged_sig = forged.iter().find(|(n, _)| *n == "flint-signature").unwrap().1.clone();
     assert_eq!(post(&at(1, 5), &[("flint-signature", &forged_sig)]).0, 403);
@@ -240,7 +240,7 @@ fn signed_requests_tell_nodes_apart_and_forged_replayed_or_unsigned_ones_are_ref
 fn init_signs_its_manifest_requests_as_the_server_checks_them() {
     let (dir, _) = sample_root();
     std::fs::write(dir.path().join("manifest.json"), "shared").unwrap();
-    let key = ed25519_dalek::SigningKey::from_bytes(&[13; 32]);
+    let key = flint_manifest::ed25519::SigningKey::from_bytes(&[13; 32]);
     let identity = flint_init::identity::Identity::load(None, None, Some(key)).unwrap();
     let id = identity.id.clone();
     std::fs::create_dir_all(dir.path().join("nodes").join(&id)).unwrap();
@@ -293,7 +293,7 @@ fn log_batches_are_taken_only_signed_checked_and_stored_once_in_order() {
     use flint_manifest::signed::{node_id, Envelope};
     let (dir, _) = sample_root();
     let s = serve(dir.path(), None);
-    let key = ed25519_dalek::SigningKey::from_bytes(&[21; 32]);
+    let key = flint_manifest::ed25519::SigningKey::from_bytes(&[21; 32]);
     let id = node_id(&key.verifying_key().to_bytes());
     let at = |boot, seq| Envelope { key: key.verifying_key().to_bytes(), boot, stream: "logs".into(), seq, time: 0 };
     let batch = |boot, ns: std::ops::Range<u64>, metrics: Option<&str>| {
@@ -346,7 +346,7 @@ fn a_server_killed_with_sigkill_forgets_nothing_it_answered_for() {
     let (dir, _) = sample_root();
     let state = tempfile::tempdir().unwrap();
     let with_state = ["--state", state.path().to_str().unwrap()];
-    let key = ed25519_dalek::SigningKey::from_bytes(&[31; 32]);
+    let key = flint_manifest::ed25519::SigningKey::from_bytes(&[31; 32]);
     let id = node_id(&key.verifying_key().to_bytes());
     let at = |seq| Envelope { key: key.verifying_key().to_bytes(), boot: 4, stream: "report".into(), seq, time: 0 };
     let report = br#"{"mac": "52:54:00:00:00:31", "stage": "applied", "detail": "v1"}"#;
@@ -398,7 +398,7 @@ fn a_request_refused_for_a_failed_write_may_be_sent_again() {
     let (dir, _) = sample_root();
     let state = tempfile::tempdir().unwrap();
     let s = serve_with(dir.path(), None, &["--state", state.path().to_str().unwrap()]);
-    let key = ed25519_dalek::SigningKey::from_bytes(&[41; 32]);
+    let key = flint_manifest::ed25519::SigningKey::from_bytes(&[41; 32]);
     let at = |seq| Envelope { key: key.verifying_key().to_bytes(), boot: 1, stream: "report".into(), seq, time: 0 };
     let report = br#"{"mac": "52:54:00:00:00:41", "stage": "applied", "detail": "v1"}"#;
     assert_eq!(signed_request(&s.url, "POST", "/report", report, &key, &at(0), &[]).0, 200);
@@ -447,7 +447,7 @@ fn metrics_count_nodes_by_state_and_version_and_what_was_served_and_refused() {
     let state = tempfile::tempdir().unwrap();
     let s = serve_with(dir.path(), None, &["--state", state.path().to_str().unwrap()]);
     let post = |seed: u8, seq: u64, stage: &str, detail: &str| {
-        let key = ed25519_dalek::SigningKey::from_bytes(&[seed; 32]);
+        let key = flint_manifest::ed25519::SigningKey::from_bytes(&[seed; 32]);
         let e = Envelope { key: key.verifying_key().to_bytes(), boot: 1, stream: "report".into(), seq, time: 0 };
         let body = serde_json::json!({"stage": stage, "detail": detail}).to_string();
         signed_request(&s.url, "POST", "/report", body.as_bytes(), &key, &e, &[]).0

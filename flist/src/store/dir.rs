@@ -60,6 +60,7 @@ impl Store for DirStore {
 
     /// Objects in the fan-out directories and flat ones (rfs's layout); anything else (temporary
     /// files of writers) is not one.
+    #[cfg(feature = "tools")]
     fn list(&self) -> Result<Vec<Hash>, StoreError> {
         let mut ids = Vec::new();
         let fans = match fs::read_dir(&self.root) {
@@ -81,6 +82,7 @@ impl Store for DirStore {
         Ok(ids)
     }
 
+    #[cfg(feature = "tools")]
     fn delete(&self, id: &Hash) -> Result<(), StoreError> {
         for path in [object_path(id), flat_object_path(id)] {
             match fs::remove_file(self.root.join(path)) {

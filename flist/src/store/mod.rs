@@ -62,11 +62,14 @@ pub trait Store: Send + Sync {
     fn put(&self, id: &Hash, bytes: &[u8]) -> Result<(), StoreError>;
     /// The URL, without credentials.
     fn url(&self) -> &str;
-    /// Every object id in the store (garbage collection); not every backend can.
+    /// Every object id in the store (garbage collection); not every backend can. Tools only,
+    /// as is [`Store::delete`]: a node never lists or deletes (and PID 1 links no XML reader).
+    #[cfg(feature = "tools")]
     fn list(&self) -> Result<Vec<Hash>, StoreError> {
         Err(StoreError::Failed { store: self.url().to_string(), why: "this store cannot list its objects".into() })
     }
     /// Deletes an object; one already gone is not an error.
+    #[cfg(feature = "tools")]
     fn delete(&self, id: &Hash) -> Result<(), StoreError> {
         let _ = id;
         Err(StoreError::ReadOnly(self.url().to_string()))

@@ -110,6 +110,7 @@ impl Store for S3Store {
     }
 
     /// ListObjectsV2 under the prefix, page by page.
+    #[cfg(feature = "tools")]
     fn list(&self) -> Result<Vec<Hash>, StoreError> {
         let mut ids = Vec::new();
         let mut token: Option<String> = None;
@@ -136,6 +137,7 @@ impl Store for S3Store {
         }
     }
 
+    #[cfg(feature = "tools")]
     fn delete(&self, id: &Hash) -> Result<(), StoreError> {
         let key = self.key(id);
         let url = self.bucket.delete_object(self.credentials.as_ref(), &key).sign(SIGNATURE_LIFETIME);

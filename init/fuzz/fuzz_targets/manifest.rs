@@ -3,7 +3,7 @@
 //! also fed, to the signature check alone.
 #![no_main]
 
-use ed25519_dalek::SigningKey;
+use flint_manifest::ed25519::SigningKey;
 use flint_manifest::{sign, verify};
 use libfuzzer_sys::fuzz_target;
 

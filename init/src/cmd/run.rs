@@ -78,7 +78,7 @@ pub struct RunArgs {
 }
 
 /// A key given as hex or as a file holding the hex.
-fn load_key(text: &str) -> anyhow::Result<ed25519_dalek::VerifyingKey> {
+fn load_key(text: &str) -> anyhow::Result<flint_manifest::ed25519::VerifyingKey> {
     let hex = if Path::new(text).is_file() {
         std::fs::read_to_string(text).with_context(|| format!("reading {text}"))?
     } else {

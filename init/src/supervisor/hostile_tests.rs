@@ -6,7 +6,7 @@
 
 use std::time::{Duration, Instant};
 
-use ed25519_dalek::SigningKey;
+use flint_manifest::ed25519::SigningKey;
 use proptest::prelude::*;
 use serde_json::{json, Value};
 

@@ -6,7 +6,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output};
 use std::time::{Duration, Instant};
 
-use ed25519_dalek::SigningKey;
+use flint_manifest::ed25519::SigningKey;
 use serde_json::Value;
 
 #[path = "../../../flist/tests/util/servers.rs"]

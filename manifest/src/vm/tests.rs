@@ -40,7 +40,7 @@ fn bad_vms_are_refused_with_the_reason() {
 
 #[test]
 fn a_manifest_vm_is_a_supervised_service_restarted_when_its_flists_change() {
-    let key = ed25519_dalek::SigningKey::from_bytes(&[7; 32]);
+    let key = crate::ed25519::SigningKey::from_bytes(&[7; 32]);
     let digest = "ab".repeat(32);
     let manifest = serde_json::json!({
         "version": 1,

@@ -194,7 +194,7 @@ impl Rollouts {
         root: &std::path::Path,
         req: Request,
         fleet: &BTreeMap<String, BTreeSet<String>>,
-        key: Option<&ed25519_dalek::VerifyingKey>,
+        key: Option<&flint_manifest::ed25519::VerifyingKey>,
         who: &str,
     ) -> Result<Rollout, String> {
         rollout::check_request(&req)?;

@@ -80,7 +80,7 @@ pub struct ServeOptions {
     /// under `state`.
     pub db: Option<String>,
     /// The public key nodes trust: rollouts' manifests are checked as a node checks them.
-    pub manifest_key: Option<ed25519_dalek::VerifyingKey>,
+    pub manifest_key: Option<flint_manifest::ed25519::VerifyingKey>,
 }
 
 /// Most (node, stream) pairs whose last request is remembered against replays.
@@ -97,7 +97,7 @@ struct Server {
     counters: Mutex<metrics::Counters>,
     db: Arc<db::Db>,
     rollouts: Mutex<fleet::Rollouts>,
-    manifest_key: Option<ed25519_dalek::VerifyingKey>,
+    manifest_key: Option<flint_manifest::ed25519::VerifyingKey>,
     admin_token: String,
 }
 

@@ -96,7 +96,7 @@ pub fn signed_request(
     method: &str,
     target: &str,
     body: &[u8],
-    key: &ed25519_dalek::SigningKey,
+    key: &flint_manifest::ed25519::SigningKey,
     envelope: &flint_manifest::signed::Envelope,
     tamper: &[(&str, &str)],
 ) -> (u16, String) {
