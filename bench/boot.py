@@ -7,8 +7,9 @@
   server answering the host; bytes the boot server sent vs the system flist's size;
 - PID 1's memory with 3 flists mounted and 12 services (9 with readiness checks);
 - `trace`: the direct boot on a blank cache disk, which records the system flist's prefetch
-  trace there, then the same boot on an empty cache with that trace published beside the flist
-  (system.trace): PID 1 → web ready and the chunk requests made, without and with the trace.
+  trace there until the node is healthy, then the same boot on an empty cache with that trace
+  published beside the flist (system.trace): PID 1 → web ready and the chunk requests made,
+  without and with the trace.
 Built and served by qemu/flintnode.py. Arguments name the boot paths to time (default: all)."""
 import glob, json, os, re, shutil, subprocess, sys, tempfile, threading, time
 
@@ -53,8 +54,9 @@ def answered_at(vm, url, stop):
         time.sleep(0.2)
 
 
-def timed_boot(demo, mode, usb=None, disk=None, log=None):
-    """Boots the demo node; returns its figures (seconds since qemu start unless said)."""
+def timed_boot(demo, mode, usb=None, disk=None, log=None, until_healthy=False):
+    """Boots the demo node; returns its figures (seconds since qemu start unless said). With
+    `until_healthy`, it runs until the node says it is healthy (where its trace is written)."""
     demo.publish()
     demo.site.stop()
     demo.site.serve()
@@ -82,6 +84,9 @@ def timed_boot(demo, mode, usb=None, disk=None, log=None):
         figures["fetched"] = {k: v["bytes"] for k, v in node.get("by_kind", {}).items()}
         figures["requests"] = {k: v["requests"] for k, v in node.get("by_kind", {}).items()}
         figures["replayed"] = bool(vm.first("replaying the trace"))
+        if until_healthy:
+            vm.wait_for("is healthy", 300)
+            vm.wait_for("trace of", 60)
         demo.poweroff(vm, Quiet(), SSH)
     return figures
 
@@ -125,7 +130,7 @@ def traced_boots(demo, work):
     published = os.path.join(demo.site.srv, "system.trace")
     if os.path.exists(published):
         os.remove(published)
-    recording = timed_boot(demo, "direct", disk=disk, log="console-trace-record.log")
+    recording = timed_boot(demo, "direct", disk=disk, log="console-trace-record.log", until_healthy=True)
     start = json.loads(subprocess.run(["sfdisk", "--json", disk], capture_output=True, check=True).stdout)
     offset = start["partitiontable"]["partitions"][0]["start"] * 512
     mnt = os.path.join(work, "trace-disk")

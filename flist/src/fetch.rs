@@ -192,9 +192,14 @@ impl CachedSource {
     }
 
     /// Fetches a recorded trace's chunks ahead of the readers, in its order, on a thread of its
-    /// own: each waits for room under the prefetch cap, and no more than `cap` bytes in all are
-    /// asked for. Ends early when the mount is gone.
-    pub fn replay(self: &Arc<Self>, flist: Arc<Flist>, trace: crate::trace::Trace, cap: u64) {
+    /// own: each waits for room under the prefetch cap and until fewer than `depth` chunks are
+    /// queued or in flight ahead of the readers, and no more than `cap` bytes in all are asked
+    /// for. Ends early when the mount is gone.
+    ///
+    /// The depth keeps the replay just ahead of the reads it stands for, which come in its
+    /// order: where the CPU or the link is what limits (a guest under emulation), chunks fetched
+    /// side by side share it, and the one a reader waits for comes later the more are ahead.
+    pub fn replay(self: &Arc<Self>, flist: Arc<Flist>, trace: crate::trace::Trace, cap: u64, depth: usize) {
         let me = Arc::downgrade(self);
         let spawned = std::thread::Builder::new().name("trace-replay".into()).spawn(move || {
             let mut asked = 0u64;
@@ -207,7 +212,8 @@ impl CachedSource {
                 }
                 loop {
                     let Some(me) = me.upgrade() else { return };
-                    if me.prefetch(&flist, index) {
+                    let room = crate::durable::lock(&me.ahead).wanted.len() < depth.max(1);
+                    if room && me.prefetch(&flist, index) {
                         break;
                     }
                     drop(me);

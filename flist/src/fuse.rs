@@ -134,8 +134,23 @@ pub struct FlistFs {
     passthrough: Option<Passthrough>,
     opens: Mutex<HashMap<u32, Opens>>,
     counters: Arc<FsCounters>,
-    /// Recording a trace of the first reads, and where it goes when done.
-    recording: Mutex<Option<(crate::trace::Recorder, PathBuf)>>,
+    /// Recording a trace of the first reads, and where it goes when done; shared with the
+    /// [`TraceRecording`] handles that may end it sooner.
+    recording: Arc<Mutex<Option<(crate::trace::Recorder, PathBuf)>>>,
+}
+
+/// A hold on a mount's trace recording, to end it before its window does: when what the trace
+/// is for (a boot, a start) is done, so that later reads (a login, a shutdown) stay out of it.
+#[derive(Clone)]
+pub struct TraceRecording(Arc<Mutex<Option<(crate::trace::Recorder, PathBuf)>>>);
+
+impl TraceRecording {
+    /// Ends the recording and writes the trace now, if it is still going.
+    pub fn finish(&self) {
+        if let Some((recorder, out)) = lock(&self.0).take() {
+            write_trace(&recorder, &out);
+        }
+    }
 }
 
 fn write_trace(recorder: &crate::trace::Recorder, out: &Path) {
@@ -200,7 +215,7 @@ impl FlistFs {
             passthrough: None,
             opens: Mutex::new(HashMap::new()),
             counters: Arc::default(),
-            recording: Mutex::new(None),
+            recording: Arc::default(),
         }
     }
 
@@ -209,6 +224,11 @@ impl FlistFs {
     pub fn record_trace(self, recorder: crate::trace::Recorder, out: PathBuf) -> Self {
         *lock(&self.recording) = Some((recorder, out));
         self
+    }
+
+    /// A handle that ends the trace recording (see [`FlistFs::record_trace`]) when called.
+    pub fn trace_recording(&self) -> TraceRecording {
+        TraceRecording(self.recording.clone())
     }
 
     /// Notes the chunks a read used, for the trace being recorded.

@@ -255,7 +255,7 @@ fn traced_mount(
     source.start_prefetchers(4, 32 << 20);
     if let Some((bytes, cap)) = replay {
         if let Ok(trace) = flist::trace::Trace::decode_for(bytes, &digest, flist.chunks.len()) {
-            source.replay(flist.clone(), trace, cap);
+            source.replay(flist.clone(), trace, cap, 4);
         }
     }
     let mut fs_ = flist::fuse::FlistFs::new(flist, source.clone(), Default::default());
@@ -264,6 +264,52 @@ fn traced_mount(
     }
     fs::create_dir_all(t.join(mnt)).unwrap();
     (flist::fuse::mount(fs_, &t.join(mnt), &Default::default()).unwrap(), source)
+}
+
+/// A node ends its recordings when it is healthy: what is read after that (a login, a shutdown)
+/// is not its start and stays out of the trace.
+#[test]
+fn a_recording_ended_by_its_handle_keeps_only_the_reads_before() {
+    let t = TestDir::new();
+    let files: Vec<Vec<u8>> = (0..6u32).map(|i| util::noise(400_000, 100 + i)).collect();
+    for (i, content) in files.iter().enumerate() {
+        util::write(&t.join(&format!("src/f{i}")), content);
+    }
+    pack(&t, "src", "f.fl", &[t.store("store")]);
+    let file = fs::read(t.join("f.fl")).unwrap();
+    let digest = flist::Hash(*blake3::hash(&file).as_bytes());
+    let flist = std::sync::Arc::new(flist::Flist::decode(&file).unwrap());
+    let router = flist::store::Router::from_specs(&[t.store("store")], Default::default()).unwrap();
+    let source = flist::fetch::CachedSource::new(router, None, 64 << 20);
+    let out = t.join("f.trace");
+    let fs_ = flist::fuse::FlistFs::new(flist.clone(), source, Default::default())
+        .record_trace(flist::trace::Recorder::new(digest, Duration::from_secs(600)), out.clone());
+    let recording = fs_.trace_recording();
+    fs::create_dir_all(t.join("m")).unwrap();
+    let session = flist::fuse::mount(fs_, &t.join("m"), &Default::default()).unwrap();
+    for (i, content) in files.iter().enumerate().take(2) {
+        assert!(fs::read(t.join(&format!("m/f{i}"))).unwrap() == *content);
+    }
+    recording.finish();
+    let at_finish = fs::read(&out).expect("the trace is written when the recording is ended");
+    let trace = flist::trace::Trace::decode(&at_finish).unwrap();
+    for (i, content) in files.iter().enumerate().skip(2) {
+        assert!(fs::read(t.join(&format!("m/f{i}"))).unwrap() == *content);
+    }
+    recording.finish();
+    session.umount_and_join().unwrap();
+    assert_eq!(
+        fs::read(&out).unwrap(),
+        at_finish,
+        "reads after the end, a second finish and the unmount change nothing"
+    );
+    // The first two files' chunks: some, and fewer than the image's (four files were read after).
+    assert!(
+        !trace.chunks.is_empty() && trace.chunks.len() < flist.chunks.len(),
+        "{} of {} chunks",
+        trace.chunks.len(),
+        flist.chunks.len()
+    );
 }
 
 #[test]

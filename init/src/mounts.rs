@@ -131,6 +131,8 @@ pub struct Prepared {
     staging: PathBuf,
     session: fuser::BackgroundSession,
     source: Arc<CachedSource>,
+    /// Its trace recording, if this mount records one.
+    recording: Option<flist::fuse::TraceRecording>,
 }
 
 /// A flist in service.
@@ -141,6 +143,7 @@ struct Active {
     session: fuser::BackgroundSession,
     /// Its chunk source, for the stores' health.
     source: Arc<CachedSource>,
+    recording: Option<flist::fuse::TraceRecording>,
     /// Why its mountpoint is not in place, if it is not.
     problem: Option<String>,
 }
@@ -200,14 +203,16 @@ pub fn prepare(
     replay_trace(name, fetcher, &source, &flist, &plan.digest, kept_trace.as_deref(), trace);
     let mut fs = FlistFs::new(flist, source.clone(), FsOptions::default());
     // The first seconds of this flist's use on this node, kept for the next cold start.
+    let mut recording = None;
     if let Some(path) = kept_trace.filter(|p| !p.exists()) {
         fs = fs.record_trace(flist::trace::Recorder::new(plan.digest, TRACE_WINDOW), path);
+        recording = Some(fs.trace_recording());
     }
     let session = flist::fuse::mount(fs, &staging, &MountOptions { threads: cfg.threads, allow_other: true })
         .map_err(io("mounting on", &staging))?;
     std::fs::metadata(&staging).map_err(io("the mount does not answer at", &staging))?;
     let tags = with_rfs_run_config(name, format, tags, &staging);
-    Ok(Prepared { plan: plan.clone(), tags, staging, session, source })
+    Ok(Prepared { plan: plan.clone(), tags, staging, session, source, recording })
 }
 
 /// An rfs `.fl` made from a Docker image keeps its run configuration in `/.startup.toml`, not in
@@ -230,8 +235,13 @@ fn with_rfs_run_config(
     tags
 }
 
-/// How long after a mount its reads are recorded into a trace.
+/// How long after a mount its reads are recorded into a trace, at most: the recording ends
+/// sooner, when the node is healthy ([`Mounts::finish_traces`]).
 const TRACE_WINDOW: std::time::Duration = std::time::Duration::from_secs(30);
+/// The most chunks a trace's replay has queued or in flight ahead of the readers: 2 keeps it
+/// just ahead of a boot's reads (under qemu's emulation a deeper replay made the boot slower,
+/// its chunks taking the CPU the first reads waited for).
+const TRACE_DEPTH: usize = 2;
 /// The most bytes a trace's replay fetches ahead.
 const TRACE_BYTES: u64 = 256 << 20;
 
@@ -261,7 +271,7 @@ fn replay_trace(
         match flist::trace::Trace::decode_for(&bytes, &digest, flist.chunks.len()) {
             Ok(trace) => {
                 tracing::info!("flist {name}: replaying the trace {from} ({} chunks)", trace.chunks.len());
-                source.replay(flist, trace, TRACE_BYTES);
+                source.replay(flist, trace, TRACE_BYTES, TRACE_DEPTH);
             }
             Err(e) => tracing::warn!("flist {name}: trace {from} ignored: {e}"),
         }
@@ -357,8 +367,8 @@ impl Mounts {
                     p.plan.mountpoint.display()
                 );
             }
-            let Prepared { plan, tags, staging, session, source } = p;
-            self.active.insert(plan.name.clone(), Active { plan, tags, staging, session, source, problem });
+            let Prepared { plan, tags, staging, session, source, recording } = p;
+            self.active.insert(plan.name.clone(), Active { plan, tags, staging, session, source, recording, problem });
         }
     }
 
@@ -379,6 +389,16 @@ impl Mounts {
         } else {
             nix::mount::mount(Some(&p.staging), &plan.mountpoint, None::<&str>, MsFlags::MS_BIND, None::<&str>)
                 .map_err(|e| io("bind-mounting on", &plan.mountpoint)(e.into()))
+        }
+    }
+
+    /// Ends the trace recordings still going and writes their traces: the node is up, and
+    /// what it reads from now on is not its start.
+    pub fn finish_traces(&self) {
+        for a in self.active.values() {
+            if let Some(r) = &a.recording {
+                r.finish();
+            }
         }
     }
 

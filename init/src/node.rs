@@ -455,6 +455,8 @@ impl Node {
                 tracing::info!("{message}");
                 crate::report::stage("healthy", message.clone());
                 self.health = Some(message);
+                // The boot is done: its traces end here, not 30 s after the mount.
+                lock(&self.mounts).finish_traces();
             }
             Verdict::Failed(cause) => {
                 self.window = None;

@@ -191,7 +191,7 @@ fn serve(
         match trace {
             Ok(trace) => {
                 tracing::info!("replaying the trace {} ({} chunks)", path.display(), trace.chunks.len());
-                source.replay(flist.clone(), trace, a.trace_bytes);
+                source.replay(flist.clone(), trace, a.trace_bytes, a.prefetch_threads);
             }
             Err(e) => tracing::warn!("trace {} ignored: {e}", path.display()),
         }
