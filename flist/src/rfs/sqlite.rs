@@ -89,10 +89,12 @@ pub struct Database<'a> {
     /// Bytes of each page b-trees may use (the page less its reserved tail).
     usable: usize,
     pages: u32,
+    /// The schema table's rows, read once.
+    schema: Vec<SchemaRow>,
 }
 
 impl<'a> Database<'a> {
-    /// Checks the header of the file in `bytes`.
+    /// Checks the header of the file in `bytes` and reads its schema.
     pub fn open(bytes: &'a [u8]) -> Result<Database<'a>, SqliteError> {
         let header = bytes.get(..HEADER_LEN).ok_or_else(|| bad("shorter than a SQLite header"))?;
         if !header.starts_with(MAGIC) {
@@ -114,11 +116,17 @@ impl<'a> Database<'a> {
             e => return Err(bad(format!("text encoding {} is not one SQLite writes", e.unwrap_or(0)))),
         }
         let pages = u32::try_from(bytes.len() / page_len).map_err(|_| bad("more pages than SQLite can number"))?;
-        Ok(Database { bytes, page_len, usable, pages })
+        let mut db = Database { bytes, page_len, usable, pages, schema: Vec::new() };
+        db.schema = db.read_schema()?;
+        Ok(db)
     }
 
     /// The schema table's rows.
-    pub fn schema(&self) -> Result<Vec<SchemaRow>, SqliteError> {
+    pub fn schema(&self) -> &[SchemaRow] {
+        &self.schema
+    }
+
+    fn read_schema(&self) -> Result<Vec<SchemaRow>, SqliteError> {
         let mut out = Vec::new();
         self.scan(1, &mut |_, record| {
             let text = |i: usize| match record.get(i) {
@@ -146,8 +154,7 @@ impl<'a> Database<'a> {
     /// `CREATE TABLE`. `None` if there is no such table; an error if the name is something else
     /// (a view, a virtual table) or its definition cannot be read.
     pub fn table(&self, name: &str) -> Result<Option<Table>, SqliteError> {
-        let schema = self.schema()?;
-        let Some(row) = schema.iter().find(|r| r.name.eq_ignore_ascii_case(name)) else { return Ok(None) };
+        let Some(row) = self.schema.iter().find(|r| r.name.eq_ignore_ascii_case(name)) else { return Ok(None) };
         if row.kind != "table" {
             return Err(bad(format!("{name} is a {}, not a plain table", row.kind)));
         }
