@@ -180,10 +180,10 @@ impl<'a> Database<'a> {
             let index = found.ok_or_else(|| bad(format!("no column {name}")))?;
             picks.push((index, table.columns.get(index).is_some_and(|c| c.rowid)));
         }
-        self.scan(table.root, &mut |rowid, mut record| {
+        self.scan(table.root, &mut |rowid, record| {
             let values = picks
                 .iter()
-                .map(|&(i, is_rowid)| match record.get_mut(i).map(|v| std::mem::replace(v, Value::Null)) {
+                .map(|&(i, is_rowid)| match record.get(i).cloned() {
                     // An INTEGER PRIMARY KEY is the rowid, stored as NULL in the record.
                     Some(Value::Null) | None if is_rowid => Value::Integer(rowid),
                     Some(v) => v,
@@ -270,7 +270,8 @@ impl<'a> Database<'a> {
         let min_local = (u - 12) * 32 / 255 - 23;
         let k = min_local + (len - min_local) % (u - 4);
         let on_page = if k <= max_local { k } else { min_local };
-        let mut out = Vec::with_capacity(len);
+        // Grown as the chain is read: a claimed length is not trusted with memory up front.
+        let mut out = Vec::with_capacity(len.min(1 << 20));
         out.extend_from_slice(local.get(..on_page).ok_or_else(|| bad("a payload runs past its page"))?);
         let mut next = be32(local, on_page).ok_or_else(|| bad("a payload's overflow pointer"))?;
         while out.len() < len {
