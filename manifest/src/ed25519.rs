@@ -18,7 +18,7 @@ pub struct SignatureError;
 pub struct SigningKey {
     seed: [u8; 32],
     /// Always there: ring refuses a seed only for its length, which the type fixes. An `Option`
-    /// rather than a panic path in PID 1; without it, nothing is signed (see [`SigningKey::sign`]).
+    /// rather than a panic path in PID 1: without it nothing is signed (see [`SigningKey::sign`]).
     pair: Option<Ed25519KeyPair>,
     public: VerifyingKey,
 }
@@ -44,7 +44,8 @@ impl SigningKey {
         self.public
     }
 
-    /// Signs `message` (all zeros, which verifies under no key, if the pair could not be made).
+    /// Signs `message` (all zeros, which does not verify under this key, if the pair could not
+    /// be made).
     pub fn sign(&self, message: &[u8]) -> Signature {
         let mut bytes = [0; 64];
         if let Some(sig) = self.pair.as_ref().map(|p| p.sign(message)) {
