@@ -163,9 +163,7 @@ fn write_trace(recorder: &crate::trace::Recorder, out: &Path) {
 
 impl Drop for FlistFs {
     fn drop(&mut self) {
-        if let Some((recorder, out)) = lock(&self.recording).take() {
-            write_trace(&recorder, &out);
-        }
+        self.trace_recording().finish();
     }
 }
 
