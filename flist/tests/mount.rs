@@ -198,13 +198,29 @@ fn a_cold_mount_under_many_readers_serves_the_true_bytes_from_a_slow_store_while
     let session = flist::fuse::mount(fs_, &mnt, &Default::default()).unwrap();
 
     // Eight readers at once, each through every file in its own order: whole-file reads, and
-    // pieces at scattered offsets. The first store goes away while they read.
+    // pieces at scattered offsets. The first store goes away while they read: after each reader's
+    // first file, so that it happens mid-read however fast this machine fetches. (Counters with
+    // a deadline rather than barriers: a reader that fails must not leave the others waiting.)
+    use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+    let readers = 8usize;
+    let (first_files_read, first_store_gone) = (AtomicUsize::new(0), AtomicBool::new(false));
+    let wait_until = |done: &dyn Fn() -> bool| {
+        let deadline = Instant::now() + Duration::from_secs(60);
+        while !done() && Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(1));
+        }
+    };
     let started = Instant::now();
     std::thread::scope(|s| {
-        for reader in 0..8usize {
+        for reader in 0..readers {
             let (files, mnt) = (&files, &mnt);
+            let (first_files_read, first_store_gone, wait_until) = (&first_files_read, &first_store_gone, &wait_until);
             s.spawn(move || {
                 for k in 0..files.len() {
+                    if k == 1 {
+                        first_files_read.fetch_add(1, Ordering::SeqCst);
+                        wait_until(&|| first_store_gone.load(Ordering::SeqCst));
+                    }
                     let (name, content) = &files[(k * 7 + reader * 11) % files.len()];
                     let path = mnt.join(name);
                     if reader % 2 == 0 {
@@ -223,8 +239,9 @@ fn a_cold_mount_under_many_readers_serves_the_true_bytes_from_a_slow_store_while
                 }
             });
         }
-        std::thread::sleep(Duration::from_millis(150));
+        wait_until(&|| first_files_read.load(Ordering::SeqCst) == readers);
         failing.stop();
+        first_store_gone.store(true, Ordering::SeqCst);
     });
     assert!(started.elapsed() < Duration::from_secs(120), "the readers took {:?}", started.elapsed());
     let stats = source.stats();
