@@ -52,6 +52,7 @@ pub mod store;
 pub mod trace;
 #[cfg(feature = "tools")]
 pub mod unpack;
+pub mod utc;
 #[cfg(feature = "tools")]
 pub mod verify;
 pub mod verity;

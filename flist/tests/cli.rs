@@ -252,6 +252,11 @@ fn s3_store_round_trip_without_recording_credentials() {
     // Packing again into the same bucket uploads nothing.
     let again = pack_json(&t.join("src"), &t.join("g.fl"), &["--store", &url]);
     assert_eq!(again["new_chunks"], 0);
+    // The server checks signatures: a wrong secret is refused, and says so.
+    let wrong = format!("s3+http://{S3_KEY}:not-the-secret@127.0.0.1:{}/chunks", server.port);
+    let refused = util::flist(&[&"verify", &t.join("f.fl"), &"--store", &wrong]);
+    assert!(!refused.status.success());
+    assert!(String::from_utf8_lossy(&refused.stderr).contains("403"), "{}", String::from_utf8_lossy(&refused.stderr));
 }
 
 #[test]
@@ -405,7 +410,8 @@ fn store_copy_copies_only_what_is_missing_and_never_a_tampered_chunk() {
 fn store_gc_keeps_what_kept_flists_name_and_deletes_only_when_asked() {
     let t = TestDir::new();
     let server = s3_server(&t.join("s3"));
-    let s3 = format!("s3+http://{S3_KEY}:{S3_SECRET}@127.0.0.1:{}/collected", server.port);
+    // Under a prefix with characters a signature must encode (space, '+', '~', UTF-8).
+    let s3 = format!("s3+http://{S3_KEY}:{S3_SECRET}@127.0.0.1:{}/collected/a%20b+c~%C3%A9", server.port);
     flist::store::create_bucket(&s3).unwrap();
     util::write(&t.join("one/a.bin"), &util::noise(1 << 20, 11));
     util::write(&t.join("two/b.bin"), &util::noise(1 << 20, 12));

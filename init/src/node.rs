@@ -295,7 +295,7 @@ impl Node {
             self.stale = None;
             return Ok(());
         };
-        let at = flint_manifest::health::rfc3339(at);
+        let at = flist::utc::rfc3339(at);
         let clock = crate::clock::now();
         if clock.trust != crate::clock::Trust::Trusted {
             tracing::warn!(
@@ -706,7 +706,7 @@ impl Node {
                     .and_then(|t| t.duration_since(SystemTime::UNIX_EPOCH).ok())
                     .map(|d| d.as_secs()),
                 last_error: self.last_error.clone(),
-                expires: self.applied.as_ref().and_then(|p| p.expires).map(flint_manifest::health::rfc3339),
+                expires: self.applied.as_ref().and_then(|p| p.expires).map(flist::utc::rfc3339),
                 stale: self.stale.clone(),
                 health: self.health.clone(),
                 health_window: self.window.as_ref().map(|w| w.length().as_secs()),

@@ -97,7 +97,7 @@ impl RawHealth {
 }
 
 /// The latest expiry a manifest may name: year 9999, far inside what a `SystemTime` holds.
-const MAX_EXPIRES: u64 = 253_402_300_799;
+const MAX_EXPIRES: u64 = flist::utc::MAX_SECS;
 
 /// `expires` as written: an RFC 3339 time (`2026-12-10T12:00:00Z`) or seconds since the epoch.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -114,25 +114,13 @@ impl RawExpires {
     pub fn resolve(&self) -> Result<u64, String> {
         let secs = match self {
             RawExpires::Seconds(s) => *s,
-            RawExpires::Text(t) => {
-                let at: jiff::Timestamp =
-                    t.parse().map_err(|e| format!("expires: {t:?} is not an RFC 3339 time ({e})"))?;
-                u64::try_from(at.as_second()).map_err(|_| format!("expires: {t:?} is before 1970"))?
-            }
+            RawExpires::Text(t) => flist::utc::parse_rfc3339(t).map_err(|e| format!("expires: {e}"))?,
         };
         if secs > MAX_EXPIRES {
             return Err(format!("expires: {secs} is after the year 9999"));
         }
         Ok(secs)
     }
-}
-
-/// `secs` since the epoch as RFC 3339 (UTC), for messages.
-pub fn rfc3339(secs: u64) -> String {
-    i64::try_from(secs)
-        .ok()
-        .and_then(|s| jiff::Timestamp::from_second(s).ok())
-        .map_or_else(|| format!("{secs} s after the epoch"), |t| t.to_string())
 }
 
 /// Whether a manifest that expires at `expires` (seconds since the epoch) has expired at `now`.

@@ -251,7 +251,7 @@ fn expiry_is_read_as_rfc3339_or_seconds_and_bounded() {
     assert!(health::expired(Some(1_796_904_000), now));
     assert!(!health::expired(Some(1_796_904_001), now));
     assert!(!health::expired(None, now));
-    assert_eq!(health::rfc3339(1_796_904_000), "2026-12-10T12:00:00Z");
+    assert_eq!(flist::utc::rfc3339(1_796_904_000), "2026-12-10T12:00:00Z");
 }
 
 #[test]

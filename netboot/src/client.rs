@@ -390,8 +390,7 @@ pub fn audit(args: &AdminArgs, limit: usize) -> anyhow::Result<()> {
     admin.print(&log, |log| {
         let mut out = String::new();
         for e in log.as_array().into_iter().flatten().rev() {
-            let at =
-                e.get("at").and_then(Value::as_f64).map_or("?".into(), |t| flint_manifest::health::rfc3339(t as u64));
+            let at = e.get("at").and_then(Value::as_f64).map_or("?".into(), |t| flist::utc::rfc3339(t as u64));
             out += &format!("{at} {}: {}: {}\n", s(e, "who"), s(e, "action"), s(e, "detail"));
         }
         out

@@ -156,8 +156,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                 .context("a node would refuse this manifest")?;
             let out = PathBuf::from(format!("{}.sig", manifest.display()));
             std::fs::write(&out, format!("{signature}\n"))?;
-            let expiry =
-                plan.expires.map_or(String::new(), |e| format!(", expires {}", flint_manifest::health::rfc3339(e)));
+            let expiry = plan.expires.map_or(String::new(), |e| format!(", expires {}", flist::utc::rfc3339(e)));
             println!(
                 "{}: version {}, {} flists, {} services{expiry}",
                 out.display(),
@@ -198,7 +197,7 @@ fn with_expiry(bytes: &[u8], span: u64) -> anyhow::Result<Vec<u8>> {
     let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH)?.as_secs();
     let at = now.checked_add(span).context("the expiry is too far")?;
     let object = manifest.as_object_mut().context("not a JSON object")?;
-    object.insert("expires".into(), flint_manifest::health::rfc3339(at).into());
+    object.insert("expires".into(), flist::utc::rfc3339(at).into());
     let mut text = serde_json::to_vec_pretty(&manifest)?;
     text.push(b'\n');
     Ok(text)

@@ -16,6 +16,7 @@ mod dir;
 mod http;
 mod router;
 mod s3;
+mod sigv4;
 mod zdb;
 
 pub use http::CONNECTIONS_PER_HOST;

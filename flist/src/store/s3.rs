@@ -1,19 +1,21 @@
 //! `s3://` and `s3+http://`: any S3-compatible server (AWS, garage, MinIO, s3s-fs), path-style.
-//! Requests are presigned with rusty-s3 (a sans-IO signer, so no async runtime or SDK is pulled
-//! into PID 1) and sent with the same blocking HTTP agent as the HTTP store.
+//! Requests are presigned URLs (`sigv4`, sans-IO, so no async runtime or SDK is pulled into
+//! PID 1) sent with the same blocking HTTP agent as the HTTP store.
 
-use std::time::Duration;
-
-use rusty_s3::{Bucket, Credentials, S3Action, UrlStyle};
+use std::time::{SystemTime, UNIX_EPOCH};
 
 use super::http::{agent, body, body_within, file_status, status, transport};
+use super::sigv4::{Credentials, Endpoint, Request};
 use super::{flat_object_path, object_path, percent_decode, Store, StoreError};
 use crate::format::Hash;
 
-const SIGNATURE_LIFETIME: Duration = Duration::from_secs(600);
+/// How long a presigned URL stays valid: it is used at once.
+const SIGNATURE_LIFETIME_SECS: u64 = 600;
 
 pub(crate) struct S3Store {
-    bucket: Bucket,
+    endpoint: Endpoint,
+    bucket: String,
+    /// Decoded; empty or ending in `/`.
     prefix: String,
     credentials: Option<Credentials>,
     url: String,
@@ -21,27 +23,48 @@ pub(crate) struct S3Store {
 }
 
 impl S3Store {
-    /// Credentials come from the URL's user info, else `AWS_ACCESS_KEY_ID`/`AWS_SECRET_ACCESS_KEY`,
-    /// else requests go unsigned (a public bucket).
+    /// Credentials come from the URL's user info, else `AWS_ACCESS_KEY_ID`/`AWS_SECRET_ACCESS_KEY`
+    /// (and `AWS_SESSION_TOKEN`), else requests go unsigned (a public bucket).
     pub(crate) fn new(url: &url::Url) -> Result<Self, String> {
         let scheme = if url.scheme() == "s3+http" { "http" } else { "https" };
-        let host = url.host_str().ok_or("no host")?;
-        let endpoint = match url.port() {
-            Some(port) => format!("{scheme}://{host}:{port}"),
-            None => format!("{scheme}://{host}"),
+        let host = url.host_str().filter(|h| !h.is_empty()).ok_or("no host")?;
+        // The port only when it is not the scheme's own, as the HTTP client writes `Host`.
+        let host = match url.port() {
+            Some(port) if !matches!((scheme, port), ("http", 80) | ("https", 443)) => format!("{host}:{port}"),
+            _ => host.to_string(),
         };
         let mut path = url.path().trim_matches('/').splitn(2, '/');
-        let bucket_name = path.next().filter(|b| !b.is_empty()).ok_or("no bucket in the path")?.to_string();
-        let prefix = path.next().map(|p| format!("{}/", p.trim_end_matches('/'))).unwrap_or_default();
-        let region = url.query_pairs().find(|(k, _)| k == "region").map(|(_, v)| v.into_owned());
-        let endpoint = url::Url::parse(&endpoint).map_err(|e| e.to_string())?;
-        let bucket = Bucket::new(endpoint, UrlStyle::Path, bucket_name, region.unwrap_or_else(|| "us-east-1".into()))
-            .map_err(|e| e.to_string())?;
+        let bucket = path.next().filter(|b| !b.is_empty()).ok_or("no bucket in the path")?.to_string();
+        if bucket.len() > 255 || !bucket.bytes().all(|b| b.is_ascii_alphanumeric() || b"-._".contains(&b)) {
+            return Err(format!("{bucket:?} is not a bucket name (letters, digits, '-', '.', '_')"));
+        }
+        let prefix = path.next().map(|p| format!("{}/", percent_decode(p.trim_end_matches('/')))).unwrap_or_default();
+        let region =
+            url.query_pairs().find(|(k, _)| k == "region").map_or_else(|| "us-east-1".into(), |(_, v)| v.into_owned());
         let credentials = match (url.username(), url.password()) {
             ("", None) => Credentials::from_env(),
-            (key, secret) => Some(Credentials::new(percent_decode(key), percent_decode(secret.unwrap_or_default()))),
+            (key, secret) => Some(Credentials {
+                key: percent_decode(key),
+                secret: percent_decode(secret.unwrap_or_default()),
+                token: None,
+            }),
         };
-        Ok(S3Store { bucket, prefix, credentials, url: super::display_url(url.as_str()), agent: agent() })
+        Ok(S3Store {
+            endpoint: Endpoint { scheme, host, region },
+            bucket,
+            prefix,
+            credentials,
+            url: super::display_url(url.as_str()),
+            agent: agent(),
+        })
+    }
+
+    /// A presigned URL for `method` on `key` (under the bucket; empty for the bucket itself).
+    fn signed(&self, method: &str, key: &str, query: &[(&str, &str)]) -> String {
+        let now = SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs());
+        let path = format!("/{}/{key}", self.bucket);
+        let request = Request { method, path: &path, query };
+        self.endpoint.presign(&request, self.credentials.as_ref(), now, SIGNATURE_LIFETIME_SECS)
     }
 
     fn key(&self, id: &Hash) -> String {
@@ -55,12 +78,14 @@ impl S3Store {
 
     /// Creates the bucket; for tests and first-time setup. An existing bucket is not an error.
     pub(crate) fn create_bucket(&self) -> Result<(), StoreError> {
-        let creds = self.credentials.as_ref().ok_or_else(|| StoreError::Failed {
-            store: self.url.clone(),
-            why: "creating a bucket needs credentials".into(),
-        })?;
-        let url = self.bucket.create_bucket(creds).sign(SIGNATURE_LIFETIME);
-        let resp = self.agent.put(url.as_str()).send_empty().map_err(|e| transport(&self.url, e))?;
+        if self.credentials.is_none() {
+            return Err(StoreError::Failed {
+                store: self.url.clone(),
+                why: "creating a bucket needs credentials".into(),
+            });
+        }
+        let url = self.signed("PUT", "", &[]);
+        let resp = self.agent.put(&url).send_empty().map_err(|e| transport(&self.url, e))?;
         match resp.status().as_u16() {
             200 | 409 => Ok(()),
             code => Err(StoreError::Failed { store: self.url.clone(), why: format!("create bucket: HTTP {code}") }),
@@ -71,8 +96,8 @@ impl S3Store {
 impl Store for S3Store {
     fn get(&self, id: &Hash) -> Result<Vec<u8>, StoreError> {
         for key in self.read_keys(id) {
-            let url = self.bucket.get_object(self.credentials.as_ref(), &key).sign(SIGNATURE_LIFETIME);
-            let resp = self.agent.get(url.as_str()).call().map_err(|e| transport(&self.url, e))?;
+            let url = self.signed("GET", &key, &[]);
+            let resp = self.agent.get(&url).call().map_err(|e| transport(&self.url, e))?;
             match resp.status().as_u16() {
                 200 => return body(&self.url, resp),
                 404 => continue,
@@ -84,8 +109,8 @@ impl Store for S3Store {
 
     fn has(&self, id: &Hash) -> Result<bool, StoreError> {
         for key in self.read_keys(id) {
-            let url = self.bucket.head_object(self.credentials.as_ref(), &key).sign(SIGNATURE_LIFETIME);
-            let resp = self.agent.head(url.as_str()).call().map_err(|e| transport(&self.url, e))?;
+            let url = self.signed("HEAD", &key, &[]);
+            let resp = self.agent.head(&url).call().map_err(|e| transport(&self.url, e))?;
             match resp.status().as_u16() {
                 200 => return Ok(true),
                 404 => continue,
@@ -97,8 +122,8 @@ impl Store for S3Store {
 
     fn put(&self, id: &Hash, bytes: &[u8]) -> Result<(), StoreError> {
         let key = self.key(id);
-        let url = self.bucket.put_object(self.credentials.as_ref(), &key).sign(SIGNATURE_LIFETIME);
-        let resp = self.agent.put(url.as_str()).send(bytes).map_err(|e| transport(&self.url, e))?;
+        let url = self.signed("PUT", &key, &[]);
+        let resp = self.agent.put(&url).send(bytes).map_err(|e| transport(&self.url, e))?;
         match resp.status().as_u16() {
             200 | 201 | 204 => Ok(()),
             code => Err(status(&self.url, id, code)),
@@ -115,13 +140,12 @@ impl Store for S3Store {
         let mut ids = Vec::new();
         let mut token: Option<String> = None;
         loop {
-            let mut action = self.bucket.list_objects_v2(self.credentials.as_ref());
-            action.with_prefix(self.prefix.as_str());
+            let mut query = vec![("list-type", "2"), ("prefix", self.prefix.as_str())];
             if let Some(t) = &token {
-                action.with_continuation_token(t.as_str());
+                query.push(("continuation-token", t.as_str()));
             }
-            let url = action.sign(SIGNATURE_LIFETIME);
-            let resp = self.agent.get(url.as_str()).call().map_err(|e| transport(&self.url, e))?;
+            let url = self.signed("GET", "", &query);
+            let resp = self.agent.get(&url).call().map_err(|e| transport(&self.url, e))?;
             let code = resp.status().as_u16();
             let text = String::from_utf8_lossy(&body(&self.url, resp)?).into_owned();
             if code != 200 {
@@ -140,8 +164,8 @@ impl Store for S3Store {
     #[cfg(feature = "tools")]
     fn delete(&self, id: &Hash) -> Result<(), StoreError> {
         let key = self.key(id);
-        let url = self.bucket.delete_object(self.credentials.as_ref(), &key).sign(SIGNATURE_LIFETIME);
-        let resp = self.agent.delete(url.as_str()).call().map_err(|e| transport(&self.url, e))?;
+        let url = self.signed("DELETE", &key, &[]);
+        let resp = self.agent.delete(&url).call().map_err(|e| transport(&self.url, e))?;
         match resp.status().as_u16() {
             200 | 204 | 404 => Ok(()),
             code => Err(status(&self.url, id, code)),
@@ -156,8 +180,8 @@ pub(crate) fn get_file(url: &url::Url, limit: u64) -> Result<Vec<u8>, StoreError
     if key.is_empty() {
         return Err(StoreError::BadUrl { url: s3.url, why: "no object key after the bucket".into() });
     }
-    let signed = s3.bucket.get_object(s3.credentials.as_ref(), key).sign(SIGNATURE_LIFETIME);
-    let resp = s3.agent.get(signed.as_str()).call().map_err(|e| transport(&s3.url, e))?;
+    let signed = s3.signed("GET", key, &[]);
+    let resp = s3.agent.get(&signed).call().map_err(|e| transport(&s3.url, e))?;
     match resp.status().as_u16() {
         200 => body_within(&s3.url, resp, limit),
         code => Err(file_status(&s3.url, code)),

@@ -35,7 +35,7 @@ fn when(t: f64) -> String {
         return "never".into();
     }
     let secs = u64::try_from(t as i64).unwrap_or(0);
-    flint_manifest::health::rfc3339(secs)
+    flist::utc::rfc3339(secs)
 }
 
 fn ago(t: f64) -> String {
