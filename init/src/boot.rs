@@ -314,7 +314,7 @@ pub fn boot() -> ! {
     let params = cmdline::parse(&cmdline);
     let level = if params.debug { tracing::Level::DEBUG } else { tracing::Level::INFO };
     crate::logship::capture();
-    let _ = tracing_subscriber::fmt().with_max_level(level).with_ansi(false).with_writer(|| ConsoleAndKmsg).try_init();
+    crate::logger::Logger::new(crate::logger::Filter::at(level), false, || ConsoleAndKmsg).install();
     tracing::info!(
         "flint init {} starting as PID 1, {:.2} s after the kernel started",
         env!("CARGO_PKG_VERSION"),

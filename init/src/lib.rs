@@ -15,6 +15,7 @@
 //! - [`control`]: the control socket (JSON lines) and its client; [`logring`]: services' output.
 //! - [`report`]: boot stages told to the boot server's status page; [`logship`]: the console
 //!   and services' output (and the numbers) shipped there, bounded and in order.
+//! - [`logger`]: the log line of every event, to the console, `/dev/kmsg` or stderr.
 //! - [`metrics`]: the node's numbers in Prometheus's text format.
 //! - [`identity`]: the node's own key, which signs what it tells and asks the boot server.
 //! - [`health`]: whether an upgrade counts as good (a pure step function), else the node rolls back.
@@ -29,6 +30,7 @@ pub mod guard;
 pub mod health;
 pub mod identity;
 pub mod kept;
+pub mod logger;
 pub mod logring;
 pub mod logship;
 pub mod metrics;

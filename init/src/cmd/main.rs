@@ -14,6 +14,7 @@ mod vm;
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
+use flint_init::logger::{Filter, Logger};
 
 #[derive(Parser)]
 #[command(name = "init", version, about = "flint's PID 1: boots a node from a signed manifest and supervises it")]
@@ -49,16 +50,15 @@ enum VmCommand {
     },
 }
 
-/// `RUST_LOG` as `LEVEL` or `TARGET=LEVEL,...` (a target filter: PID 1 carries no regex engine
-/// for env-filter's span patterns); `info` when unset or unreadable.
-fn log_filter() -> tracing_subscriber::filter::Targets {
-    let info = tracing_subscriber::filter::Targets::new().with_default(tracing::Level::INFO);
+/// `RUST_LOG` as `LEVEL` or `TARGET=LEVEL,...` (see [`Filter::parse`]); `info` when unset or
+/// unreadable.
+fn log_filter() -> Filter {
     match std::env::var("RUST_LOG") {
-        Ok(spec) => spec.parse().unwrap_or_else(|e| {
+        Ok(spec) => Filter::parse(&spec).unwrap_or_else(|e| {
             eprintln!("RUST_LOG={spec:?} ignored: {e}");
-            info
+            Filter::at(tracing::Level::INFO)
         }),
-        Err(_) => info,
+        Err(_) => Filter::at(tracing::Level::INFO),
     }
 }
 
@@ -71,17 +71,9 @@ fn main() -> ExitCode {
     {
         flint_init::boot::boot();
     }
-    use tracing_subscriber::layer::SubscriberExt;
-    use tracing_subscriber::util::SubscriberInitExt;
-    tracing_subscriber::registry()
-        .with(
-            tracing_subscriber::fmt::layer()
-                .with_writer(|| flint_init::logship::Shipped(std::io::stderr()))
-                // Services' (and VM runners') output is captured into logs: colours only on a terminal.
-                .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr())),
-        )
-        .with(log_filter())
-        .init();
+    // Services' (and VM runners') output is captured into logs: colours only on a terminal.
+    let colours = std::io::IsTerminal::is_terminal(&std::io::stderr());
+    Logger::new(log_filter(), colours, || flint_init::logship::Shipped(std::io::stderr())).install();
     let result = match Cli::parse().command {
         Command::Run(a) => {
             // From the first line: the boot server may take them once the node knows its key.
