@@ -16,7 +16,7 @@ pub struct Backoff {
     pub max: Duration,
     /// Uptime after which a crash counts as the first again.
     pub stable: Duration,
-    /// Wait between two failed readiness checks.
+    /// Longest wait between two failed readiness checks (see [`Backoff::test_delay`]).
     pub test_interval: Duration,
 }
 
@@ -36,6 +36,15 @@ impl Backoff {
     pub fn delay(&self, failures: u32) -> Duration {
         let factor = 1u32.checked_shl(failures.saturating_sub(1).min(20)).unwrap_or(u32::MAX);
         self.first.saturating_mul(factor).min(self.max)
+    }
+
+    /// The wait after a failed readiness check of a service started `age` ago: half its age,
+    /// from 20 ms up to `test_interval`. A service is most likely to become ready just after its
+    /// start, so checks come soon then and grow sparse (about a dozen in its first 2 s), rather
+    /// than every `test_interval` from the first.
+    pub fn test_delay(&self, age: Duration) -> Duration {
+        const SOONEST: Duration = Duration::from_millis(20);
+        (age / 2).max(SOONEST).min(self.test_interval)
     }
 }
 
@@ -227,7 +236,8 @@ pub fn step(
             if exited == test =>
         {
             let ready = ready || success;
-            let next_test = (!ready).then_some(crate::later(now, backoff.test_interval));
+            let delay = backoff.test_delay(now.saturating_duration_since(since));
+            let next_test = (!ready).then_some(crate::later(now, delay));
             let note = if success { vec![Action::Note("ready")] } else { vec![] };
             (State { phase: Running { pid, since, ready, test_pid: None, next_test }, ..s }, note)
         }

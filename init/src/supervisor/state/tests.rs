@@ -102,12 +102,35 @@ fn readiness_is_checked_until_it_passes_then_bounded() {
     r.ev(Event::Tick);
     assert_eq!(r.ev(Event::Spawned(7)), vec![Action::SpawnTest]);
     assert!(!r.s.is_up());
-    r.ev(Event::TestSpawned(70));
-    assert_eq!(r.ev(Event::Exited { pid: 70, success: false }), vec![]);
-    assert_eq!(r.at(0.4), vec![]);
-    assert_eq!(r.at(0.1), vec![Action::SpawnTest]);
-    r.ev(Event::TestSpawned(71));
-    r.ev(Event::Exited { pid: 71, success: true });
+    // Failed checks are retried soon after the start, then more and more sparsely, up to
+    // test_interval apart.
+    let started = r.now;
+    let mut delays = Vec::new();
+    for test in 70..90 {
+        r.ev(Event::TestSpawned(test));
+        assert_eq!(r.ev(Event::Exited { pid: test, success: false }), vec![]);
+        let due = r.s.deadline().unwrap();
+        delays.push(due.duration_since(r.now));
+        r.now = due - Duration::from_millis(1);
+        assert_eq!(r.ev(Event::Tick), vec![], "a check before it was due");
+        r.now = due;
+        assert_eq!(r.ev(Event::Tick), vec![Action::SpawnTest]);
+    }
+    assert_eq!(delays[0], Duration::from_millis(20));
+    assert!(delays.windows(2).all(|w| w[0] <= w[1]), "{delays:?}");
+    assert_eq!(*delays.last().unwrap(), Duration::from_millis(500));
+    let first_two_seconds = delays
+        .iter()
+        .scan(Duration::ZERO, |t, d| {
+            *t += *d;
+            Some(*t)
+        })
+        .take_while(|t| *t <= Duration::from_secs(2))
+        .count();
+    assert!((8..=16).contains(&first_two_seconds), "{first_two_seconds} checks in 2 s: {delays:?}");
+    assert!(r.now.duration_since(started) > Duration::from_secs(3));
+    r.ev(Event::TestSpawned(91));
+    r.ev(Event::Exited { pid: 91, success: true });
     assert!(r.s.is_up());
     assert_eq!(r.s.deadline(), None);
 
