@@ -55,14 +55,15 @@ pub struct Sealed {
     pub bytes: Vec<u8>,
 }
 
-/// Plain bytes that were checked against their hash. Cheap to clone.
+/// Plain bytes that were checked against their hash. Cheap to clone. (An `Arc<Vec>`, not an
+/// `Arc<[u8]>`: making the latter from the decompressed `Vec` copied every chunk once more.)
 #[derive(Clone, Debug)]
-pub struct Verified(Arc<[u8]>);
+pub struct Verified(Arc<Vec<u8>>);
 
 impl std::ops::Deref for Verified {
     type Target = [u8];
     fn deref(&self) -> &[u8] {
-        &self.0
+        self.0.as_slice()
     }
 }
 
@@ -148,7 +149,7 @@ pub fn verify_plain(chunk: &ChunkRef, plain: Vec<u8>) -> Result<Verified, ChunkE
         }
         return Err(ChunkError::HashMismatch { id: chunk.id, actual });
     }
-    Ok(Verified(plain.into()))
+    Ok(Verified(Arc::new(plain)))
 }
 
 #[cfg(test)]

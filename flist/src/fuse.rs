@@ -30,7 +30,7 @@ use fuser::{
 use crate::durable::lock;
 use crate::fetch::CachedSource;
 use crate::format::{Extent, Flist, Inode, InodeData, Kind, Timestamp};
-use crate::read::copy_extents;
+use crate::read::{copy_extents, ChunkSource};
 
 /// What can go wrong serving a request, mapped to an errno in exactly one place.
 #[derive(Debug)]
@@ -116,6 +116,21 @@ struct Passthrough {
     queue: crossbeam_channel::Sender<u32>,
     /// Cleared when the kernel refuses a backing file: then every open is a cached one.
     working: AtomicBool,
+}
+
+/// What a read answers: a piece of one verified chunk, or bytes assembled from several extents.
+enum ReadBytes {
+    Piece(crate::chunk::Verified, std::ops::Range<usize>),
+    Assembled(Vec<u8>),
+}
+
+impl ReadBytes {
+    fn as_slice(&self) -> &[u8] {
+        match self {
+            ReadBytes::Piece(chunk, range) => chunk.get(range.clone()).unwrap_or_default(),
+            ReadBytes::Assembled(bytes) => bytes,
+        }
+    }
 }
 
 /// An flist served over FUSE.
@@ -380,7 +395,7 @@ impl FlistFs {
         Ok(self.attr(inode_index, inode))
     }
 
-    fn read_range(&self, ino: INodeNo, offset: u64, size: u32) -> Result<Vec<u8>, FsError> {
+    fn read_range(&self, ino: INodeNo, offset: u64, size: u32) -> Result<ReadBytes, FsError> {
         let (index, inode) = self.inode(ino)?;
         match inode.kind() {
             Kind::File => {}
@@ -388,9 +403,24 @@ impl FlistFs {
             _ => return Err(FsError::NoEntry),
         }
         let extents = self.flist.extents(inode, offset, u64::from(size));
-        let mut out = Vec::with_capacity(size as usize);
-        copy_extents(&self.flist, self.source.as_ref(), &extents, &mut out)
-            .map_err(|e| FsError::Fetch(e.to_string()))?;
+        let out = match extents.as_slice() {
+            // Within one chunk (most reads: chunks are larger than the kernel's requests): the
+            // reply is a piece of the verified chunk itself, not a copy of it.
+            &[Extent::Data { chunk, offset, len }] => {
+                let bytes = self.source.chunk(&self.flist, chunk).map_err(|e| FsError::Fetch(e.to_string()))?;
+                let (start, len) = (offset as usize, len as usize);
+                if bytes.get(start..start + len).is_none() {
+                    return Err(FsError::Fetch("extent outside its chunk".into()));
+                }
+                ReadBytes::Piece(bytes, start..start + len)
+            }
+            _ => {
+                let mut out = Vec::with_capacity(size as usize);
+                copy_extents(&self.flist, self.source.as_ref(), &extents, &mut out)
+                    .map_err(|e| FsError::Fetch(e.to_string()))?;
+                ReadBytes::Assembled(out)
+            }
+        };
         let data_chunks = || {
             extents.iter().filter_map(|e| match e {
                 Extent::Data { chunk, .. } => Some(*chunk),
@@ -414,7 +444,7 @@ impl FlistFs {
             }
             _ => false,
         };
-        let end = offset + out.len() as u64;
+        let end = offset + out.as_slice().len() as u64;
         // A streaming reader continues where it stopped, and the kernel's read-ahead has grown
         // its requests; a program loader reads a header, then faults pages here and there.
         let streaming = {
@@ -612,7 +642,7 @@ impl Filesystem for FlistFs {
             self.counters.reads.fetch_add(1, Ordering::Relaxed);
             tracing::trace!("read inode {ino} at {offset}, {size} bytes");
             match self.read_range(ino, offset, size) {
-                Ok(bytes) => reply.data(&bytes),
+                Ok(bytes) => reply.data(bytes.as_slice()),
                 Err(e) => {
                     self.log_error("read", ino, &e);
                     reply.error(errno(&e));
