@@ -62,6 +62,15 @@ fn files_are_served_with_ranges_and_etags() {
     assert_ne!(header(&headers, "etag"), Some(etag.as_str()));
 
     assert_eq!(get(&format!("{}/store/ab/abcdef", s.url), &[]).2, b"chunk");
+    // Past 1 MiB a body is streamed rather than read at once: the same bytes either way.
+    let big: Vec<u8> = (0..3_000_017u32).map(|i| (i.wrapping_mul(2_654_435_761) >> 13) as u8).collect();
+    std::fs::write(dir.path().join("boot/big"), &big).unwrap();
+    let big_url = format!("{}/boot/big", s.url);
+    assert!(get(&big_url, &[]).2 == big);
+    for (range, from, to) in [("bytes=5-2999999", 5, 3_000_000), ("bytes=1048576-1048576", 1_048_576, 1_048_577)] {
+        let (status, _, body) = get(&big_url, &[("Range", range)]);
+        assert!(status == 206 && body == big[from..to], "{range}: {status}, {} bytes", body.len());
+    }
     for refused in ["/.hidden", "/boot/../.hidden", "/store", "/nothing"] {
         assert_eq!(get(&format!("{}{refused}", s.url), &[]).0, 404, "{refused}");
     }

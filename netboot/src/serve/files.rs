@@ -17,6 +17,16 @@ use super::{empty, text, Body};
 /// memory (500 nodes fetching a kernel at once hold 500 of these).
 const STREAM_BUFFER: usize = 64 << 10;
 
+/// A response of at most this many bytes (any chunk of the default chunking) is read in one
+/// read and sent as one piece: streaming it in `STREAM_BUFFER` pieces took a blocking-pool
+/// round trip per piece, most of the server's CPU in a cold mount's read.
+const WHOLE_READ: u64 = 1 << 20;
+
+/// Bytes that whole reads may hold at once, all responses together; past it, responses stream.
+const WHOLE_READS_AT_ONCE: u32 = 64 << 20;
+
+static WHOLE_READ_BYTES: tokio::sync::Semaphore = tokio::sync::Semaphore::const_new(WHOLE_READS_AT_ONCE as usize);
+
 /// Whether `url_path` names a file under a root at all: not empty, no `..`, no hidden component.
 pub fn is_clean(url_path: &str) -> bool {
     let relative = Path::new(url_path.trim_start_matches('/'));
@@ -72,15 +82,47 @@ fn wanted_range(headers: &HeaderMap, etag: &str, len: u64) -> Result<Option<(u64
     }
 }
 
+/// A file opened for a response, and its bytes when they were read at once.
+struct Opened {
+    file: std::fs::File,
+    meta: std::fs::Metadata,
+    /// The whole response body, read with the file opened, and what it holds of the budget.
+    whole: Option<(Vec<u8>, tokio::sync::SemaphorePermit<'static>)>,
+}
+
+/// Opens `path` and, when the response is small, reads it: all in one trip to the blocking
+/// pool (each trip is a thread hand-off; a chunk took four).
+fn open(path: &Path, headers: &HeaderMap, head: bool) -> Option<Opened> {
+    use std::os::unix::fs::FileExt;
+    let file = std::fs::File::open(path).ok()?;
+    let meta = file.metadata().ok().filter(std::fs::Metadata::is_file)?;
+    let mut opened = Opened { file, meta, whole: None };
+    let wanted = match wanted_range(headers, &etag(&opened.meta), opened.meta.len()) {
+        Ok(None) => Some((0, opened.meta.len())),
+        Ok(Some((first, last))) => Some((first, last - first + 1)),
+        Err(()) => None,
+    };
+    let not_modified = header_is(headers, header::IF_NONE_MATCH, &etag(&opened.meta));
+    if let (Some((start, count)), false, false) = (wanted, head, not_modified) {
+        // `count` fits in u32 below WHOLE_READ.
+        if let Some(permit) =
+            (count <= WHOLE_READ).then(|| WHOLE_READ_BYTES.try_acquire_many(count as u32).ok()).flatten()
+        {
+            let mut bytes = vec![0; count as usize];
+            if opened.file.read_exact_at(&mut bytes, start).is_ok() {
+                opened.whole = Some((bytes, permit));
+            }
+        }
+    }
+    Some(opened)
+}
+
 /// Answers a GET (or HEAD, without the body) for `path`, already resolved under the root.
 pub async fn serve(path: &Path, headers: &HeaderMap, head: bool) -> Response<Body> {
-    let mut file = match tokio::fs::File::open(path).await {
-        Ok(f) => f,
-        Err(_) => return text(StatusCode::NOT_FOUND, "not found\n"),
-    };
-    let meta = match file.metadata().await {
-        Ok(m) if m.is_file() => m,
-        _ => return text(StatusCode::NOT_FOUND, "not found\n"),
+    let (owned_path, owned_headers) = (path.to_owned(), headers.clone());
+    let opened = tokio::task::spawn_blocking(move || open(&owned_path, &owned_headers, head)).await;
+    let Ok(Some(Opened { file, meta, whole })) = opened else {
+        return text(StatusCode::NOT_FOUND, "not found\n");
     };
     let (len, tag) = (meta.len(), etag(&meta));
     let mut response = Response::builder()
@@ -108,6 +150,17 @@ pub async fn serve(path: &Path, headers: &HeaderMap, head: bool) -> Response<Bod
     if head {
         return response.body(empty()).unwrap_or_else(|_| empty_response());
     }
+    if let Some((bytes, permit)) = whole {
+        // One piece; the budget is given back once it has been handed to the connection.
+        let frame = futures_util::stream::once(async move {
+            let _held = permit;
+            Ok(Frame::data(hyper::body::Bytes::from(bytes)))
+        });
+        return response
+            .body(http_body_util::BodyExt::boxed(http_body_util::StreamBody::new(frame)))
+            .unwrap_or_else(|_| empty_response());
+    }
+    let mut file = tokio::fs::File::from_std(file);
     if start > 0 && file.seek(SeekFrom::Start(start)).await.is_err() {
         return text(StatusCode::INTERNAL_SERVER_ERROR, "seek failed\n");
     }
