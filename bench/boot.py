@@ -9,7 +9,8 @@
 - `trace`: the direct boot on a blank cache disk, which records the system flist's prefetch
   trace there until the node is healthy, then the same boot on an empty cache with that trace
   published beside the flist (system.trace): PID 1 → web ready and the chunk requests made,
-  without and with the trace.
+  without and with the trace;
+- `pid1`: kernel → init of the busybox baseline and of flint's PID 1, in turn, 10 pairs.
 Built and served by qemu/flintnode.py. Arguments name the boot paths to time (default: all)."""
 import glob, json, os, re, shutil, subprocess, sys, tempfile, threading, time
 
@@ -21,6 +22,9 @@ HTTP, SSH = 18380 + os.getpid() % 400, 19380 + os.getpid() % 400
 
 def busybox_initrd(work):
     """An initramfs with static busybox as /init: prints the uptime (kernel → init) and powers off."""
+    out = os.path.join(work, "busybox.cpio.zst")
+    if os.path.exists(out):
+        return out
     root = os.path.join(work, "bbroot")
     os.makedirs(os.path.join(root, "bin"))
     os.makedirs(os.path.join(root, "dev"))
@@ -31,7 +35,7 @@ def busybox_initrd(work):
         f.write("#!/bin/busybox sh\n/bin/busybox mount -t proc proc /proc\n"
                 "echo BUSYBOX-UP $(/bin/busybox cat /proc/uptime)\n/bin/busybox poweroff -f\n")
     os.chmod(os.path.join(root, "init"), 0o755)
-    return pack_initrd(root, os.path.join(work, "busybox.cpio.zst"))
+    return pack_initrd(root, out)
 
 
 def baseline(site):
@@ -43,6 +47,42 @@ def baseline(site):
     total = time.monotonic() - t0
     m = re.search(r"BUSYBOX-UP ([\d.]+)", out.stdout)
     return {"kernel": float(m.group(1)) if m else None, "total": total}
+
+
+def init_started(site, initrd, cmdline, pattern):
+    """Boots `initrd` directly and returns the kernel's uptime when its init printed `pattern` (a
+    regex whose group is that uptime); qemu is killed then."""
+    proc = subprocess.Popen(["qemu-system-x86_64", "-accel", tcg_accel(site.accel), "-m", "1024", "-smp", "2",
+                             "-nographic", "-no-reboot", "-kernel", site.vmlinuz, "-initrd", initrd, "-append", cmdline],
+                            stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True, errors="replace")
+    timer = threading.Timer(300, proc.kill)
+    timer.start()
+    try:
+        for text in proc.stdout:
+            m = re.search(pattern, text)
+            if m:
+                return float(m.group(1))
+        return None
+    finally:
+        timer.cancel()
+        proc.kill()
+        proc.wait()
+
+
+def paired(site, pairs=10):
+    """Kernel → init for the busybox baseline and for flint's PID 1, boot after boot in turn, so
+    that the host's drift over a run (it slows down as it works) falls on both alike."""
+    busybox = busybox_initrd(site.work)
+    cmdline = "console=ttyS0 quiet"
+    diffs = []
+    for n in range(pairs):
+        base = init_started(site, busybox, cmdline, r"BUSYBOX-UP ([\d.]+)")
+        flint = init_started(site, site.initrd, cmdline, r"starting as PID 1, ([\d.]+) s after the kernel")
+        print(f"  pair {n + 1}: busybox {base:.2f} s, flint {flint:.2f} s: {flint - base:+.2f} s", flush=True)
+        diffs.append(flint - base)
+    diffs.sort()
+    print(f"kernel → PID 1, flint against busybox over {pairs} pairs: mean {sum(diffs) / pairs:+.2f} s, "
+          f"median {diffs[pairs // 2]:+.2f} s")
 
 
 def answered_at(vm, url, stop):
@@ -164,7 +204,14 @@ def main():
     print(f"\nbaseline, kernel + busybox initramfs: qemu start → power off {base['total']:.2f} s; "
           f"kernel → busybox init {base['kernel']:.2f} s")
     system_bytes = demo.system_size
-    modes = sys.argv[1:] or ["direct", "pxe", "usb", "trace"]
+    modes = sys.argv[1:] or ["direct", "pxe", "usb", "trace", "pid1"]
+    if "pid1" in modes:
+        print("\nkernel → init, the same kernel and command line, busybox and flint boots in turn:")
+        paired(site)
+        modes = [m for m in modes if m != "pid1"]
+        if not modes:
+            site.stop()
+            return
     usb = site.usb_image(os.path.join(work, "usb.img")) if "usb" in modes else None
     rows = {}
     for mode in [m for m in modes if m != "trace"]:
