@@ -82,71 +82,91 @@ fn wanted_range(headers: &HeaderMap, etag: &str, len: u64) -> Result<Option<(u64
     }
 }
 
+/// What a request for a file gets, decided once its metadata is known.
+enum Answer {
+    NotModified,
+    /// Unsatisfiable range.
+    NoRange,
+    /// `count` bytes from `start`; `partial` with a `Content-Range` header.
+    Bytes {
+        start: u64,
+        count: u64,
+        partial: bool,
+    },
+}
+
 /// A file opened for a response, and its bytes when they were read at once.
 struct Opened {
     file: std::fs::File,
-    meta: std::fs::Metadata,
+    len: u64,
+    tag: String,
+    answer: Answer,
     /// The whole response body, read with the file opened, and what it holds of the budget.
     whole: Option<(Vec<u8>, tokio::sync::SemaphorePermit<'static>)>,
 }
 
-/// Opens `path` and, when the response is small, reads it: all in one trip to the blocking
-/// pool (each trip is a thread hand-off; a chunk took four).
+/// Opens `path`, decides the answer and, when the body is small, reads it: all in one trip to
+/// the blocking pool (each trip is a thread hand-off; a chunk took four).
 fn open(path: &Path, headers: &HeaderMap, head: bool) -> Option<Opened> {
     use std::os::unix::fs::FileExt;
     let file = std::fs::File::open(path).ok()?;
     let meta = file.metadata().ok().filter(std::fs::Metadata::is_file)?;
-    let mut opened = Opened { file, meta, whole: None };
-    let wanted = match wanted_range(headers, &etag(&opened.meta), opened.meta.len()) {
-        Ok(None) => Some((0, opened.meta.len())),
-        Ok(Some((first, last))) => Some((first, last - first + 1)),
-        Err(()) => None,
+    let (len, tag) = (meta.len(), etag(&meta));
+    let answer = match wanted_range(headers, &tag, len) {
+        _ if header_is(headers, header::IF_NONE_MATCH, &tag) => Answer::NotModified,
+        Ok(None) => Answer::Bytes { start: 0, count: len, partial: false },
+        Ok(Some((first, last))) => Answer::Bytes { start: first, count: last - first + 1, partial: true },
+        Err(()) => Answer::NoRange,
     };
-    let not_modified = header_is(headers, header::IF_NONE_MATCH, &etag(&opened.meta));
-    if let (Some((start, count)), false, false) = (wanted, head, not_modified) {
+    let mut whole = None;
+    if let (Answer::Bytes { start, count, .. }, false) = (&answer, head) {
         // `count` fits in u32 below WHOLE_READ.
-        if let Some(permit) =
-            (count <= WHOLE_READ).then(|| WHOLE_READ_BYTES.try_acquire_many(count as u32).ok()).flatten()
-        {
-            let mut bytes = vec![0; count as usize];
-            if opened.file.read_exact_at(&mut bytes, start).is_ok() {
-                opened.whole = Some((bytes, permit));
+        let permit = (*count <= WHOLE_READ).then(|| WHOLE_READ_BYTES.try_acquire_many(*count as u32).ok()).flatten();
+        if let Some(permit) = permit {
+            let mut bytes = vec![0; *count as usize];
+            if file.read_exact_at(&mut bytes, *start).is_ok() {
+                whole = Some((bytes, permit));
             }
         }
     }
-    Some(opened)
+    Some(Opened { file, len, tag, answer, whole })
 }
 
 /// Answers a GET (or HEAD, without the body) for `path`, already resolved under the root.
 pub async fn serve(path: &Path, headers: &HeaderMap, head: bool) -> Response<Body> {
     let (owned_path, owned_headers) = (path.to_owned(), headers.clone());
     let opened = tokio::task::spawn_blocking(move || open(&owned_path, &owned_headers, head)).await;
-    let Ok(Some(Opened { file, meta, whole })) = opened else {
+    let Ok(Some(Opened { file, len, tag, answer, whole })) = opened else {
         return text(StatusCode::NOT_FOUND, "not found\n");
     };
-    let (len, tag) = (meta.len(), etag(&meta));
     let mut response = Response::builder()
         .header(header::ETAG, &tag)
         .header(header::ACCEPT_RANGES, "bytes")
         .header(header::CONTENT_TYPE, content_type(path));
-    if header_is(headers, header::IF_NONE_MATCH, &tag) {
-        return response.status(StatusCode::NOT_MODIFIED).body(empty()).unwrap_or_else(|_| empty_response());
-    }
-    let (status, start, count) = match wanted_range(headers, &tag, len) {
-        Ok(None) => (StatusCode::OK, 0, len),
-        Ok(Some((first, last))) => {
-            response = response.header(header::CONTENT_RANGE, format!("bytes {first}-{last}/{len}"));
-            (StatusCode::PARTIAL_CONTENT, first, last - first + 1)
+    let (start, count) = match answer {
+        Answer::NotModified => {
+            return response.status(StatusCode::NOT_MODIFIED).body(empty()).unwrap_or_else(|_| empty_response());
         }
-        Err(()) => {
+        Answer::NoRange => {
             return response
                 .status(StatusCode::RANGE_NOT_SATISFIABLE)
                 .header(header::CONTENT_RANGE, format!("bytes */{len}"))
                 .body(empty())
                 .unwrap_or_else(|_| empty_response());
         }
+        Answer::Bytes { start, count, partial: true } => {
+            let last = start + count - 1;
+            response = response
+                .status(StatusCode::PARTIAL_CONTENT)
+                .header(header::CONTENT_RANGE, format!("bytes {start}-{last}/{len}"));
+            (start, count)
+        }
+        Answer::Bytes { start, count, partial: false } => {
+            response = response.status(StatusCode::OK);
+            (start, count)
+        }
     };
-    response = response.status(status).header(header::CONTENT_LENGTH, HeaderValue::from(count));
+    response = response.header(header::CONTENT_LENGTH, HeaderValue::from(count));
     if head {
         return response.body(empty()).unwrap_or_else(|_| empty_response());
     }
