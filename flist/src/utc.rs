@@ -25,8 +25,6 @@ impl DateTime {
         let secs = i64::try_from(secs).ok().filter(|&s| s <= MAX_SECS as i64)?;
         let (days, in_day) = (secs.div_euclid(SECS_PER_DAY), secs.rem_euclid(SECS_PER_DAY));
         let (year, month, day) = civil_from_days(days);
-        // Each part is below 60, 24, 32 or 13 by construction, so the narrowing is exact.
-        let narrow = |v: i64| u8::try_from(v).unwrap_or(u8::MAX);
         Some(DateTime {
             year,
             month: narrow(month),
@@ -82,28 +80,28 @@ pub fn parse_rfc3339(text: &str) -> Result<u64, String> {
     let refused = |why: &str| format!("{text:?} is not an RFC 3339 time: {why}");
     let mut at = Cursor { bytes: text.as_bytes(), at: 0 };
     let year = at.digits(4).ok_or_else(|| refused("no four-digit year"))?;
-    at.expect(b"-").ok_or_else(|| refused("no '-' after the year"))?;
+    at.one_of(b"-").ok_or_else(|| refused("no '-' after the year"))?;
     let month = at.digits(2).ok_or_else(|| refused("no two-digit month"))?;
-    at.expect(b"-").ok_or_else(|| refused("no '-' after the month"))?;
+    at.one_of(b"-").ok_or_else(|| refused("no '-' after the month"))?;
     let day = at.digits(2).ok_or_else(|| refused("no two-digit day"))?;
-    at.expect(b"Tt ").ok_or_else(|| refused("no 'T' between the date and the time"))?;
+    at.one_of(b"Tt ").ok_or_else(|| refused("no 'T' between the date and the time"))?;
     let hour = at.digits(2).ok_or_else(|| refused("no two-digit hour"))?;
-    at.expect(b":").ok_or_else(|| refused("no ':' after the hour"))?;
+    at.one_of(b":").ok_or_else(|| refused("no ':' after the hour"))?;
     let minute = at.digits(2).ok_or_else(|| refused("no two-digit minute"))?;
-    at.expect(b":").ok_or_else(|| refused("no ':' after the minute"))?;
+    at.one_of(b":").ok_or_else(|| refused("no ':' after the minute"))?;
     let second = at.digits(2).filter(|&s| s <= 60).ok_or_else(|| refused("no two-digit second from 00 to 60"))?;
-    if at.expect(b".").is_some() {
+    if at.one_of(b".").is_some() {
         let fraction = at.bytes.get(at.at..).unwrap_or_default().iter().take_while(|b| b.is_ascii_digit()).count();
         if !(1..=9).contains(&fraction) {
             return Err(refused("a fraction of a second needs 1 to 9 digits"));
         }
         at.at += fraction;
     }
-    let offset = match at.expect(b"Zz+-") {
+    let offset = match at.one_of(b"Zz+-") {
         Some(b'Z' | b'z') => 0,
         Some(sign) => {
             let hours = at.digits(2).filter(|&h| h < 24).ok_or_else(|| refused("no offset hour from 00 to 23"))?;
-            at.expect(b":").ok_or_else(|| refused("no ':' in the offset"))?;
+            at.one_of(b":").ok_or_else(|| refused("no ':' in the offset"))?;
             let minutes = at.digits(2).filter(|&m| m < 60).ok_or_else(|| refused("no offset minute from 00 to 59"))?;
             let offset = hours * 3600 + minutes * 60;
             if sign == b'-' {
@@ -117,7 +115,6 @@ pub fn parse_rfc3339(text: &str) -> Result<u64, String> {
     if at.at != text.len() {
         return Err(refused("something follows the offset"));
     }
-    let narrow = |v: i64| u8::try_from(v).unwrap_or(u8::MAX);
     let time = DateTime {
         year,
         month: narrow(month),
@@ -127,6 +124,12 @@ pub fn parse_rfc3339(text: &str) -> Result<u64, String> {
         second: narrow(second.min(59)),
     };
     time.to_secs(offset).ok_or_else(|| refused("a field is out of range, or it is before 1970 or after 9999"))
+}
+
+/// A calendar field as a byte: every field is below 256 where this is used (below 60, 24, 32 or
+/// 13 when computed, two digits when read), so nothing is lost.
+fn narrow(field: i64) -> u8 {
+    u8::try_from(field).unwrap_or(u8::MAX)
 }
 
 struct Cursor<'a> {
@@ -146,7 +149,7 @@ impl Cursor<'_> {
     }
 
     /// One of `allowed`, which it returns.
-    fn expect(&mut self, allowed: &[u8]) -> Option<u8> {
+    fn one_of(&mut self, allowed: &[u8]) -> Option<u8> {
         let byte = *self.bytes.get(self.at).filter(|b| allowed.contains(b))?;
         self.at += 1;
         Some(byte)

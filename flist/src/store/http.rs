@@ -123,7 +123,7 @@ pub(crate) fn body_within(
     let announced = resp.body().content_length().unwrap_or(0).min(limit).min(MAX_OBJECT_LEN);
     let mut bytes = Vec::with_capacity(usize::try_from(announced).unwrap_or(0));
     std::io::Read::read_to_end(&mut resp.body_mut().with_config().limit(limit).reader(), &mut bytes)
-        .map_err(|e| StoreError::Unavailable { store: store.to_string(), why: e.to_string() })?;
+        .map_err(|e| transport(store, e.into()))?;
     Ok(bytes)
 }
 
