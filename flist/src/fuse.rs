@@ -30,7 +30,7 @@ use fuser::{
 use crate::durable::lock;
 use crate::fetch::CachedSource;
 use crate::format::{Extent, Flist, Inode, InodeData, Kind, Timestamp};
-use crate::read::{copy_extents, ChunkSource};
+use crate::read::{copy_extents, extent_bytes};
 
 /// What can go wrong serving a request, mapped to an errno in exactly one place.
 #[derive(Debug)]
@@ -407,12 +407,9 @@ impl FlistFs {
             // Within one chunk (most reads: chunks are larger than the kernel's requests): the
             // reply is a piece of the verified chunk itself, not a copy of it.
             &[Extent::Data { chunk, offset, len }] => {
-                let bytes = self.source.chunk(&self.flist, chunk).map_err(|e| FsError::Fetch(e.to_string()))?;
-                let (start, len) = (offset as usize, len as usize);
-                if bytes.get(start..start + len).is_none() {
-                    return Err(FsError::Fetch("extent outside its chunk".into()));
-                }
-                ReadBytes::Piece(bytes, start..start + len)
+                let (bytes, range) = extent_bytes(&self.flist, self.source.as_ref(), chunk, offset, len)
+                    .map_err(|e| FsError::Fetch(e.to_string()))?;
+                ReadBytes::Piece(bytes, range)
             }
             _ => {
                 let mut out = Vec::with_capacity(size as usize);

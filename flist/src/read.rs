@@ -67,6 +67,22 @@ pub fn copy_range(
     copy_extents(flist, source, &flist.extents(inode, offset, len), out)
 }
 
+/// The verified chunk a data extent lies in, and where in it the extent's bytes are.
+pub fn extent_bytes(
+    flist: &Flist,
+    source: &dyn ChunkSource,
+    chunk: u32,
+    offset: u32,
+    len: u32,
+) -> io::Result<(Verified, std::ops::Range<usize>)> {
+    let bytes = source.chunk(flist, chunk).map_err(io::Error::other)?;
+    let range = offset as usize..offset as usize + len as usize;
+    match bytes.get(range.clone()) {
+        Some(_) => Ok((bytes, range)),
+        None => Err(io::Error::other("extent outside its chunk")),
+    }
+}
+
 /// Writes the bytes that `extents` (from [`Flist::extents`]) describe into `out`.
 pub fn copy_extents(
     flist: &Flist,
@@ -79,11 +95,8 @@ pub fn copy_extents(
     for &extent in extents {
         match extent {
             Extent::Data { chunk, offset, len } => {
-                let bytes = source.chunk(flist, chunk).map_err(io::Error::other)?;
-                let piece = bytes
-                    .get(offset as usize..offset as usize + len as usize)
-                    .ok_or_else(|| io::Error::other("extent outside its chunk"))?;
-                out.write_all(piece)?;
+                let (bytes, range) = extent_bytes(flist, source, chunk, offset, len)?;
+                out.write_all(bytes.get(range).unwrap_or_default())?;
                 written += u64::from(len);
             }
             Extent::Hole { mut len } => {
