@@ -22,17 +22,23 @@ pub(crate) struct DateTime {
 impl DateTime {
     /// The calendar second `secs` after the epoch, for any `secs` up to [`MAX_SECS`].
     pub fn from_secs(secs: u64) -> Option<DateTime> {
-        let secs = i64::try_from(secs).ok().filter(|&s| s <= MAX_SECS as i64)?;
+        (secs <= MAX_SECS).then(|| DateTime::at_most_max(secs))
+    }
+
+    /// The calendar second `secs` after the epoch, or the last one of 9999 for any later `secs`.
+    pub fn at_most_max(secs: u64) -> DateTime {
+        // Below MAX_SECS, so within i64.
+        let secs = secs.min(MAX_SECS) as i64;
         let (days, in_day) = (secs.div_euclid(SECS_PER_DAY), secs.rem_euclid(SECS_PER_DAY));
         let (year, month, day) = civil_from_days(days);
-        Some(DateTime {
+        DateTime {
             year,
             month: narrow(month),
             day: narrow(day),
             hour: narrow(in_day / 3600),
             minute: narrow(in_day / 60 % 60),
             second: narrow(in_day % 60),
-        })
+        }
     }
 
     /// Seconds from the epoch to this time minus `offset_secs` (its UTC offset), if each field
@@ -216,6 +222,7 @@ mod tests {
         assert!(parse_rfc3339("9999-12-31T23:59:59-00:01").is_err(), "after 9999");
         assert_eq!(parse_rfc3339("2016-12-31T23:59:60Z"), parse_rfc3339("2016-12-31T23:59:59Z"));
         assert_eq!(DateTime::from_secs(1_369_353_600).unwrap().basic_date_time(), "20130524T000000Z");
+        assert_eq!(DateTime::at_most_max(u64::MAX), DateTime::from_secs(MAX_SECS).unwrap());
     }
 
     #[test]

@@ -8,7 +8,7 @@ use std::fmt::Write;
 
 use ring::{digest, hmac};
 
-use crate::utc::{DateTime, MAX_SECS};
+use crate::utc::DateTime;
 
 /// An access key, its secret and, for temporary credentials, a session token.
 #[derive(Clone)]
@@ -57,23 +57,16 @@ impl Endpoint {
         now: u64,
         expires: u64,
     ) -> String {
-        let mut url = format!("{}://{}{}", self.scheme, self.host, encode(request.path, true));
+        let path = encode(request.path, true);
+        let mut url = format!("{}://{}{path}", self.scheme, self.host);
         let Some(credentials) = credentials else {
-            let query: Vec<_> = request.query.iter().map(|&(k, v)| (k, v.to_owned())).collect();
-            if !query.is_empty() {
+            if !request.query.is_empty() {
                 url.push('?');
-                url.push_str(&query_string(&query));
+                url.push_str(&query_string(request.query.iter().copied()));
             }
             return url;
         };
-        let time = DateTime::from_secs(now.min(MAX_SECS)).unwrap_or(DateTime {
-            year: 1970,
-            month: 1,
-            day: 1,
-            hour: 0,
-            minute: 0,
-            second: 0,
-        });
+        let time = DateTime::at_most_max(now);
         let (date, date_time) = (time.basic_date(), time.basic_date_time());
         let scope = format!("{date}/{}/s3/aws4_request", self.region);
         let mut query: Vec<(&str, String)> = vec![
@@ -90,13 +83,9 @@ impl Endpoint {
         // The canonical query is sorted by name, then value, after encoding (the specification's
         // order; the names here are all unreserved characters, so encoding does not change it).
         query.sort();
-        let query = query_string(&query);
-        let canonical_request = format!(
-            "{}\n{}\n{query}\nhost:{}\n\nhost\nUNSIGNED-PAYLOAD",
-            request.method,
-            encode(request.path, true),
-            self.host
-        );
+        let query = query_string(query.iter().map(|(k, v)| (*k, v.as_str())));
+        let canonical_request =
+            format!("{}\n{path}\n{query}\nhost:{}\n\nhost\nUNSIGNED-PAYLOAD", request.method, self.host);
         let string_to_sign = format!(
             "AWS4-HMAC-SHA256\n{date_time}\n{scope}\n{}",
             hex::encode(digest::digest(&digest::SHA256, canonical_request.as_bytes()))
@@ -111,9 +100,8 @@ impl Endpoint {
 }
 
 /// `name=value&...`, each percent-encoded.
-fn query_string(pairs: &[(&str, String)]) -> String {
-    let encoded: Vec<String> =
-        pairs.iter().map(|(k, v)| format!("{}={}", encode(k, false), encode(v, false))).collect();
+fn query_string<'a>(pairs: impl Iterator<Item = (&'a str, &'a str)>) -> String {
+    let encoded: Vec<String> = pairs.map(|(k, v)| format!("{}={}", encode(k, false), encode(v, false))).collect();
     encoded.join("&")
 }
 
@@ -134,6 +122,7 @@ fn encode(text: &str, path: bool) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::utc::MAX_SECS;
     use proptest::prelude::*;
 
     const MAY_24_2013: u64 = 1_369_353_600;
