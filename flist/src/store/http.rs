@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 use ureq::unversioned::resolver::{DefaultResolver, ResolvedSocketAddrs, Resolver};
 use ureq::unversioned::transport::{DefaultConnector, NextTimeout};
 
-use super::{flat_object_path, object_path, Store, StoreError};
+use super::{flat_object_path, object_path, Received, Store, StoreError};
 use crate::format::{Hash, MAX_CHUNK_LEN};
 
 /// A stored object is at most the plain chunk plus compression and AEAD overhead.
@@ -115,16 +115,26 @@ pub(crate) fn body(store: &str, resp: ureq::http::Response<ureq::Body>) -> Resul
 /// Reads a response body of at most `limit` bytes.
 pub(crate) fn body_within(
     store: &str,
-    mut resp: ureq::http::Response<ureq::Body>,
+    resp: ureq::http::Response<ureq::Body>,
     limit: u64,
 ) -> Result<Vec<u8>, StoreError> {
+    let mut into = Received::default();
+    body_into(store, resp, limit, &mut into)?;
+    Ok(into.into_vec())
+}
+
+/// Reads a response body of at most `limit` bytes into `into`.
+pub(crate) fn body_into(
+    store: &str,
+    mut resp: ureq::http::Response<ureq::Body>,
+    limit: u64,
+    into: &mut Received,
+) -> Result<(), StoreError> {
     // Sized by the announced length (within the limit) up front: growing the buffer as the body
     // came copied each object about once more, a tenth of a cold read's CPU.
     let announced = resp.body().content_length().unwrap_or(0).min(limit).min(MAX_OBJECT_LEN);
-    let mut bytes = Vec::with_capacity(usize::try_from(announced).unwrap_or(0));
-    std::io::Read::read_to_end(&mut resp.body_mut().with_config().limit(limit).reader(), &mut bytes)
-        .map_err(|e| transport(store, e.into()))?;
-    Ok(bytes)
+    into.read_from(&mut resp.body_mut().with_config().limit(limit).reader(), usize::try_from(announced).unwrap_or(0))
+        .map_err(|e| transport(store, e.into()))
 }
 
 /// A status that is not 2xx, for a file rather than an object.
@@ -159,10 +169,16 @@ impl HttpStore {
 
 impl Store for HttpStore {
     fn get(&self, id: &Hash) -> Result<Vec<u8>, StoreError> {
+        let mut into = Received::default();
+        self.get_into(id, &mut into)?;
+        Ok(into.into_vec())
+    }
+
+    fn get_into(&self, id: &Hash, into: &mut Received) -> Result<(), StoreError> {
         for path in self.layout.paths(id) {
             let resp = self.agent.get(format!("{}/{path}", self.base)).call().map_err(|e| transport(&self.url, e))?;
             match resp.status().as_u16() {
-                200 => return body(&self.url, resp),
+                200 => return body_into(&self.url, resp, MAX_OBJECT_LEN, into),
                 404 => continue,
                 code => return Err(status(&self.url, id, code)),
             }

@@ -53,10 +53,77 @@ impl StoreError {
     }
 }
 
+/// Bytes received into a buffer kept initialized from one use to the next: reading into it
+/// again neither allocates nor clears it. (Reading each chunk into a fresh buffer cleared it
+/// first, a pass over every byte of a cold read.)
+#[derive(Default)]
+pub struct Received {
+    buf: Vec<u8>,
+    len: usize,
+}
+
+impl Received {
+    /// A buffer larger than this is not kept for the next use.
+    const KEPT: usize = 2 << 20;
+
+    /// What was received.
+    pub fn bytes(&self) -> &[u8] {
+        self.buf.get(..self.len).unwrap_or_default()
+    }
+
+    /// Replaces what it holds by `bytes`.
+    pub fn set(&mut self, bytes: Vec<u8>) {
+        self.len = bytes.len();
+        self.buf = bytes;
+    }
+
+    /// What was received, as a vector of its own.
+    pub fn into_vec(mut self) -> Vec<u8> {
+        self.buf.truncate(self.len);
+        self.buf
+    }
+
+    /// Forgets what it holds; keeps the buffer unless it grew large (a rare big object must
+    /// not pin its size in every thread that once fetched one).
+    pub fn clear(&mut self) {
+        self.len = 0;
+        if self.buf.len() > Self::KEPT {
+            self.buf = Vec::new();
+        }
+    }
+
+    /// Replaces what it holds by everything `from` gives, about `expected` bytes: the buffer
+    /// grows (doubling) only past what it had.
+    pub fn read_from(&mut self, from: &mut dyn std::io::Read, expected: usize) -> std::io::Result<()> {
+        self.clear();
+        if self.buf.len() < expected {
+            self.buf.resize(expected, 0);
+        }
+        loop {
+            if self.len == self.buf.len() {
+                let grown = self.buf.len().saturating_mul(2).max(64 << 10);
+                self.buf.resize(grown, 0);
+            }
+            let Some(room) = self.buf.get_mut(self.len..) else { return Ok(()) };
+            match from.read(room) {
+                Ok(0) => return Ok(()),
+                Ok(n) => self.len = self.len.saturating_add(n).min(self.buf.len()),
+                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+                Err(e) => return Err(e),
+            }
+        }
+    }
+}
+
 /// A place that keeps sealed chunks by id.
 pub trait Store: Send + Sync {
     /// The stored object for `id`.
     fn get(&self, id: &Hash) -> Result<Vec<u8>, StoreError>;
+    /// The stored object for `id`, into `into` (see [`Received`]); by default [`Store::get`].
+    fn get_into(&self, id: &Hash, into: &mut Received) -> Result<(), StoreError> {
+        into.set(self.get(id)?);
+        Ok(())
+    }
     /// Whether `id` is present.
     fn has(&self, id: &Hash) -> Result<bool, StoreError>;
     /// Stores `bytes` under `id`; idempotent.
@@ -181,6 +248,53 @@ pub fn parse_route(spec: &str) -> Result<(u8, u8, String), StoreError> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use proptest::prelude::*;
+
+    /// Gives its bytes in pieces of the sizes asked, then an error if asked.
+    struct Pieces<'a> {
+        bytes: &'a [u8],
+        sizes: Vec<usize>,
+        fail_at_end: bool,
+    }
+
+    impl std::io::Read for Pieces<'_> {
+        fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+            if self.bytes.is_empty() {
+                return if self.fail_at_end { Err(std::io::Error::other("cut")) } else { Ok(0) };
+            }
+            let want = self.sizes.pop().unwrap_or(usize::MAX).max(1);
+            let n = want.min(buf.len()).min(self.bytes.len());
+            buf[..n].copy_from_slice(&self.bytes[..n]);
+            self.bytes = &self.bytes[n..];
+            Ok(n)
+        }
+    }
+
+    proptest! {
+        /// One buffer reused for objects of any sizes, given in any pieces, with any expected
+        /// size (right, short, long, zero): each time it holds exactly the object, never a byte
+        /// of one before; a cut-off read is an error.
+        #[test]
+        fn a_reused_receive_buffer_holds_exactly_each_object(
+            objects in prop::collection::vec(
+                (prop::collection::vec(any::<u8>(), 0..300_000), prop::collection::vec(1usize..70_000, 0..8), prop_oneof![0usize..400_000, 2_000_000usize..3_000_000], any::<bool>()),
+                1..6,
+            )
+        ) {
+            let mut into = Received::default();
+            for (bytes, sizes, expected, fail) in &objects {
+                let mut from = Pieces { bytes, sizes: sizes.clone(), fail_at_end: *fail };
+                let result = into.read_from(&mut from, *expected);
+                prop_assert_eq!(result.is_err(), *fail);
+                if !fail {
+                    prop_assert_eq!(into.bytes(), bytes.as_slice());
+                }
+                into.clear();
+                prop_assert!(into.bytes().is_empty());
+                prop_assert!(into.buf.len() <= Received::KEPT);
+            }
+        }
+    }
 
     #[test]
     fn credentials_are_stripped() {

@@ -10,7 +10,7 @@
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use super::{display_url, open, parse_route, Store, StoreError};
+use super::{display_url, open, parse_route, Received, Store, StoreError};
 use crate::chunk::{self, Sealed, Verified};
 use crate::format::{ChunkRef, Flist, Format, Hash, Route};
 
@@ -160,6 +160,28 @@ pub struct Router {
     policy: RetryPolicy,
 }
 
+thread_local! {
+    /// Each fetching thread's buffer for stored objects, reused from chunk to chunk.
+    static RECEIVED: std::cell::RefCell<Received> = std::cell::RefCell::new(Received::default());
+}
+
+/// Runs `f` with this thread's receive buffer (a fresh one should it be in use already).
+fn received<T>(f: impl FnOnce(&mut Received) -> T) -> T {
+    RECEIVED.with(|cell| match cell.try_borrow_mut() {
+        Ok(mut kept) => {
+            let out = f(&mut kept);
+            kept.clear();
+            out
+        }
+        Err(_) => f(&mut Received::default()),
+    })
+}
+
+/// Opens a received object as `chunk`, with its stored size.
+fn open_received(chunk: &ChunkRef, into: &Received) -> (Result<Verified, chunk::ChunkError>, usize) {
+    (chunk::open(chunk, into.bytes()), into.bytes().len())
+}
+
 impl Router {
     /// A router with no stores.
     pub fn new(policy: RetryPolicy) -> Self {
@@ -248,14 +270,16 @@ impl Router {
         let mut failures = Vec::new();
         for routed in replicas {
             let store = routed.store.as_ref();
-            let got = self.policy.run(|| store.get(&chunk.id));
+            let got = received(|into| {
+                self.policy.run(|| store.get_into(&chunk.id, into)).map(|()| open_received(chunk, into))
+            });
             routed.record(got.as_ref().err().is_some_and(StoreError::is_transient));
             let add = |c: &std::sync::atomic::AtomicU64, n: u64| c.fetch_add(n, std::sync::atomic::Ordering::Relaxed);
             let why = match got {
-                Ok(bytes) => match chunk::open(chunk, &bytes) {
+                Ok((opened, bytes)) => match opened {
                     Ok(v) => {
                         add(&routed.traffic.fetched, 1);
-                        add(&routed.traffic.bytes, bytes.len() as u64);
+                        add(&routed.traffic.bytes, bytes as u64);
                         return Ok(v);
                     }
                     Err(e) if e.is_metadata_fault(chunk.format) => {
@@ -278,8 +302,10 @@ impl Router {
 
     /// Fetches and verifies a chunk from one given store, with retries.
     pub fn fetch_from(&self, store: &dyn Store, chunk: &ChunkRef) -> Result<Verified, String> {
-        let bytes = self.policy.run(|| store.get(&chunk.id)).map_err(|e| e.to_string())?;
-        chunk::open(chunk, &bytes).map_err(|e| e.to_string())
+        let (opened, _) =
+            received(|into| self.policy.run(|| store.get_into(&chunk.id, into)).map(|()| open_received(chunk, into)))
+                .map_err(|e| e.to_string())?;
+        opened.map_err(|e| e.to_string())
     }
 
     /// Writes a sealed chunk to every store its id routes to, skipping those that have it. A

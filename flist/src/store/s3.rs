@@ -4,9 +4,9 @@
 
 use std::time::{SystemTime, UNIX_EPOCH};
 
-use super::http::{agent, body, body_within, file_status, status, transport};
+use super::http::{agent, body, body_into, body_within, file_status, status, transport, MAX_OBJECT_LEN};
 use super::sigv4::{Credentials, Endpoint, Request};
-use super::{flat_object_path, object_path, percent_decode, Store, StoreError};
+use super::{flat_object_path, object_path, percent_decode, Received, Store, StoreError};
 use crate::format::Hash;
 
 /// How long a presigned URL stays valid: it is used at once.
@@ -95,11 +95,17 @@ impl S3Store {
 
 impl Store for S3Store {
     fn get(&self, id: &Hash) -> Result<Vec<u8>, StoreError> {
+        let mut into = Received::default();
+        self.get_into(id, &mut into)?;
+        Ok(into.into_vec())
+    }
+
+    fn get_into(&self, id: &Hash, into: &mut Received) -> Result<(), StoreError> {
         for key in self.read_keys(id) {
             let url = self.signed("GET", &key, &[]);
             let resp = self.agent.get(&url).call().map_err(|e| transport(&self.url, e))?;
             match resp.status().as_u16() {
-                200 => return body(&self.url, resp),
+                200 => return body_into(&self.url, resp, MAX_OBJECT_LEN, into),
                 404 => continue,
                 code => return Err(status(&self.url, id, code)),
             }

@@ -108,7 +108,7 @@ struct Opened {
 /// Opens `path`, decides the answer and, when the body is small, reads it: all in one trip to
 /// the blocking pool (each trip is a thread hand-off; a chunk took four).
 fn open(path: &Path, headers: &HeaderMap, head: bool) -> Option<Opened> {
-    use std::os::unix::fs::FileExt;
+    use std::io::{Read, Seek};
     let file = std::fs::File::open(path).ok()?;
     let meta = file.metadata().ok().filter(std::fs::Metadata::is_file)?;
     let (len, tag) = (meta.len(), etag(&meta));
@@ -123,8 +123,13 @@ fn open(path: &Path, headers: &HeaderMap, head: bool) -> Option<Opened> {
         // `count` fits in u32 below WHOLE_READ.
         let permit = (*count <= WHOLE_READ).then(|| WHOLE_READ_BYTES.try_acquire_many(*count as u32).ok()).flatten();
         if let Some(permit) = permit {
-            let mut bytes = vec![0; *count as usize];
-            if file.read_exact_at(&mut bytes, *start).is_ok() {
+            // Read into spare capacity (a file reads into it directly), not a zeroed buffer:
+            // zeroing it first was a pass over every byte served.
+            let mut bytes = Vec::with_capacity(*count as usize);
+            let read = (&file)
+                .seek(std::io::SeekFrom::Start(*start))
+                .and_then(|_| (&file).take(*count).read_to_end(&mut bytes));
+            if read.is_ok_and(|n| n as u64 == *count) {
                 whole = Some((bytes, permit));
             }
         }
@@ -181,7 +186,8 @@ pub async fn serve(path: &Path, headers: &HeaderMap, head: bool) -> Response<Bod
             .unwrap_or_else(|_| empty_response());
     }
     let mut file = tokio::fs::File::from_std(file);
-    if start > 0 && file.seek(SeekFrom::Start(start)).await.is_err() {
+    // Always: a whole read that came short has moved the position.
+    if file.seek(SeekFrom::Start(start)).await.is_err() {
         return text(StatusCode::INTERNAL_SERVER_ERROR, "seek failed\n");
     }
     let stream =
