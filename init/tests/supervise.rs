@@ -361,6 +361,47 @@ fn a_service_in_its_own_namespaces_sees_only_itself_and_stops_on_sigterm() {
     node.wait_for("init to exit", |n| !n.socket().exists());
 }
 
+/// A listener that starts listening on `port` of 127.0.0.1 after `delay` seconds, then records
+/// that it does in `$OUT/NAME`.
+fn late_listener(name: &str, port: u16, delay: f64) -> Value {
+    let program = format!(
+        "import socket,time\ntime.sleep({delay})\ns=socket.socket(); s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)\n\
+         s.bind(('127.0.0.1',{port})); s.listen(8); open('$OUT/{name}','w').close(); time.sleep(1000)"
+    );
+    json!(["python3", "-c", program])
+}
+
+#[test]
+fn a_port_readiness_check_passes_once_the_port_listens_in_the_services_own_network() {
+    let free = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let host_port = free.local_addr().unwrap().port();
+    drop(free);
+    // 8080 inside its own network namespace: free there whatever the host runs.
+    let (dir, conf) = config(json!([
+        {"name": "host", "exec": late_listener("host.listening", host_port, 0.4), "test_port": host_port},
+        {"name": "inside", "exec": late_listener("inside.listening", 8080, 0.4), "test_port": 8080,
+         "namespaces": ["net"]},
+        {"name": "after", "after": ["host", "inside"], "oneshot": true,
+         "exec": ["/bin/sh", "-c", "test -f $OUT/host.listening && test -f $OUT/inside.listening && touch $OUT/after"]},
+        {"name": "never", "exec": ["sleep", "1000"], "test_port": 9, "namespaces": ["net"], "test_timeout": 1},
+    ]));
+    let node = start_config(dir, &conf);
+    let out = node.out();
+    node.wait_for("the dependent to complete", |n| n.state("after")["state"] == "done");
+    assert!(out.join("after").exists(), "it ran only once both ports listened");
+    assert_eq!(node.state("host")["state"], "running");
+    assert_eq!(node.state("inside")["state"], "running");
+    // The node's own loopback has nothing on 8080 for the check to have found instead.
+    assert!(std::net::TcpStream::connect("127.0.0.1:8080").is_err());
+    // A port that never listens: restarted after its test_timeout, again and again.
+    node.wait_for("never to be restarted twice", |n| n.state("never")["starts"].as_u64().is_some_and(|s| s >= 3));
+    let log = node.log("never").join("\n");
+    assert!(log.contains("readiness check timed out"), "{log}");
+    assert_ne!(node.state("never")["state"], "running");
+    let mut node = node;
+    assert!(node.terminate().success());
+}
+
 /// `(pid, ppid, state)` of every process on the host.
 fn processes() -> Vec<(i32, i32, char)> {
     std::fs::read_dir("/proc")

@@ -83,8 +83,7 @@ impl RawHealth {
                 names.clone()
             }
             None => {
-                let checked: Vec<String> =
-                    services.iter().filter(|s| s.test.is_some()).map(|s| s.name.clone()).collect();
+                let checked: Vec<String> = services.iter().filter(|s| s.has_test()).map(|s| s.name.clone()).collect();
                 if checked.is_empty() {
                     services.iter().map(|s| s.name.clone()).collect()
                 } else {

@@ -180,6 +180,11 @@ pub struct RawService {
     /// Readiness check, run until it exits 0.
     #[serde(default)]
     pub test: Option<Vec<String>>,
+    /// Readiness check init makes itself instead of a command: ready once a TCP connection to
+    /// this port on the service's own loopback (127.0.0.1, else ::1) is accepted. Nothing is
+    /// started for it, so it can be tried every 20 ms.
+    #[serde(default)]
+    pub test_port: Option<u16>,
     /// Seconds the readiness check may take in all before the service is restarted.
     #[serde(default)]
     pub test_timeout: Option<f64>,
@@ -292,6 +297,8 @@ pub struct ServicePlan {
     pub oneshot: bool,
     /// Readiness check argv.
     pub test: Option<Vec<OsString>>,
+    /// Readiness check by port (see [`RawService::test_port`]); never with `test`.
+    pub test_port: Option<u16>,
     /// Total time the check may take.
     pub test_timeout: Duration,
     /// Environment.
@@ -325,6 +332,11 @@ pub struct ServicePlan {
 }
 
 impl ServicePlan {
+    /// Whether it has a readiness check (a command or a port).
+    pub fn has_test(&self) -> bool {
+        self.test.is_some() || self.test_port.is_some()
+    }
+
     /// The flists it runs from (its root, or a VM's root, kernel and initrd): a new version of
     /// one restarts it.
     pub fn flists(&self) -> Vec<&str> {
@@ -345,6 +357,7 @@ impl ServicePlan {
             after: Vec::new(),
             oneshot: false,
             test: None,
+            test_port: None,
             test_timeout: Duration::from_secs(60),
             env: Vec::new(),
             dir: None,
@@ -511,6 +524,18 @@ impl Plan {
                     full.parse().map_err(|_| invalid(format!("service {name}: unknown signal {sig:?}")))?
                 }
             };
+            match (&s.test, s.test_port) {
+                (Some(_), Some(_)) => {
+                    return Err(invalid(format!(
+                        "service {name}: test and test_port are two readiness checks: give one"
+                    )))
+                }
+                (_, Some(0)) => return Err(invalid(format!("service {name}: test_port 0 is no port"))),
+                (Some(argv), None) if argv.is_empty() || argv.iter().any(|a| a.contains('\0')) => {
+                    return Err(invalid(format!("service {name}: test must be a non-empty argv without NULs")))
+                }
+                _ => {}
+            }
             let log = match s.log.as_deref() {
                 None | Some("ring") => LogTarget::Ring,
                 Some("file") => LogTarget::File,
@@ -523,6 +548,7 @@ impl Plan {
                 after: s.after.clone(),
                 oneshot: s.oneshot,
                 test: s.test.as_ref().map(|t| t.iter().map(OsString::from).collect()),
+                test_port: s.test_port,
                 test_timeout: seconds(&format!("service {name}: test_timeout"), s.test_timeout, 60.0)
                     .map_err(invalid)?,
                 env: s.env.iter().map(|(k, v)| (k.into(), v.into())).collect(),

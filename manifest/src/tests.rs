@@ -101,6 +101,15 @@ fn inconsistent_manifests_are_refused_with_a_reason() {
     check(svc(serde_json::json!({"root": "missing"})), "unknown root");
     check(svc(serde_json::json!({"log": "syslog"})), "log");
     check(svc(serde_json::json!({"name": "../x"})), "invalid");
+    check(svc(serde_json::json!({"test_port": 0})), "service a: test_port 0 is no port");
+    check(svc(serde_json::json!({"test_port": 65536})), "parsing the manifest");
+    check(svc(serde_json::json!({"test_port": -1})), "parsing the manifest");
+    check(
+        svc(serde_json::json!({"test_port": 80, "test": ["/bin/true"]})),
+        "test and test_port are two readiness checks",
+    );
+    check(svc(serde_json::json!({"test": []})), "service a: test must be a non-empty argv");
+    check(svc(serde_json::json!({"test": ["/bin/\u{0}"]})), "service a: test must be a non-empty argv without NULs");
     for bad in [-1.0, -0.0001, 86_400.5, 1e19, 1e308, f64::MAX] {
         let want = "out of range (0 to 86400 s)";
         check(svc(serde_json::json!({"stop_timeout": bad})), &format!("service a: stop_timeout: {bad} s is {want}"));

@@ -107,11 +107,6 @@ pub(crate) fn status(store: &str, id: &Hash, code: u16) -> StoreError {
     }
 }
 
-/// Reads a response body, refusing anything larger than an object can be.
-pub(crate) fn body(store: &str, resp: ureq::http::Response<ureq::Body>) -> Result<Vec<u8>, StoreError> {
-    body_within(store, resp, MAX_OBJECT_LEN)
-}
-
 /// Reads a response body of at most `limit` bytes.
 pub(crate) fn body_within(
     store: &str,

@@ -4,7 +4,7 @@
 
 use std::time::{SystemTime, UNIX_EPOCH};
 
-use super::http::{agent, body, body_into, body_within, file_status, status, transport, MAX_OBJECT_LEN};
+use super::http::{agent, body_into, body_within, file_status, status, transport, MAX_OBJECT_LEN};
 use super::sigv4::{Credentials, Endpoint, Request};
 use super::{flat_object_path, object_path, percent_decode, Received, Store, StoreError};
 use crate::format::Hash;
@@ -153,7 +153,7 @@ impl Store for S3Store {
             let url = self.signed("GET", "", &query);
             let resp = self.agent.get(&url).call().map_err(|e| transport(&self.url, e))?;
             let code = resp.status().as_u16();
-            let text = String::from_utf8_lossy(&body(&self.url, resp)?).into_owned();
+            let text = String::from_utf8_lossy(&body_within(&self.url, resp, MAX_OBJECT_LEN)?).into_owned();
             if code != 200 {
                 return Err(StoreError::Failed { store: self.url.clone(), why: format!("listing: HTTP {code}") });
             }

@@ -137,6 +137,19 @@ fn namespaces() -> impl Strategy<Value = Value> {
     prop_oneof![4 => Just(Value::Null), 2 => prop::collection::vec(word, 0..6).prop_map(|w| json!(w)), 1 => Just(json!("pid"))]
 }
 
+/// A service's readiness check: none, a command, a port (or not quite one), or both.
+fn readiness_check() -> impl Strategy<Value = Value> {
+    prop_oneof![
+        4 => Just(Value::Null),
+        2 => Just(json!({"test": ["/bin/true"]})),
+        1 => Just(json!({"test": []})),
+        3 => any::<u16>().prop_map(|p| json!({"test_port": p})),
+        1 => prop_oneof![Just(json!(-1)), Just(json!(65_536)), Just(json!(u64::MAX)), Just(json!("80")), Just(json!(8.5))]
+            .prop_map(|p| json!({"test_port": p})),
+        1 => any::<u16>().prop_map(|p| json!({"test": ["/bin/true"], "test_port": p})),
+    ]
+}
+
 fn service() -> impl Strategy<Value = Value> {
     (
         name(),
@@ -145,7 +158,7 @@ fn service() -> impl Strategy<Value = Value> {
             1..3,
         ),
         prop_oneof![3 => Just(Vec::new()), 1 => prop::collection::vec(name(), 1..3)],
-        (seconds(), seconds(), any::<bool>(), any::<bool>()),
+        (seconds(), seconds(), any::<bool>(), readiness_check()),
         prop_oneof![
             4 => Just(json!("always")),
             4 => Just(json!("never")),
@@ -162,15 +175,7 @@ fn service() -> impl Strategy<Value = Value> {
         (capabilities(), any::<bool>(), limits(), namespaces()),
     )
         .prop_map(
-            |(
-                name,
-                exec,
-                after,
-                (stop, test, oneshot, has_test),
-                restart,
-                signal,
-                (caps, new_privileges, limits, ns),
-            )| {
+            |(name, exec, after, (stop, test, oneshot, check), restart, signal, (caps, new_privileges, limits, ns))| {
                 let mut s = json!({"name": name, "exec": exec, "after": after, "oneshot": oneshot,
                                "restart": restart, "stop_signal": signal, "new_privileges": new_privileges});
                 let o = s.as_object_mut().unwrap();
@@ -189,8 +194,8 @@ fn service() -> impl Strategy<Value = Value> {
                 if !test.is_null() {
                     o.insert("test_timeout".into(), test);
                 }
-                if has_test {
-                    o.insert("test".into(), json!(["/bin/true"]));
+                if let Some(check) = check.as_object() {
+                    o.extend(check.clone());
                 }
                 s
             },
@@ -230,6 +235,7 @@ fn event() -> impl Strategy<Value = (Event, u64)> {
         (1..4i32).prop_map(Event::Spawned),
         Just(Event::SpawnFailed),
         (10..12i32).prop_map(Event::TestSpawned),
+        any::<bool>().prop_map(|success| Event::Checked { success }),
         Just(Event::TestSpawnFailed),
         (prop_oneof![1..4i32, 10..12i32], any::<bool>()).prop_map(|(pid, success)| Event::Exited { pid, success }),
         Just(Event::Start),
@@ -270,6 +276,9 @@ proptest! {
         let mut window = crate::health::Window::open(plan.health.clone(), Instant::now());
         for s in &plan.services {
             prop_assert!(s.stop_timeout.as_secs_f64() <= MAX_SECONDS && s.test_timeout.as_secs_f64() <= MAX_SECONDS);
+            // One readiness check at most, a real port, a command with a program.
+            prop_assert!(s.test.is_none() || s.test_port.is_none());
+            prop_assert!(s.test_port != Some(0) && s.test.as_ref().is_none_or(|argv| !argv.is_empty()));
             let caps = s.confinement.capabilities;
             prop_assert_eq!(caps.0 & !flint_manifest::caps::CapabilitySet::ALL.0, 0);
             // What init would write into the service's cgroup is numbers, one line each.

@@ -3,6 +3,7 @@
 //! loop only performs its actions (spawn, signal) and feeds back what happened.
 
 pub mod cgroup;
+pub mod probe;
 pub mod spawn;
 pub mod state;
 
@@ -64,7 +65,8 @@ impl From<&ServicePlan> for Spec {
     fn from(plan: &ServicePlan) -> Spec {
         Spec {
             oneshot: plan.oneshot,
-            has_test: plan.test.is_some(),
+            has_test: plan.has_test(),
+            port_test: plan.test_port.is_some(),
             test_timeout: plan.test_timeout,
             stop_signal: plan.stop_signal,
             stop_timeout: plan.stop_timeout,
@@ -217,6 +219,10 @@ impl Supervisor {
 
     fn perform(&mut self, i: usize, action: Action) {
         let Some(svc) = self.services.get(i) else { return };
+        if let (Action::SpawnTest, Some(port)) = (action, svc.plan.test_port) {
+            self.try_port(i, port);
+            return;
+        }
         match action {
             Action::Spawn | Action::SpawnTest => {
                 let test = action == Action::SpawnTest;
@@ -272,6 +278,19 @@ impl Supervisor {
             }
             Action::Note(what) => self.note(i, what),
         }
+    }
+
+    /// Runs service `i`'s port readiness check and feeds back whether it passed.
+    fn try_port(&mut self, i: usize, port: u16) {
+        let Some(svc) = self.services.get(i) else { return };
+        let success = match svc.state.pids().first() {
+            Some(&pid) => probe::port_accepts(port, pid, svc.plan.confinement.namespaces.net).unwrap_or_else(|why| {
+                tracing::warn!("service {}: trying port {port}: {why}", svc.plan.name);
+                false
+            }),
+            None => false,
+        };
+        self.apply(i, Event::Checked { success });
     }
 
     /// Logs why something happened to service `i`, reports it, and keeps it in its log.

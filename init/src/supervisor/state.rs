@@ -118,6 +118,11 @@ pub enum Event {
     TestSpawned(i32),
     /// The readiness check could not be spawned.
     TestSpawnFailed,
+    /// A readiness check init made itself (a port) passed or not.
+    Checked {
+        /// It passed.
+        success: bool,
+    },
     /// A process exited: the service or its readiness check.
     Exited {
         /// Which.
@@ -138,7 +143,8 @@ pub enum Event {
 pub enum Action {
     /// Spawn the service, then report [`Event::Spawned`] or [`Event::SpawnFailed`].
     Spawn,
-    /// Spawn the readiness check, then report [`Event::TestSpawned`] or [`Event::TestSpawnFailed`].
+    /// Run the readiness check: spawn its command, then report [`Event::TestSpawned`] or
+    /// [`Event::TestSpawnFailed`]; or try its port, then report [`Event::Checked`].
     SpawnTest,
     /// Send a signal to a process group.
     SignalGroup(i32, Signal),
@@ -153,6 +159,9 @@ pub struct Spec {
     pub oneshot: bool,
     /// Has a readiness check.
     pub has_test: bool,
+    /// The check is a port init tries itself: it costs next to nothing, so it runs every
+    /// [`PORT_TEST_EVERY`] until it passes instead of ever more sparsely.
+    pub port_test: bool,
     /// How long the check may keep failing after a start.
     pub test_timeout: Duration,
     /// Stop signal.
@@ -162,6 +171,9 @@ pub struct Spec {
     /// Whether it starts again once it ended.
     pub restart: RestartPolicy,
 }
+
+/// The wait between two tries of a port readiness check.
+pub const PORT_TEST_EVERY: Duration = Duration::from_millis(20);
 
 /// How often a stuck kill is repeated.
 const KILL_AGAIN: Duration = Duration::from_secs(5);
@@ -180,6 +192,15 @@ pub fn step(
         let failures = s.failures.saturating_add(1);
         let until = crate::later(now, backoff.delay(failures));
         (State { phase: Backoff { until }, failures, ..s }, vec![Action::Note(why)])
+    };
+    // A readiness check ended: ready once one passed; else the next is due after a wait.
+    let checked = |s: State, pid: i32, since: Instant, ready: bool, success: bool| {
+        let ready = ready || success;
+        let delay =
+            if spec.port_test { PORT_TEST_EVERY } else { backoff.test_delay(now.saturating_duration_since(since)) };
+        let next_test = (!ready).then_some(crate::later(now, delay));
+        let note = if success { vec![Action::Note("ready")] } else { vec![] };
+        (State { phase: Running { pid, since, ready, test_pid: None, next_test }, ..s }, note)
     };
     let stop = |s: State, pid: i32, restart: bool| {
         let deadline = crate::later(now, spec.stop_timeout);
@@ -235,11 +256,10 @@ pub fn step(
         (Running { pid, since, ready, test_pid: Some(test), .. }, Event::Exited { pid: exited, success })
             if exited == test =>
         {
-            let ready = ready || success;
-            let delay = backoff.test_delay(now.saturating_duration_since(since));
-            let next_test = (!ready).then_some(crate::later(now, delay));
-            let note = if success { vec![Action::Note("ready")] } else { vec![] };
-            (State { phase: Running { pid, since, ready, test_pid: None, next_test }, ..s }, note)
+            checked(s, pid, since, ready, success)
+        }
+        (Running { pid, since, ready, test_pid: None, .. }, Event::Checked { success }) => {
+            checked(s, pid, since, ready, success)
         }
 
         // The service exits.

@@ -5,6 +5,7 @@ use super::*;
 const SPEC: Spec = Spec {
     oneshot: false,
     has_test: false,
+    port_test: false,
     test_timeout: Duration::from_secs(10),
     stop_signal: Signal::SIGTERM,
     stop_timeout: Duration::from_secs(3),
@@ -94,6 +95,52 @@ fn oneshot_completes_or_retries() {
     assert_eq!(r.s.phase, Phase::Done);
     assert!(r.s.is_up());
     assert_eq!(r.at(100.0), vec![], "a completed oneshot stays done");
+}
+
+#[test]
+fn a_port_check_is_tried_every_20_ms_until_it_passes_or_times_out() {
+    let spec = Spec { has_test: true, port_test: true, ..SPEC };
+    let mut r = Run::new(spec);
+    r.ev(Event::Tick);
+    assert_eq!(r.ev(Event::Spawned(7)), vec![Action::SpawnTest]);
+    let started = r.now;
+    // Well past the age where a command's checks are 500 ms apart: still every 20 ms.
+    for _ in 0..200 {
+        assert_eq!(r.ev(Event::Checked { success: false }), vec![]);
+        assert!(!r.s.is_up());
+        let due = r.s.deadline().unwrap();
+        assert_eq!(due.duration_since(r.now), PORT_TEST_EVERY);
+        r.now = due - Duration::from_millis(1);
+        assert_eq!(r.ev(Event::Tick), vec![], "a check before it was due");
+        r.now = due;
+        assert_eq!(r.ev(Event::Tick), vec![Action::SpawnTest]);
+    }
+    assert_eq!(r.now.duration_since(started), PORT_TEST_EVERY * 200);
+    assert_eq!(r.ev(Event::Checked { success: true }), vec![]);
+    assert!(r.s.is_up());
+    assert_eq!(r.s.deadline(), None);
+    // A late result changes nothing once ready; nor does an exit of some other process.
+    assert_eq!(r.ev(Event::Checked { success: false }), vec![]);
+    assert!(r.s.is_up());
+
+    // Never passing: restarted once test_timeout has gone by, as for a command.
+    let mut r = Run::new(spec);
+    r.ev(Event::Tick);
+    r.ev(Event::Spawned(8));
+    let started = r.now;
+    let mut restarted = false;
+    for _ in 0..1000 {
+        r.ev(Event::Checked { success: false });
+        r.now = r.s.deadline().unwrap();
+        if r.ev(Event::Tick) == vec![Action::SignalGroup(8, Signal::SIGTERM)] {
+            restarted = true;
+            break;
+        }
+    }
+    assert!(restarted, "{:?}", r.s);
+    assert!(r.now.duration_since(started) > spec.test_timeout);
+    assert!(r.now.duration_since(started) <= spec.test_timeout + PORT_TEST_EVERY);
+    assert!(matches!(r.s.phase, Phase::Stopping { pid: 8, restart: true, .. }), "{:?}", r.s);
 }
 
 #[test]
