@@ -253,14 +253,12 @@ fn load_modules(params: &BootParams) -> String {
     let mut loader = Loader::new(index);
     let found = loader.coldplug(Path::new("/sys/devices"));
     let mut failures = 0;
-    for m in ["fuse", "overlay", "virtio_rng"].into_iter().map(String::from).chain(params.modules.iter().cloned()) {
+    for m in std::iter::once("virtio_rng".to_string()).chain(params.modules.iter().cloned()) {
         failures += loader.load(&m);
     }
-    // Devices that appear later (and those whose drivers' loading made new ones) come by uevent.
-    let spawned = std::thread::Builder::new().name("hotplug".into()).spawn(move || crate::modules::hotplug(loader));
-    if let Err(e) = spawned {
-        tracing::error!("hotplug: {e}");
-    }
+    // Only mounts need these (they wait for them): loaded while the network comes up. Devices
+    // that appear later (and those whose drivers' loading made new ones) come by uevent.
+    crate::modules::load_late_then_hotplug(loader, vec!["fuse".into(), "overlay".into()]);
     format!("{} device drivers ({}), {failures} failures", found.len(), found.into_iter().collect::<Vec<_>>().join(" "))
 }
 

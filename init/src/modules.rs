@@ -440,6 +440,49 @@ pub fn uevent_socket() -> std::io::Result<std::os::fd::OwnedFd> {
     Ok(fd)
 }
 
+/// Whether modules that only mounts need are being loaded in the background (see
+/// [`load_late_then_hotplug`]), and the mounts that wait for them.
+static LATE: (std::sync::Mutex<bool>, std::sync::Condvar) = (std::sync::Mutex::new(false), std::sync::Condvar::new());
+
+fn set_late_loading(loading: bool) {
+    *flist::durable::lock(&LATE.0) = loading;
+    LATE.1.notify_all();
+}
+
+/// Waits (at most `limit`) until the modules loaded in the background are in; at once when none
+/// are being loaded (`init run`, or a boot past that point).
+pub fn wait_for_late(limit: std::time::Duration) {
+    let guard = flist::durable::lock(&LATE.0);
+    let (still, timeout) =
+        LATE.1.wait_timeout_while(guard, limit, |loading| *loading).unwrap_or_else(|p| p.into_inner());
+    if *still && timeout.timed_out() {
+        tracing::warn!("modules: still loading after {limit:?}; going on without waiting");
+    }
+}
+
+/// Loads `late` (modules nothing before the first mount needs) on a thread of its own, then goes
+/// on with [`hotplug`] there: the boot steps before the mounts (the network above all) need not
+/// wait for them. [`wait_for_late`] is the mounts' side.
+pub fn load_late_then_hotplug(mut loader: Loader, late: Vec<String>) {
+    set_late_loading(true);
+    let names = late.join(", ");
+    let spawned = std::thread::Builder::new().name("hotplug".into()).spawn(move || {
+        let started = std::time::Instant::now();
+        let failures: usize = late.iter().map(|m| loader.load(m)).sum();
+        tracing::info!(
+            "modules: {} loaded in the background in {:.3} s, {failures} failures",
+            late.join(", "),
+            started.elapsed().as_secs_f64()
+        );
+        set_late_loading(false);
+        hotplug(loader)
+    });
+    if let Err(e) = spawned {
+        set_late_loading(false);
+        tracing::error!("hotplug: {e}; devices added later get no drivers, and {names} are not loaded");
+    }
+}
+
 /// Hotplug: loads the modules of every device the kernel adds from now on. Runs forever (a
 /// thread of PID 1); a socket error is logged and the socket reopened after a pause.
 pub fn hotplug(mut loader: Loader) {
@@ -477,6 +520,29 @@ pub fn hotplug(mut loader: Loader) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Mounts wait for the modules loading in the background, only while they load, and no
+    /// longer than their limit.
+    #[test]
+    fn mounts_wait_for_late_modules_only_while_they_load() {
+        use std::time::{Duration, Instant};
+        let t = Instant::now();
+        wait_for_late(Duration::from_secs(30));
+        assert!(t.elapsed() < Duration::from_secs(5), "nothing loading: no wait");
+        set_late_loading(true);
+        let t = Instant::now();
+        wait_for_late(Duration::from_millis(200));
+        assert!(t.elapsed() >= Duration::from_millis(200), "a load that never ends is waited for up to the limit");
+        let done = std::thread::spawn(|| {
+            std::thread::sleep(Duration::from_millis(300));
+            set_late_loading(false);
+        });
+        let t = Instant::now();
+        wait_for_late(Duration::from_secs(30));
+        let waited = t.elapsed();
+        done.join().unwrap();
+        assert!(waited >= Duration::from_millis(250) && waited < Duration::from_secs(20), "{waited:?}");
+    }
 
     #[test]
     fn globs_match_like_fnmatch() {

@@ -208,6 +208,8 @@ pub fn prepare(
         fs = fs.record_trace(flist::trace::Recorder::new(plan.digest, TRACE_WINDOW), path);
         recording = Some(fs.trace_recording());
     }
+    // FUSE (and overlayfs, for what switch() mounts next) may still be loading at boot.
+    crate::modules::wait_for_late(LATE_MODULES_WAIT);
     let session = flist::fuse::mount(fs, &staging, &MountOptions { threads: cfg.threads, allow_other: true })
         .map_err(io("mounting on", &staging))?;
     std::fs::metadata(&staging).map_err(io("the mount does not answer at", &staging))?;
@@ -234,6 +236,9 @@ fn with_rfs_run_config(
     }
     tags
 }
+
+/// The longest a mount waits for the modules loaded in the background at boot.
+const LATE_MODULES_WAIT: std::time::Duration = std::time::Duration::from_secs(60);
 
 /// How long after a mount its reads are recorded into a trace, at most: the recording ends
 /// sooner, when the node is healthy ([`Mounts::finish_traces`]).
