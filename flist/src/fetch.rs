@@ -93,6 +93,9 @@ impl Ahead {
     }
 }
 
+/// How long a prefetcher waits for work before it gives its receive buffer back.
+const PREFETCHER_IDLE: std::time::Duration = std::time::Duration::from_secs(1);
+
 /// Memory, disk cache and stores behind one [`ChunkSource`].
 pub struct CachedSource {
     router: Router,
@@ -146,7 +149,17 @@ impl CachedSource {
             let me = Arc::downgrade(self);
             let rx = self.prefetch_rx.clone();
             let spawned = std::thread::Builder::new().name(format!("prefetch-{i}")).spawn(move || {
-                for (flist, index) in rx {
+                // Keeps its receive buffer while work comes; gives it back once idle for a while
+                // (giving it back whenever the queue ran dry cleared a new one for most chunks).
+                let next = || match rx.recv_timeout(PREFETCHER_IDLE) {
+                    Ok(job) => Some(job),
+                    Err(crossbeam_channel::RecvTimeoutError::Timeout) => {
+                        crate::store::release_received();
+                        rx.recv().ok()
+                    }
+                    Err(crossbeam_channel::RecvTimeoutError::Disconnected) => None,
+                };
+                while let Some((flist, index)) = next() {
                     // The source is gone once its mount is: stop.
                     let Some(me) = me.upgrade() else { return };
                     let Some(c) = flist.chunks.get(index as usize) else { continue };

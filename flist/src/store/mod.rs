@@ -24,7 +24,7 @@ pub use s3::create_bucket;
 
 use std::sync::Arc;
 
-pub use router::{FetchError, Missed, PutOutcome, RetryPolicy, Router, StoreHealth};
+pub use router::{release_received, FetchError, Missed, PutOutcome, RetryPolicy, Router, StoreHealth};
 
 use crate::format::Hash;
 

@@ -177,6 +177,16 @@ fn received<T>(f: impl FnOnce(&mut Received) -> T) -> T {
     })
 }
 
+/// Gives back this thread's receive buffer: a thread about to sit idle (a prefetcher with an
+/// empty queue) keeps no memory for the next burst of fetches.
+pub fn release_received() {
+    RECEIVED.with(|cell| {
+        if let Ok(mut kept) = cell.try_borrow_mut() {
+            *kept = Received::default();
+        }
+    });
+}
+
 /// Opens a received object as `chunk`, with its stored size.
 fn open_received(chunk: &ChunkRef, into: &Received) -> (Result<Verified, chunk::ChunkError>, usize) {
     (chunk::open(chunk, into.bytes()), into.bytes().len())
