@@ -177,8 +177,8 @@ fn received<T>(f: impl FnOnce(&mut Received) -> T) -> T {
     })
 }
 
-/// Gives back this thread's receive buffer: a thread about to sit idle (a prefetcher with an
-/// empty queue) keeps no memory for the next burst of fetches.
+/// Gives back this thread's receive buffer: a thread that sits idle (a prefetcher without work
+/// for a while) keeps no memory for fetches that may never come.
 pub fn release_received() {
     RECEIVED.with(|cell| {
         if let Ok(mut kept) = cell.try_borrow_mut() {
