@@ -92,6 +92,34 @@ fn services_start_in_order_restart_with_backoff_stop_and_shut_down() {
 }
 
 #[test]
+fn services_ready_together_start_by_cpu_weight_most_first() {
+    let service = |name: &str, weight: Option<u64>| {
+        let mut s = json!({"name": name, "exec": ["/bin/sleep", "1000"]});
+        if let Some(w) = weight {
+            s["limits"] = json!({"cpu_weight": w});
+        }
+        s
+    };
+    // Listed least first: the order they start in is not the manifest's.
+    let (dir, conf) = config(json!([
+        service("background", Some(1)),
+        service("plain", None),
+        service("favoured", Some(500)),
+        service("plain-too", Some(100))
+    ]));
+    let node = start_config(dir, &conf);
+    node.wait_for("all four", |n| {
+        ["background", "plain", "favoured", "plain-too"].iter().all(|s| n.state(s)["state"] == "running")
+    });
+    let log = node.init_log();
+    let at = |name: &str| log.find(&format!("service {name}: running")).unwrap_or_else(|| panic!("{name}: {log}"));
+    assert!(
+        at("favoured") < at("plain") && at("plain") < at("plain-too") && at("plain-too") < at("background"),
+        "{log}"
+    );
+}
+
+#[test]
 fn the_node_answers_while_an_update_waits_out_a_stubborn_stop() {
     let stubborn = json!({"name": "stubborn", "stop_timeout": 120,
         "exec": ["/bin/sh", "-c", "trap '' TERM; echo $$ > $OUT/stubborn.pid; while :; do sleep 0.1; done"]});

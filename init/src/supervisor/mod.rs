@@ -117,8 +117,10 @@ pub struct Supervisor {
     shutting_down: bool,
     pending: Option<Pending>,
     /// Every service's own cgroup; none where the kernel has no cgroup2 (services then run
-    /// unlimited, in init's).
+    /// unlimited, in init's), or before [`Supervisor::run`] made them.
     cgroups: Option<cgroup::Cgroups>,
+    /// Whether [`Supervisor::run`] has set up the cgroups (once, also when a panic restarts it).
+    cgroups_set_up: bool,
 }
 
 /// Where the supervisor's events come from.
@@ -137,10 +139,15 @@ impl Supervisor {
     /// A supervisor for `services`, none started yet.
     pub fn new(services: &[ServicePlan], opts: Options) -> Supervisor {
         let services = services.iter().map(|p| Service::new(p, &opts.roots)).collect();
-        let cgroups = cgroup::Cgroups::set_up(opts.cgroup_root)
-            .map_err(|e| tracing::warn!("cgroups: {e}; services run in init's own cgroup, without limits"))
-            .ok();
-        Supervisor { services, opts, procs: HashMap::new(), shutting_down: false, pending: None, cgroups }
+        Supervisor {
+            services,
+            opts,
+            procs: HashMap::new(),
+            shutting_down: false,
+            pending: None,
+            cgroups: None,
+            cgroups_set_up: false,
+        }
     }
 
     /// Starts applying `update`: stops what leaves or changes.
@@ -367,9 +374,10 @@ impl Supervisor {
 
     /// Re-evaluates every service until nothing moves (a service coming up can start others).
     fn settle(&mut self) {
+        let order = start_order(self.services.iter().map(|s| s.plan.limits.cpu_weight));
         for _ in 0..=self.services.len() {
             let before: Vec<State> = self.services.iter().map(|s| s.state).collect();
-            for i in 0..self.services.len() {
+            for &i in &order {
                 self.apply(i, Event::Tick);
             }
             if self.shutting_down {
@@ -497,6 +505,13 @@ impl Supervisor {
     /// every service in reverse dependency order and returns once all are down.
     pub fn run(&mut self, inputs: &Inputs) {
         let Inputs { children, calls, updates, stop } = inputs;
+        // Here, on the supervisor's thread: the node's first manifest fetch does not wait for it.
+        if !self.cgroups_set_up {
+            self.cgroups_set_up = true;
+            self.cgroups = cgroup::Cgroups::set_up(self.opts.cgroup_root)
+                .map_err(|e| tracing::warn!("cgroups: {e}; services run in init's own cgroup, without limits"))
+                .ok();
+        }
         self.settle();
         loop {
             flist::faults::hit("init", "supervisor");
@@ -540,5 +555,42 @@ impl Supervisor {
     }
 }
 
+/// The order services are looked at in, by index: by CPU weight, most first (none set is the
+/// kernel's default, 100), then as listed. Starting a service holds the supervisor until its exec
+/// is done, which may mean reading its binary from a cold flist: services given a smaller share of
+/// the CPU also wait for the others to start.
+fn start_order(weights: impl Iterator<Item = Option<u64>>) -> Vec<usize> {
+    let mut order: Vec<(usize, u64)> = weights.map(|w| w.unwrap_or(DEFAULT_CPU_WEIGHT)).enumerate().collect();
+    order.sort_by_key(|&(_, w)| std::cmp::Reverse(w));
+    order.into_iter().map(|(i, _)| i).collect()
+}
+
+/// cgroup v2's `cpu.weight` when none is set.
+const DEFAULT_CPU_WEIGHT: u64 = 100;
+
 #[cfg(test)]
 mod hostile_tests;
+
+#[cfg(test)]
+mod start_order_tests {
+    #![allow(clippy::indexing_slicing)]
+    use super::start_order;
+    use proptest::prelude::*;
+
+    proptest! {
+        /// Every service once; a larger weight never after a smaller one; equal weights (unset
+        /// counting as 100) as listed.
+        #[test]
+        fn by_weight_then_as_listed(weights in proptest::collection::vec(proptest::option::of(1u64..=10_000), 0..40)) {
+            let order = start_order(weights.iter().copied());
+            let mut seen = order.clone();
+            seen.sort_unstable();
+            prop_assert_eq!(seen, (0..weights.len()).collect::<Vec<_>>());
+            let weight = |i: usize| weights[i].unwrap_or(100);
+            for pair in order.windows(2) {
+                let (a, b) = (pair[0], pair[1]);
+                prop_assert!(weight(a) > weight(b) || (weight(a) == weight(b) && a < b), "{order:?} for {weights:?}");
+            }
+        }
+    }
+}
