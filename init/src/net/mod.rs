@@ -110,16 +110,28 @@ fn write_resolv(path: &Path, dns: &[Ipv4Addr]) {
 
 /// Waits up to `wait` for carrier on `link` (it was just brought up).
 fn carrier(nl: &mut Netlink, link: &Link, wait: Duration) -> bool {
-    let until = crate::later(Instant::now(), wait);
+    let started = Instant::now();
+    let until = crate::later(started, wait);
     loop {
         let up =
             nl.links().ok().and_then(|ls| ls.into_iter().find(|l| l.index == link.index)).is_some_and(|l| l.carrier);
         if up || Instant::now() >= until {
+            tracing::debug!(
+                "{}: carrier {} after {:?}",
+                link.name,
+                if up { "up" } else { "still down" },
+                started.elapsed()
+            );
             return up;
         }
-        std::thread::sleep(Duration::from_millis(100));
+        // A virtual NIC has carrier a few milliseconds after it is up: a coarser poll would
+        // hold the boot for most of its period.
+        std::thread::sleep(CARRIER_POLL);
     }
 }
+
+/// How often [`carrier`] looks again.
+const CARRIER_POLL: Duration = Duration::from_millis(5);
 
 /// Brings the network up once: `Ok` with the NICs configured, `Err` if none could be (the caller
 /// retries). `resolv` is where DNS servers go (`/etc/resolv.conf`).
