@@ -1,7 +1,7 @@
 //! The read-only FUSE filesystem over an flist: the same code serves `flist mount` and PID 1.
 //!
 //! FUSE inode numbers are flist inode indices + 1 (so the root is 1), hardlinks share one. The
-//! tree never changes under a mount, so entries and attributes get long kernel TTLs, file pages
+//! tree never changes under a mount, so entries, absent names and attributes get long kernel TTLs, file pages
 //! are kept across opens (`FOPEN_KEEP_CACHE`) and directory listings are cached too. Content
 //! comes from a [`CachedSource`]: verified before use, fetched once however many readers, with
 //! chunks ahead of a sequential reader prefetched. Every failure is logged with the path and
@@ -76,6 +76,8 @@ impl Default for FsOptions {
 /// What a mount has served, for tests and benchmarks.
 #[derive(Debug, Default)]
 pub struct FsCounters {
+    /// Lookups answered by this server (names found or not).
+    pub lookups: AtomicU64,
     /// Read requests answered by this server.
     pub reads: AtomicU64,
     /// Opens handed to the kernel as passthrough.
@@ -179,6 +181,27 @@ fn write_trace(recorder: &crate::trace::Recorder, out: &Path) {
 impl Drop for FlistFs {
     fn drop(&mut self) {
         self.trace_recording().finish();
+    }
+}
+
+/// The attributes of a negative entry: node 0 (FUSE's "no such name"); the rest is unused.
+fn absent() -> FileAttr {
+    FileAttr {
+        ino: INodeNo(0),
+        size: 0,
+        blocks: 0,
+        atime: UNIX_EPOCH,
+        mtime: UNIX_EPOCH,
+        ctime: UNIX_EPOCH,
+        crtime: UNIX_EPOCH,
+        kind: FileType::RegularFile,
+        perm: 0,
+        nlink: 0,
+        uid: 0,
+        gid: 0,
+        rdev: 0,
+        blksize: 0,
+        flags: 0,
     }
 }
 
@@ -387,12 +410,14 @@ impl FlistFs {
         String::from_utf8_lossy(&self.flist.path_of(entry)).into_owned()
     }
 
-    fn lookup_child(&self, parent: INodeNo, name: &OsStr) -> Result<FileAttr, FsError> {
+    /// The attributes of `name` in directory `parent`; `None` when the directory has no such
+    /// name.
+    fn lookup_child(&self, parent: INodeNo, name: &OsStr) -> Result<Option<FileAttr>, FsError> {
         let dir = self.dir_entry(parent)?;
-        let child = self.flist.lookup(dir, name.as_bytes()).ok_or(FsError::NoEntry)?;
+        let Some(child) = self.flist.lookup(dir, name.as_bytes()) else { return Ok(None) };
         let inode_index = self.flist.entry(child).map(|e| e.inode).ok_or(FsError::NoEntry)?;
         let inode = self.flist.inodes.get(inode_index as usize).ok_or(FsError::NoEntry)?;
-        Ok(self.attr(inode_index, inode))
+        Ok(Some(self.attr(inode_index, inode)))
     }
 
     fn read_range(&self, ino: INodeNo, offset: u64, size: u32) -> Result<ReadBytes, FsError> {
@@ -558,8 +583,13 @@ impl Filesystem for FlistFs {
     }
 
     fn lookup(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEntry) {
+        self.counters.lookups.fetch_add(1, Ordering::Relaxed);
         contained("lookup", || match self.lookup_child(parent, name) {
-            Ok(attr) => reply.entry(&self.opts.ttl, &attr, Generation(0)),
+            Ok(Some(attr)) => reply.entry(&self.opts.ttl, &attr, Generation(0)),
+            // The tree never changes, so an absent name stays absent: an entry for node 0 is a
+            // negative one the kernel keeps for the TTL, where ENOENT would have it ask again at
+            // every lookup (a shell's PATH search, a loader's library search, an import path).
+            Ok(None) => reply.entry(&self.opts.ttl, &absent(), Generation(0)),
             Err(e) => reply.error(errno(&e)),
         });
     }

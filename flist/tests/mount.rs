@@ -561,7 +561,10 @@ fn rw_mount_keeps_changes_in_the_upper_layer() {
     let m = Mounted::new(&t.join("f.fl"), &t.join("mnt"), &["--rw", upper.to_str().unwrap()]);
     assert_eq!(fs::read(m.path.join("etc/hostname")).unwrap(), b"flist\n");
     fs::write(m.path.join("etc/hostname"), b"changed\n").unwrap();
+    // Absent below (a negative entry the kernel keeps): still made, and then seen, above.
+    assert!(!m.path.join("new").exists());
     fs::write(m.path.join("new"), b"new\n").unwrap();
+    assert_eq!(fs::read(m.path.join("new")).unwrap(), b"new\n");
     fs::remove_file(m.path.join("doomed")).unwrap();
     assert_eq!(fs::read(m.path.join("etc/hostname")).unwrap(), b"changed\n");
     assert!(!m.path.join("doomed").exists());
@@ -619,4 +622,43 @@ fn a_panicking_fuse_handler_fails_its_request_and_the_mount_lives_on() {
     let mut names: Vec<_> = fs::read_dir(&m.path).unwrap().map(|e| e.unwrap().file_name()).collect();
     names.sort();
     assert_eq!(names, ["file", "other"]);
+}
+
+#[test]
+fn an_absent_name_is_asked_for_once_then_the_kernel_remembers_it() {
+    use std::os::unix::ffi::OsStrExt;
+    use std::sync::atomic::Ordering::Relaxed;
+    let t = TestDir::new();
+    util::write(&t.join("src/bin/tool"), b"#!/bin/sh\n");
+    util::write(&t.join("src/file"), b"x");
+    pack(&t, "src", "f.fl", &[t.store("store")]);
+    let m = InProcess::new(&t.join("f.fl"), &t.store("store"), &t.join("cache"), &t.join("mnt"));
+    let mnt = t.join("mnt");
+    let lookups = || m.counters.lookups.load(Relaxed);
+    // Absent names of every byte value (but `/`), the longest a name may be, and names beside
+    // present ones, at the root and below.
+    let mut absent: Vec<std::path::PathBuf> = (1..=255u8)
+        .filter(|&b| b != b'/')
+        .map(|b| mnt.join("bin").join(std::ffi::OsStr::from_bytes(&[b, b'x'])))
+        .collect();
+    absent.push(mnt.join("n".repeat(255)));
+    // FUSE takes names up to 1024 bytes (longer than any a directory of an flist holds).
+    absent.push(mnt.join("n".repeat(1024)));
+    absent.push(mnt.join("tool"));
+    absent.push(mnt.join("bin/tool2"));
+    absent.push(mnt.join("bin/too"));
+    for round in 0..3 {
+        let before = lookups();
+        for path in &absent {
+            let e = fs::metadata(path).unwrap_err();
+            assert_eq!(e.kind(), std::io::ErrorKind::NotFound, "{}: {e}", path.display());
+        }
+        match round {
+            0 => assert!(lookups() - before >= absent.len() as u64, "{} lookups", lookups() - before),
+            _ => assert_eq!(lookups(), before, "absent names were asked for again in round {round}"),
+        }
+    }
+    // What is there still is; a name under a file is still not a directory.
+    assert_eq!(fs::read(mnt.join("bin/tool")).unwrap(), b"#!/bin/sh\n");
+    assert_eq!(fs::metadata(mnt.join("file/below")).unwrap_err().raw_os_error(), Some(libc::ENOTDIR));
 }
