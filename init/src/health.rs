@@ -65,6 +65,12 @@ impl Window {
         self.plan.window
     }
 
+    /// Whether the required services (one at least) were all ready at the last [`Window::step`];
+    /// the settle time may still be running.
+    pub fn all_ready(&self) -> bool {
+        self.ready_since.is_some() && !self.plan.require.is_empty()
+    }
+
     /// The verdict at `now`, given every service's row.
     pub fn step(&mut self, now: Instant, seen: &[Seen]) -> Verdict {
         for s in seen {
@@ -176,7 +182,10 @@ mod tests {
         let t0 = Instant::now();
         let at = |s| t0 + Duration::from_secs(s);
         let mut w = Window::open(settled(&["web"], 20, 3, 5), t0);
+        assert!(!w.all_ready());
         assert_eq!(w.step(at(1), &[seen("web", "running", 1)]), Verdict::Watching);
+        // Ready, not yet settled: what the start's traces end on.
+        assert!(w.all_ready());
         assert_eq!(w.step(at(4), &[seen("web", "running", 1)]), Verdict::Watching);
         // It crashed and was restarted between two looks: ready again, but the settle time restarts.
         assert_eq!(w.step(at(5), &[seen("web", "running", 2)]), Verdict::Watching);
@@ -186,6 +195,7 @@ mod tests {
         let mut late = Window::open(settled(&["web"], 10, 3, 5), t0);
         assert_eq!(late.step(at(2), &[seen("web", "running", 1)]), Verdict::Watching);
         assert_eq!(late.step(at(8), &[seen("web", "testing", 1)]), Verdict::Watching);
+        assert!(!late.all_ready());
         assert_eq!(late.step(at(9), &[seen("web", "running", 1)]), Verdict::Watching);
         assert_eq!(late.step(at(12), &[seen("web", "running", 1)]), Verdict::Watching);
         assert_eq!(late.step(at(14), &[seen("web", "running", 1)]), Verdict::Healthy);
@@ -199,6 +209,11 @@ mod tests {
         assert_eq!(looping.step(at(2), &[seen("web", "running", 2)]), Verdict::Watching);
         let Verdict::Failed(why) = looping.step(at(3), &[seen("web", "running", 3)]) else { panic!() };
         assert!(why.contains("web restarted 2 times"), "{why}");
+        // Nothing required: healthy once settled, but never "all ready" (a trace would end at once).
+        let mut none = Window::open(settled(&[], 10, 3, 5), t0);
+        assert_eq!(none.step(at(1), &[seen("web", "running", 1)]), Verdict::Watching);
+        assert!(!none.all_ready());
+        assert_eq!(none.step(at(7), &[seen("web", "running", 1)]), Verdict::Healthy);
     }
 
     proptest! {

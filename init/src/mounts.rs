@@ -241,7 +241,8 @@ fn with_rfs_run_config(
 const LATE_MODULES_WAIT: std::time::Duration = std::time::Duration::from_secs(60);
 
 /// How long after a mount its reads are recorded into a trace, at most: the recording ends
-/// sooner, when the node is healthy ([`Mounts::finish_traces`]).
+/// sooner, once the services the health window requires are all ready
+/// ([`Mounts::finish_traces`]).
 const TRACE_WINDOW: std::time::Duration = std::time::Duration::from_secs(30);
 /// The most chunks a trace's replay has queued or in flight ahead of the readers: 2 keeps it
 /// just ahead of a boot's reads (under qemu's emulation a deeper replay made the boot slower,

@@ -436,6 +436,11 @@ impl Node {
         let seen: Vec<Seen> =
             rows.into_iter().map(|r| Seen { name: r.name, state: r.state, starts: r.starts }).collect();
         let verdict = window.step(Instant::now(), &seen);
+        if window.all_ready() {
+            // The services are up: the traces of their start end here, without the reads of
+            // the settle time (what a replay fetched of those only competed with the next start).
+            lock(&self.mounts).finish_traces();
+        }
         let Some(plan) = self.applied.clone() else { return };
         match verdict {
             Verdict::Watching => {}
@@ -455,7 +460,7 @@ impl Node {
                 tracing::info!("{message}");
                 crate::report::stage("healthy", message.clone());
                 self.health = Some(message);
-                // The boot is done: its traces end here, not 30 s after the mount.
+                // Also with no service required: the start is over by now.
                 lock(&self.mounts).finish_traces();
             }
             Verdict::Failed(cause) => {

@@ -243,3 +243,80 @@ fn a_container_image_runs_with_its_run_configuration() {
     assert_eq!(node.version(), Some(1));
     assert!(node.terminate().success());
 }
+
+#[test]
+fn the_start_trace_ends_once_the_required_services_are_ready() {
+    let dir = tempfile::tempdir().unwrap();
+    let (srv, tree) = (dir.path().join("srv"), dir.path().join("tree"));
+    std::fs::create_dir_all(srv.join("store")).unwrap();
+    mini_root(&tree, "v1");
+    // Read only after web is ready: 8 MiB of noise, so that chunks of its own lie inside it.
+    let mut state = 0x9e37_79b9_7f4a_7c15u64;
+    let late: Vec<u8> = (0..8 << 20)
+        .map(|_| {
+            state ^= state << 13;
+            state ^= state >> 7;
+            state ^= state << 17;
+            (state >> 24) as u8
+        })
+        .collect();
+    std::fs::write(tree.join("late.bin"), &late).unwrap();
+    let digest = pack_flist(&tree, &srv.join("store"), &srv.join("app.fl"));
+    let server = http_server(&srv);
+    let node_dir = tempfile::tempdir().unwrap();
+    let out = node_dir.path().join("out");
+    let manifest = json!({"version": 1,
+        "flists": [{"name": "app", "url": "app.fl", "digest": digest,
+                    "stores": [format!("http://127.0.0.1:{}/store", server.port)], "mountpoint": "$OUT/mnt/app"}],
+        "services": [
+            {"name": "web", "root": "app", "exec": ["/bin/sh", "-c", "cat /hello.txt; exec sleep 1000"],
+             "test": ["/bin/cat", "/hello.txt"]},
+            {"name": "late", "root": "app",
+             "exec": ["/bin/sh", "-c", "sleep 3; cat /late.bin > /dev/null; echo read; exec sleep 1000"]}
+        ],
+        // Healthy only a minute after web is ready: the trace must not wait for that.
+        "health": {"require": ["web"], "settle": 60, "timeout": 120}});
+    publish(&srv, &manifest, &out);
+    let state_dir = dir.path().join("state");
+    let args: Vec<String> = vec![
+        "--manifest".into(),
+        format!("http://127.0.0.1:{}/manifest.json", server.port),
+        "--key".into(),
+        hex_key(),
+        "--state".into(),
+        state_dir.display().to_string(),
+        "--cache".into(),
+        dir.path().join("cache").display().to_string(),
+        "--run-dir".into(),
+        dir.path().join("run").display().to_string(),
+    ];
+    let args: Vec<&dyn AsRef<std::ffi::OsStr>> = args.iter().map(|a| a as _).collect();
+    let node = start(node_dir, &args);
+
+    let trace_path = state_dir.join("flists").join(format!("{digest}.trace"));
+    node.wait_for("the start's trace", |_| trace_path.exists());
+    assert!(!node.init_log().contains("is healthy"), "{}", node.init_log());
+    node.wait_for("late's read", |n| n.log("late").contains(&"read".to_string()));
+
+    let fl = flist::Flist::decode(&std::fs::read(srv.join("app.fl")).unwrap()).unwrap();
+    let trace =
+        flist::trace::Trace::decode_for(&std::fs::read(&trace_path).unwrap(), &fl.digest(), fl.chunks.len()).unwrap();
+    let chunks_of = |path: &str| -> Vec<u32> {
+        let inode = fl.inode_of(fl.resolve(path.as_bytes()).unwrap()).unwrap();
+        let extents = fl.extents(inode, 0, inode.size());
+        extents
+            .iter()
+            .filter_map(|e| match e {
+                flist::format::Extent::Data { chunk, .. } => Some(*chunk),
+                flist::format::Extent::Hole { .. } => None,
+            })
+            .collect()
+    };
+    // What web read to start is in it; chunks wholly inside late.bin, read after, are not (its
+    // first and last may hold its neighbours' bytes too).
+    assert!(chunks_of("/hello.txt").iter().all(|c| trace.chunks.contains(c)), "{:?}", trace.chunks);
+    let late_chunks = chunks_of("/late.bin");
+    assert!(late_chunks.len() > 2, "{late_chunks:?}");
+    let inside = &late_chunks[1..late_chunks.len() - 1];
+    assert!(inside.iter().all(|c| !trace.chunks.contains(c)), "late.bin's chunks {inside:?} in {:?}", trace.chunks);
+}
