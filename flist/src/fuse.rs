@@ -1,13 +1,13 @@
 //! The read-only FUSE filesystem over an flist: the same code serves `flist mount` and PID 1.
 //!
 //! FUSE inode numbers are flist inode indices + 1 (so the root is 1), hardlinks share one. The
-//! tree never changes under a mount, so entries, absent names and attributes get long kernel TTLs, file pages
-//! are kept across opens (`FOPEN_KEEP_CACHE`) and directory listings are cached too. Content
-//! comes from a [`CachedSource`]: verified before use, fetched once however many readers, with
-//! chunks ahead of a sequential reader prefetched. Every failure is logged with the path and
-//! mapped to an errno in [`errno`]; nothing here can panic or hang forever (store fetches are
-//! bounded by the router's retry policy and HTTP timeouts), and a panic anyway fails only its
-//! own request ([`contained`]).
+//! tree never changes under a mount, so entries, absent names and attributes get long kernel
+//! TTLs, file pages are kept across opens (`FOPEN_KEEP_CACHE`) and directory listings are cached
+//! too. Content comes from a [`CachedSource`]: verified before use, fetched once however many
+//! readers, with chunks ahead of a sequential reader prefetched. Every failure is logged with
+//! the path and mapped to an errno in [`errno`]; nothing here can panic or hang forever (store
+//! fetches are bounded by the router's retry policy and HTTP timeouts), and a panic anyway fails
+//! only its own request ([`contained`]).
 //!
 //! Where the kernel offers FUSE passthrough, a large file whose chunks are all in the disk cache
 //! is assembled there ([`crate::assembled`]) in the background; later opens hand the kernel that
