@@ -662,3 +662,39 @@ fn an_absent_name_is_asked_for_once_then_the_kernel_remembers_it() {
     assert_eq!(fs::read(mnt.join("bin/tool")).unwrap(), b"#!/bin/sh\n");
     assert_eq!(fs::metadata(mnt.join("file/below")).unwrap_err().raw_os_error(), Some(libc::ENOTDIR));
 }
+
+#[test]
+fn directories_open_without_asking_the_server_and_their_listings_stay_cached() {
+    use std::sync::atomic::Ordering::Relaxed;
+    let t = TestDir::new();
+    for d in 0..20 {
+        for f in 0..5 {
+            util::write(&t.join(&format!("src/d{d}/sub/f{f}")), format!("{d}/{f}").as_bytes());
+        }
+    }
+    pack(&t, "src", "f.fl", &[t.store("store")]);
+    let m = InProcess::new(&t.join("f.fl"), &t.store("store"), &t.join("cache"), &t.join("mnt"));
+    let mnt = t.join("mnt");
+    let list = |dir: &std::path::Path| {
+        let mut names: Vec<String> =
+            fs::read_dir(dir).unwrap().map(|e| e.unwrap().file_name().into_string().unwrap()).collect();
+        names.sort();
+        names
+    };
+    let mut listed = 0;
+    for round in 0..3 {
+        let before = m.counters.dir_reads.load(Relaxed);
+        assert_eq!(list(&mnt).len(), 20);
+        for d in 0..20 {
+            assert_eq!(list(&mnt.join(format!("d{d}/sub"))), ["f0", "f1", "f2", "f3", "f4"], "round {round}");
+        }
+        match round {
+            0 => listed = m.counters.dir_reads.load(Relaxed) - before,
+            // The kernel keeps the listings: nothing is asked again.
+            _ => assert_eq!(m.counters.dir_reads.load(Relaxed), before, "round {round}"),
+        }
+    }
+    assert!(listed >= 21, "{listed} listing requests for 21 directories");
+    // 21 directories opened 3 times each: the server was asked once, and said to stop asking.
+    assert_eq!(m.counters.dir_opens.load(Relaxed), 1);
+}
