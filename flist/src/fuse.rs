@@ -82,6 +82,8 @@ pub struct FsCounters {
     pub dir_opens: AtomicU64,
     /// Directory listing requests answered by this server.
     pub dir_reads: AtomicU64,
+    /// File opens asked of this server.
+    pub file_opens: AtomicU64,
     /// Read requests answered by this server.
     pub reads: AtomicU64,
     /// Opens handed to the kernel as passthrough.
@@ -618,6 +620,12 @@ impl Filesystem for FlistFs {
     }
 
     fn open(&self, _req: &Request, ino: INodeNo, _flags: OpenFlags, reply: ReplyOpen) {
+        self.counters.file_opens.fetch_add(1, Ordering::Relaxed);
+        if self.passthrough.is_none() {
+            // Nothing to decide per open without passthrough: ENOSYS once, and the kernel opens
+            // files without asking (Linux 4.20+), keeping their pages as the answer here would.
+            return reply.error(Errno::ENOSYS);
+        }
         contained("open", || match self.inode(ino) {
             Ok((index, inode)) if inode.kind() == Kind::File => self.open_file(index, reply),
             Ok(_) => reply.opened(CACHED_FH, FopenFlags::FOPEN_KEEP_CACHE),

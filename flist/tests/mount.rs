@@ -698,3 +698,27 @@ fn directories_open_without_asking_the_server_and_their_listings_stay_cached() {
     // 21 directories opened 3 times each: the server was asked once, and said to stop asking.
     assert_eq!(m.counters.dir_opens.load(Relaxed), 1);
 }
+
+#[test]
+fn without_passthrough_files_open_without_asking_the_server() {
+    use std::sync::atomic::Ordering::Relaxed;
+    let t = TestDir::new();
+    for f in 0..10 {
+        util::write(&t.join(&format!("src/f{f}")), format!("file {f}").as_bytes());
+    }
+    pack(&t, "src", "f.fl", &[t.store("store")]);
+    let m = InProcess::new(&t.join("f.fl"), &t.store("store"), &t.join("cache"), &t.join("mnt"));
+    for _ in 0..3 {
+        for f in 0..10 {
+            assert_eq!(fs::read(t.join(&format!("mnt/f{f}"))).unwrap(), format!("file {f}").as_bytes());
+        }
+    }
+    let opens = m.counters.file_opens.load(Relaxed);
+    if flist::verity::probe(t.join(".").as_path()).is_ok() {
+        // Passthrough may hand an open the assembled file: every open is asked.
+        assert!(opens >= 30, "{opens}");
+    } else {
+        // 30 opens: the server was asked once, and said to stop asking.
+        assert_eq!(opens, 1);
+    }
+}
