@@ -18,6 +18,9 @@ use std::time::Duration;
 use flint_manifest::limits::{Device, Limits};
 use serde::{Deserialize, Serialize};
 
+/// cgroup v2's `cpu.weight` when none is set.
+pub const DEFAULT_CPU_WEIGHT: u64 = 100;
+
 /// The slice and what it can limit.
 #[derive(Debug)]
 pub struct Cgroups {
@@ -153,10 +156,11 @@ impl Cgroups {
             }
         }
         // Unset limits go back to none: the group may carry an earlier plan's.
+        let weight = DEFAULT_CPU_WEIGHT.to_string();
         for (controller, file, value) in [
             ("memory", "memory.max", "max"),
             ("pids", "pids.max", "max"),
-            ("cpu", "cpu.weight", "100"),
+            ("cpu", "cpu.weight", weight.as_str()),
             ("cpu", "cpu.max", "max"),
         ] {
             if self.controllers.contains(controller) && !files.iter().any(|(_, f, _)| *f == file) {

@@ -560,13 +560,10 @@ impl Supervisor {
 /// is done, which may mean reading its binary from a cold flist: services given a smaller share of
 /// the CPU also wait for the others to start.
 fn start_order(weights: impl Iterator<Item = Option<u64>>) -> Vec<usize> {
-    let mut order: Vec<(usize, u64)> = weights.map(|w| w.unwrap_or(DEFAULT_CPU_WEIGHT)).enumerate().collect();
+    let mut order: Vec<(usize, u64)> = weights.map(|w| w.unwrap_or(cgroup::DEFAULT_CPU_WEIGHT)).enumerate().collect();
     order.sort_by_key(|&(_, w)| std::cmp::Reverse(w));
     order.into_iter().map(|(i, _)| i).collect()
 }
-
-/// cgroup v2's `cpu.weight` when none is set.
-const DEFAULT_CPU_WEIGHT: u64 = 100;
 
 #[cfg(test)]
 mod hostile_tests;
