@@ -70,18 +70,36 @@ impl LogStore {
         self.dir.join("logs").join(format!("{node}.jsonl"))
     }
 
-    fn position_of(&self, node: &str) -> Position {
-        Position::from_line(
+    /// Where `node`'s log stood when the server last stopped. The lines are written before the
+    /// position, so a server killed between the two holds lines its `.pos` does not count: the
+    /// log's last line counts too, else those lines would be stored again when the node sends
+    /// them again. A line torn by the kill is cut off first.
+    fn position_of(&self, node: &str) -> io::Result<Position> {
+        let kept = Position::from_line(
             &std::fs::read_to_string(self.dir.join("logs").join(format!("{node}.pos"))).unwrap_or_default(),
-        )
+        );
+        let logged = match std::fs::OpenOptions::new().read(true).write(true).open(self.log_path(node)) {
+            Ok(mut file) => last_line_position(&mut file)?,
+            Err(e) if e.kind() == io::ErrorKind::NotFound => None,
+            Err(e) => return Err(e),
+        };
+        Ok(logged.map_or(kept, |logged| logged.max(kept)))
     }
 
     /// Stores `batch` from `node` (a node id: checked, printable), which was signed by boot
     /// `signed_boot`; blocking (disk writes, synced before it returns).
     pub fn store(&self, node: &str, batch: &Batch, signed_boot: u64) -> Result<Taken, String> {
         batch.check(signed_boot)?;
+        let io = |e: io::Error| format!("storing the logs of {node}: {e}");
         let mut positions = flist::durable::lock(&self.positions);
-        let held = *positions.entry(node.to_string()).or_insert_with(|| self.position_of(node));
+        let held = match positions.get(node) {
+            Some(p) => *p,
+            None => {
+                let p = self.position_of(node).map_err(io)?;
+                positions.insert(node.to_string(), p);
+                p
+            }
+        };
         let mut text = String::new();
         let mut position = held;
         let (mut dropped, mut written) = (0u64, 0usize);
@@ -103,7 +121,6 @@ impl LogStore {
             position = Position { boot: batch.boot, next: r.n.saturating_add(1) };
             written += 1;
         }
-        let io = |e: io::Error| format!("storing the logs of {node}: {e}");
         if !text.is_empty() {
             let path = self.log_path(node);
             if std::fs::metadata(&path).is_ok_and(|m| m.len() >= ROTATE_BYTES) {
@@ -142,6 +159,39 @@ impl LogStore {
     pub fn metrics(&self, node: &str) -> Option<String> {
         std::fs::read_to_string(self.dir.join("metrics").join(format!("{node}.prom"))).ok()
     }
+}
+
+/// The position after the last whole line of a log file, cutting off a torn last line.
+fn last_line_position(file: &mut std::fs::File) -> io::Result<Option<Position>> {
+    use std::io::{Read, Seek, SeekFrom};
+    /// A stored line is at most a line of text and its source escaped (6 bytes a byte at
+    /// worst) and the numbers around them.
+    const LINE_MAX: u64 = ((flint_manifest::logs::MAX_LINE + flint_manifest::logs::MAX_SOURCE) * 6 + 256) as u64;
+    let len = file.metadata()?.len();
+    let from = len.saturating_sub(2 * LINE_MAX);
+    file.seek(SeekFrom::Start(from))?;
+    let mut tail = Vec::new();
+    file.take(len.saturating_sub(from)).read_to_end(&mut tail)?;
+    let whole = tail.iter().rposition(|&b| b == b'\n').map_or(0, |i| i + 1);
+    if whole < tail.len() {
+        let cut = from + whole as u64;
+        tracing::warn!("a log file ended in a torn line: {} bytes cut off", len.saturating_sub(cut));
+        file.set_len(cut)?;
+        file.sync_data()?;
+    }
+    let last = tail.get(..whole).unwrap_or_default().strip_suffix(b"\n").unwrap_or_default();
+    let line = last.rsplit(|&b| b == b'\n').next().unwrap_or_default();
+    #[derive(serde::Deserialize)]
+    struct Numbers {
+        b: u64,
+        n: u64,
+        #[serde(default)]
+        dropped: Option<u64>,
+    }
+    // A gap's line comes before the line it precedes: that one is not held yet.
+    Ok(serde_json::from_slice::<Numbers>(line)
+        .ok()
+        .map(|l| Position { boot: l.b, next: if l.dropped.is_some() { l.n } else { l.n.saturating_add(1) } }))
 }
 
 fn push_json(out: &mut String, value: &impl Serialize) {
@@ -198,6 +248,58 @@ mod tests {
         // Lines from a boot after the one that signed them are refused.
         assert!(again.store("abc", &batch(3, &[0]), 2).unwrap_err().contains("boot 3 sent by boot 2"));
         assert!(again.tail("nobody", 10).is_none());
+    }
+
+    /// The store's lines as "bBOOT lN" (or "dropped K").
+    fn said(store: &LogStore, node: &str) -> Vec<String> {
+        let text = store.tail(node, MAX_TAIL).unwrap();
+        text.lines()
+            .map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap())
+            .map(|l| l["l"].as_str().map_or(format!("dropped {}", l["dropped"]), String::from))
+            .collect()
+    }
+
+    #[test]
+    fn a_server_killed_between_the_lines_and_their_position_stores_each_line_once() {
+        let dir = tempfile::tempdir().unwrap();
+        let pos = dir.path().join("logs/abc.pos");
+        let log = dir.path().join("logs/abc.jsonl");
+        let store = LogStore::open(dir.path()).unwrap();
+        store.store("abc", &batch(1, &[0, 1]), 1).unwrap();
+        let before = std::fs::read(&pos).unwrap();
+        store.store("abc", &batch(1, &[2, 3]), 1).unwrap();
+        // Killed after the lines, before their position: the node had no answer and sends them
+        // again, with one more.
+        std::fs::write(&pos, &before).unwrap();
+        let again = LogStore::open(dir.path()).unwrap();
+        let s = again.store("abc", &batch(1, &[2, 3, 4]), 1).unwrap();
+        assert_eq!((s.position, s.written), (Position { boot: 1, next: 5 }, 1));
+        assert_eq!(said(&again, "abc"), ["b1 l0", "b1 l1", "b1 l2", "b1 l3", "b1 l4"]);
+
+        // Killed in the middle of a line, and with no position file at all.
+        let whole = std::fs::read(&log).unwrap();
+        let torn = br#"{"b":1,"n":5,"t":1,"s":"web","l":"b1 l"#;
+        for cut in [1, torn.len() / 2, torn.len()] {
+            let mut bytes = whole.clone();
+            bytes.extend_from_slice(&torn[..cut]);
+            std::fs::write(&log, &bytes).unwrap();
+            std::fs::remove_file(&pos).ok();
+            let again = LogStore::open(dir.path()).unwrap();
+            let s = again.store("abc", &batch(1, &[3, 4, 5]), 1).unwrap();
+            assert_eq!((s.position, s.written), (Position { boot: 1, next: 6 }, 1), "cut at {cut}");
+            assert_eq!(said(&again, "abc"), ["b1 l0", "b1 l1", "b1 l2", "b1 l3", "b1 l4", "b1 l5"]);
+            std::fs::write(&log, &whole).unwrap();
+        }
+
+        // Killed after a gap's line, before the line that follows it: that line is still taken.
+        let mut bytes = whole.clone();
+        bytes.extend_from_slice(b"{\"b\":1,\"n\":9,\"dropped\":4}\n");
+        std::fs::write(&log, &bytes).unwrap();
+        std::fs::remove_file(&pos).ok();
+        let again = LogStore::open(dir.path()).unwrap();
+        let s = again.store("abc", &batch(1, &[9]), 1).unwrap();
+        assert_eq!((s.position, s.written, s.dropped), (Position { boot: 1, next: 10 }, 1, 0));
+        assert_eq!(said(&again, "abc"), ["b1 l0", "b1 l1", "b1 l2", "b1 l3", "b1 l4", "dropped 4", "b1 l9"]);
     }
 
     #[test]
