@@ -90,6 +90,23 @@ pub struct FsCounters {
     pub passthrough_opens: AtomicU64,
 }
 
+/// A file's reader: where its last read ended, and the last chunk asked for ahead of it.
+#[derive(Clone, Copy, Default)]
+struct Stream {
+    end: u64,
+    asked: u32,
+}
+
+/// Reads through the image's chunks: the last chunk read, the inode it was read for, how many
+/// reads in a row moved on through the chunks in order, and the last chunk asked for ahead.
+#[derive(Clone, Copy, Default)]
+struct Walk {
+    last: u32,
+    inode: u32,
+    run: u32,
+    asked: u32,
+}
+
 /// Requests at least this large, continuing the previous one, start chunk prefetch.
 const STREAMING_REQUEST: u32 = 64 << 10;
 
@@ -148,11 +165,11 @@ pub struct FlistFs {
     /// For each inode, the first entry naming it.
     entry_of: Vec<u32>,
     opts: FsOptions,
-    /// Per inode, where the last read ended: a read starting there is sequential.
-    next_offset: Mutex<HashMap<u32, u64>>,
-    /// Where reads go through the image's chunks: the last chunk read, the inode it was read
-    /// for, and how many reads in a row moved on through the chunks in order.
-    walk: Mutex<(u32, u32, u32)>,
+    /// Per inode, where the last read ended (a read starting there is sequential) and the last
+    /// chunk asked for ahead of its reader.
+    streams: Mutex<HashMap<u32, Stream>>,
+    /// Where reads go through the image's chunks.
+    walk: Mutex<Walk>,
     /// Set up in `init` when the kernel accepts passthrough and there is a disk cache.
     passthrough: Option<Passthrough>,
     opens: Mutex<HashMap<u32, Opens>>,
@@ -252,8 +269,8 @@ impl FlistFs {
             source,
             entry_of,
             opts,
-            next_offset: Mutex::new(HashMap::new()),
-            walk: Mutex::new((0, 0, 0)),
+            streams: Mutex::new(HashMap::new()),
+            walk: Mutex::new(Walk::default()),
             passthrough: None,
             opens: Mutex::new(HashMap::new()),
             counters: Arc::default(),
@@ -460,14 +477,13 @@ impl FlistFs {
             (Some(first), Some(last)) => {
                 self.record(first, last);
                 let mut walk = lock(&self.walk);
-                let (previous, previous_inode, run) = *walk;
                 let run = match first {
-                    f if f == previous.saturating_add(1) => run.saturating_add(1),
-                    f if f == previous && index != previous_inode => run.saturating_add(1),
-                    f if f == previous => run,
+                    f if f == walk.last.saturating_add(1) => walk.run.saturating_add(1),
+                    f if f == walk.last && index != walk.inode => walk.run.saturating_add(1),
+                    f if f == walk.last => walk.run,
                     _ => 0,
                 };
-                *walk = (last, index, run);
+                *walk = Walk { last, inode: index, run, asked: walk.asked };
                 run >= WALKING_READS
             }
             _ => false,
@@ -475,10 +491,11 @@ impl FlistFs {
         let end = offset + out.as_slice().len() as u64;
         // A streaming reader continues where it stopped, and the kernel's read-ahead has grown
         // its requests; a program loader reads a header, then faults pages here and there.
-        let streaming = {
-            let mut next = lock(&self.next_offset);
-            let was = next.insert(index, end);
-            was == Some(offset) && size >= STREAMING_REQUEST
+        let (streaming, stream_asked) = {
+            let mut streams = lock(&self.streams);
+            let stream = streams.entry(index).or_default();
+            let was = std::mem::replace(&mut stream.end, end);
+            (was == offset && size >= STREAMING_REQUEST, stream.asked)
         };
         if let (true, Some(last)) = (streaming || walking, last_chunk) {
             // Only chunks that still hold this file's data, unless the reader walks the tree:
@@ -488,17 +505,35 @@ impl FlistFs {
                 InodeData::File { stream_offset, .. } => stream_offset + inode.data_len(),
                 _ => 0,
             };
-            for ahead in 1..=self.opts.readahead_chunks {
-                let next = last + ahead;
-                if next as usize >= self.flist.chunks.len() || self.flist.chunk_start(next as usize) >= file_end {
-                    break;
-                }
-                if !self.source.prefetch(&self.flist, next) {
-                    break;
-                }
+            let asked = if walking { lock(&self.walk).asked } else { stream_asked };
+            let asked = self.ask_ahead(last, file_end, asked);
+            if walking {
+                lock(&self.walk).asked = asked;
+            } else if let Some(stream) = lock(&self.streams).get_mut(&index) {
+                stream.asked = asked;
             }
         }
         Ok(out)
+    }
+
+    /// Asks for the chunks after `last` (up to the read-ahead, before `file_end`) to be fetched
+    /// ahead; returns the last one asked for. Those up to `asked` were asked for by an earlier
+    /// read of the same reader: a reader's every request asking again for all of its read-ahead
+    /// was most of the locking on the read path.
+    fn ask_ahead(&self, last: u32, file_end: u64, asked: u32) -> u32 {
+        let window = last..=last.saturating_add(self.opts.readahead_chunks);
+        let mut asked = if window.contains(&asked) { asked } else { last };
+        while asked < *window.end() {
+            let next = asked + 1;
+            if next as usize >= self.flist.chunks.len()
+                || self.flist.chunk_start(next as usize) >= file_end
+                || !self.source.prefetch(&self.flist, next)
+            {
+                break;
+            }
+            asked = next;
+        }
+        asked
     }
 
     fn xattr(&self, ino: INodeNo, name: Option<&OsStr>) -> Result<Vec<u8>, FsError> {

@@ -252,6 +252,59 @@ fn a_cold_mount_under_many_readers_serves_the_true_bytes_from_a_slow_store_while
     session.umount_and_join().unwrap();
 }
 
+/// Sequential readers are read ahead of all the way through their files, also when the cap on
+/// bytes ahead stops the read-ahead again and again: two files read side by side, paced slower
+/// than a slow store gives chunks, wait for a download only now and then, and each chunk is
+/// fetched once.
+#[test]
+fn sequential_readers_are_read_ahead_of_to_the_end_under_a_small_cap() {
+    use std::io::Read;
+    use std::sync::Arc;
+    let t = TestDir::new();
+    let files: Vec<Vec<u8>> = (0..2).map(|i| util::noise(12 << 20, 40 + i)).collect();
+    for (i, content) in files.iter().enumerate() {
+        util::write(&t.join(&format!("src/f{i}")), content);
+    }
+    pack(&t, "src", "f.fl", &[t.store("store")]);
+    let slow = http_server_slow(&t.join("store"), free_port(), 5);
+    let flist = Arc::new(flist::Flist::decode(&fs::read(t.join("f.fl")).unwrap()).unwrap());
+    let chunks = flist.chunks.len() as u64;
+    let router =
+        flist::store::Router::from_specs(&[format!("http://127.0.0.1:{}", slow.port)], Default::default()).unwrap();
+    let source = flist::fetch::CachedSource::new(router, None, 64 << 20);
+    // About two chunks ahead at most: the read-ahead stops at the cap nearly every time.
+    source.start_prefetchers(4, 1 << 20);
+    let fs_ = flist::fuse::FlistFs::new(flist, source.clone(), Default::default());
+    let mnt = t.join("mnt");
+    fs::create_dir_all(&mnt).unwrap();
+    let session = flist::fuse::mount(fs_, &mnt, &Default::default()).unwrap();
+    std::thread::scope(|s| {
+        for (i, content) in files.iter().enumerate() {
+            let path = mnt.join(format!("f{i}"));
+            s.spawn(move || {
+                let mut file = fs::File::open(path).unwrap();
+                let mut read = Vec::new();
+                let mut buf = vec![0; 256 << 10];
+                loop {
+                    let n = file.read(&mut buf).unwrap();
+                    if n == 0 {
+                        break;
+                    }
+                    read.extend_from_slice(&buf[..n]);
+                    std::thread::sleep(Duration::from_millis(15));
+                }
+                assert!(read == *content, "f{i}");
+            });
+        }
+    });
+    let stats = source.stats();
+    session.umount_and_join().unwrap();
+    assert!(chunks >= 40, "too few chunks to show anything: {chunks}");
+    assert_eq!(stats.fetched, chunks, "each chunk fetched once: {stats:?}");
+    assert!(stats.prefetch_peak_bytes <= 1 << 20, "{stats:?}");
+    assert!(stats.waited <= chunks / 4, "{} of {chunks} chunks waited for: {stats:?}", stats.waited);
+}
+
 /// A mount in this process with read-ahead fetchers, replaying `replay` (bytes of a trace file,
 /// hostile or not) and recording into `record`.
 fn traced_mount(
