@@ -30,12 +30,21 @@ for m in $wanted; do
   [ -n "$line" ] || continue   # built in, or absent from this kernel
   for f in ${line/:/}; do files[$f]=1; done
 done
+# Recompressed with zstd: init unpacks them itself (zstd decodes many times faster than the
+# kernel's xz, which is all a distribution kernel may decompress), and they stay small in the
+# memory the initramfs lives in.
+stored() { echo "${1%.ko*}.ko.zst"; }
 for f in "${!files[@]}"; do
   mkdir -p "$root/lib/modules/$version/$(dirname "$f")"
-  cp "$moddir/$f" "$root/lib/modules/$version/$f"
+  case $f in
+    *.xz) xz -dc "$moddir/$f" ;;
+    *.zst) zstd -dcq "$moddir/$f" ;;
+    *.gz) gzip -dc "$moddir/$f" ;;
+    *) cat "$moddir/$f" ;;
+  esac | zstd -q -19 -o "$root/lib/modules/$version/$(stored "$f")"
 done
 # Indexes restricted to what is in the image, so init never looks for a missing file.
-for f in "${!files[@]}"; do grep -E "^$f:" "$moddir/modules.dep"; done | sort > "$root/lib/modules/$version/modules.dep"
+for f in "${!files[@]}"; do grep -E "^$f:" "$moddir/modules.dep"; done | sed -E 's/\.ko(\.xz|\.zst|\.gz)?( |:|$)/.ko.zst\2/g' | sort > "$root/lib/modules/$version/modules.dep"
 names=$(for f in "${!files[@]}"; do basename "$f" | sed -E 's/\.ko(\.xz|\.zst)?$//; s/-/_/g'; done | sort -u | paste -sd'|')
 grep -E " ($names)\$" "$moddir/modules.alias" | sort > "$root/lib/modules/$version/modules.alias" || true
 cp "$moddir/modules.builtin" "$moddir/modules.softdep" "$root/lib/modules/$version/"

@@ -5,8 +5,10 @@
 //! loads every module whose alias pattern matches; hotplug does the same for each `MODALIAS=` the
 //! kernel announces on the uevent netlink socket ([`hotplug`]). A module is loaded after its
 //! dependencies. Files may be `.ko`, `.ko.xz` or `.ko.zst`: the kernel decompresses them itself
-//! when it can (`finit_module` with `MODULE_INIT_COMPRESSED_FILE`); else they are decompressed
-//! here and handed over with `init_module`.
+//! when they are in the one format it can (`/sys/module/compression`; `finit_module` with
+//! `MODULE_INIT_COMPRESSED_FILE`); else they are decompressed here and handed over with
+//! `init_module`. The initramfs holds them as zstd, which decodes here many times faster than
+//! a distribution kernel's xz.
 
 use std::collections::{BTreeSet, HashMap, HashSet};
 use std::ffi::CString;
@@ -286,12 +288,35 @@ pub fn read_module(path: &Path) -> Result<Vec<u8>, ModuleError> {
 /// `finit_module` flag: the file is compressed and the kernel decompresses it (Linux ≥ 6.6).
 const MODULE_INIT_COMPRESSED_FILE: libc::c_uint = 4;
 
+/// The one compression the running kernel decompresses modules of (`/sys/module/compression`:
+/// `xz`, `gzip` or `zstd`), if any.
+fn kernel_decompresses() -> &'static str {
+    static FORMAT: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+    FORMAT.get_or_init(|| std::fs::read_to_string("/sys/module/compression").unwrap_or_default().trim().to_string())
+}
+
+/// The compression of a module file by its name (`None`: a plain `.ko`).
+fn compression_of(path: &Path) -> Option<&'static str> {
+    match path.extension().and_then(|e| e.to_str()) {
+        Some("xz") => Some("xz"),
+        Some("zst") => Some("zstd"),
+        Some("gz") => Some("gzip"),
+        _ => None,
+    }
+}
+
 /// Loads one module file (its dependencies must be loaded). Already loaded is success.
+///
+/// A plain module, or one compressed the way the kernel decompresses, goes to `finit_module`;
+/// any other is decompressed here (asking the kernel anyway logs an error for each).
 pub fn insert(path: &Path) -> Result<(), ModuleError> {
     let load_err = |source| ModuleError::Load { path: path.to_path_buf(), source };
+    let compression = compression_of(path);
+    if compression.is_some_and(|c| c != kernel_decompresses()) {
+        return init_module(path);
+    }
     let file = std::fs::File::open(path).map_err(|source| ModuleError::Read { path: path.to_path_buf(), source })?;
-    let compressed = !path.to_string_lossy().ends_with(".ko");
-    let flags = if compressed { MODULE_INIT_COMPRESSED_FILE } else { 0 };
+    let flags = if compression.is_some() { MODULE_INIT_COMPRESSED_FILE } else { 0 };
     // SAFETY: finit_module reads the open file and a NUL-terminated (empty) parameter string.
     let rc = unsafe { libc::syscall(libc::SYS_finit_module, file.as_raw_fd(), c"".as_ptr(), flags) };
     let error = match rc {
@@ -300,23 +325,25 @@ pub fn insert(path: &Path) -> Result<(), ModuleError> {
     };
     match error.raw_os_error() {
         Some(libc::EEXIST) => Ok(()),
-        // The kernel cannot decompress this format itself: do it here.
-        Some(libc::EINVAL | libc::EOPNOTSUPP | libc::ENOEXEC) if compressed => {
-            let image = read_module(path)?;
-            let params = CString::default();
-            // SAFETY: init_module reads `image.len()` bytes of `image` and the parameter string.
-            let rc = unsafe {
-                libc::syscall(libc::SYS_init_module, image.as_ptr(), image.len() as libc::c_ulong, params.as_ptr())
-            };
-            match rc {
-                0 => Ok(()),
-                _ => match std::io::Error::last_os_error() {
-                    e if e.raw_os_error() == Some(libc::EEXIST) => Ok(()),
-                    e => Err(load_err(e)),
-                },
-            }
-        }
+        // Older kernels take no compressed files at all.
+        Some(libc::EINVAL | libc::EOPNOTSUPP | libc::ENOEXEC) if compression.is_some() => init_module(path),
         _ => Err(load_err(error)),
+    }
+}
+
+/// Decompresses a module file here and loads the image.
+fn init_module(path: &Path) -> Result<(), ModuleError> {
+    let image = read_module(path)?;
+    let params = CString::default();
+    // SAFETY: init_module reads `image.len()` bytes of `image` and the parameter string.
+    let rc =
+        unsafe { libc::syscall(libc::SYS_init_module, image.as_ptr(), image.len() as libc::c_ulong, params.as_ptr()) };
+    match rc {
+        0 => Ok(()),
+        _ => match std::io::Error::last_os_error() {
+            e if e.raw_os_error() == Some(libc::EEXIST) => Ok(()),
+            e => Err(ModuleError::Load { path: path.to_path_buf(), source: e }),
+        },
     }
 }
 
@@ -561,6 +588,15 @@ mod tests {
     fn names_and_uevents() {
         assert_eq!(module_name("kernel/drivers/net/virtio_net.ko.xz"), "virtio_net");
         assert_eq!(module_name("kernel/fs/nls/nls-utf8.ko.zst"), "nls_utf8");
+        for (file, compression) in [
+            ("kernel/drivers/net/virtio_net.ko.xz", Some("xz")),
+            ("kernel/fs/fuse/fuse.ko.zst", Some("zstd")),
+            ("a/b.ko.gz", Some("gzip")),
+            ("a/b.ko", None),
+            ("a.xz/b.ko", None),
+        ] {
+            assert_eq!(compression_of(Path::new(file)), compression, "{file}");
+        }
         let raw = b"add@/devices/pci0000:00/0000:00:03.0\0ACTION=add\0DEVPATH=/devices/pci0000:00/0000:00:03.0\0MODALIAS=pci:v00001AF4d00001000sv00001AF4sd00000001bc02sc00i00\0SEQNUM=7\0";
         let e = parse_uevent(raw).unwrap_or_default();
         assert_eq!(e.action, "add");

@@ -36,6 +36,7 @@ def main():
         with Vm(site, "direct", hostfwd=[(HTTP, 80), (SSH, 22)]) as vm:
             with c.step("first boot"):
                 demo.check_up(vm, c, first, HTTP, SSH)
+                modules_loaded(vm, site, c)
             with c.step("tampered manifest"):
                 tampered_manifest(vm, demo, c)
             with c.step("tampered chunk"):
@@ -47,6 +48,36 @@ def main():
     finally:
         site.stop()
     c.finish(work)
+
+
+def cpio_names(data):
+    """The names in newc cpio archives one after another (the initramfs is two: /dev, the rest)."""
+    names, at = [], 0
+    while True:
+        at = data.find(b"070701", at)
+        if at < 0:
+            return names
+        size, name_size = int(data[at + 54:at + 62], 16), int(data[at + 94:at + 102], 16)
+        name = data[at + 110:at + 110 + name_size - 1].decode()
+        if name != "TRAILER!!!":
+            names.append(name)
+        at += (110 + name_size + 3) // 4 * 4
+        at += (size + 3) // 4 * 4
+
+
+def modules_loaded(vm, site, c):
+    """The initramfs holds its modules as zstd, which this kernel does not decompress: init does,
+    and loads the NIC's driver and the background ones with no error from the kernel."""
+    modules = [f for f in cpio_names(subprocess.run(["zstd", "-dc", site.initrd], check=True,
+                                                    capture_output=True).stdout) if ".ko" in f]
+    c.expect(modules and all(f.endswith(".ko.zst") for f in modules),
+             f"the initramfs's {len(modules)} modules are all .ko.zst")
+    drivers = vm.first("device drivers (")
+    c.expect(drivers and "virtio_net" in drivers[1] and "0 failures" in drivers[1],
+             f"coldplug loaded the NIC's driver: {drivers and drivers[1][-100:]}")
+    late = vm.first("fuse, overlay loaded in the background")
+    c.expect(late and "0 failures" in late[1], "fuse and overlay loaded in the background, 0 failures")
+    c.expect(not vm.first("compressed module"), "the kernel logged no module it could not decompress")
 
 
 def tampered_manifest(vm, demo, c):
