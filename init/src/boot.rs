@@ -246,12 +246,14 @@ fn cache_quota() -> u64 {
 }
 
 fn load_modules(params: &BootParams) -> String {
+    let started = Instant::now();
     let index = match ModuleIndex::running() {
         Ok(i) => i,
         Err(e) => return format!("no module index ({e}); relying on built-in drivers"),
     };
+    tracing::debug!("modules: index read in {:?}", started.elapsed());
     let mut loader = Loader::new(index);
-    let found = loader.coldplug(Path::new("/sys/devices"));
+    let found = loader.coldplug(Path::new("/sys"));
     let mut failures = 0;
     for m in std::iter::once("virtio_rng".to_string()).chain(params.modules.iter().cloned()) {
         failures += loader.load(&m);

@@ -398,33 +398,36 @@ impl Loader {
         modules
     }
 
-    /// Coldplug: every `modalias` file under `sys` (devices present at boot).
+    /// Coldplug: the modalias of every device present at boot, under `sys` (`/sys`).
     pub fn coldplug(&mut self, sys: &Path) -> BTreeSet<String> {
         let mut tried = BTreeSet::new();
-        for modalias in modaliases(sys) {
+        let started = std::time::Instant::now();
+        let found = modaliases(sys);
+        tracing::info!("modules: {} device modaliases under {} in {:?}", found.len(), sys.display(), started.elapsed());
+        for modalias in found {
             tried.extend(self.load_modalias(&modalias));
         }
         tried
     }
 }
 
-/// Every distinct modalias under `dir` (`/sys/devices`), found by walking the tree; symlinks
-/// are not followed, so each device is seen once.
-pub fn modaliases(dir: &Path) -> BTreeSet<String> {
+/// Every distinct modalias of the devices under `sys` (`/sys`): the `MODALIAS=` in the uevent of
+/// each device of each bus (`bus/*/devices/*`) and class (`class/*/*`; input devices, DMI), as
+/// udev's coldplug finds them. A CPU's uevent carries the CPUs' modalias, whose `modalias` file is
+/// on no device. A few hundred files, where a walk of every directory under `devices` took
+/// 0.09–0.14 s of a boot under emulation.
+pub fn modaliases(sys: &Path) -> BTreeSet<String> {
     let mut found = BTreeSet::new();
-    let mut stack = vec![dir.to_path_buf()];
-    while let Some(d) = stack.pop() {
-        let Ok(entries) = std::fs::read_dir(&d) else { continue };
-        for entry in entries.flatten() {
-            let Ok(kind) = entry.file_type() else { continue };
-            if kind.is_dir() {
-                stack.push(entry.path());
-            } else if kind.is_file() && entry.file_name() == "modalias" {
-                if let Ok(text) = std::fs::read_to_string(entry.path()) {
-                    let text = text.trim();
-                    if !text.is_empty() {
-                        found.insert(text.to_string());
-                    }
+    let groups = |top: &str, sub: &'static str| {
+        std::fs::read_dir(sys.join(top)).into_iter().flatten().flatten().map(move |g| g.path().join(sub))
+    };
+    for dir in groups("bus", "devices").chain(groups("class", "")) {
+        let Ok(devices) = std::fs::read_dir(&dir) else { continue };
+        for device in devices.flatten() {
+            let Ok(uevent) = std::fs::read_to_string(device.path().join("uevent")) else { continue };
+            if let Some(modalias) = uevent.lines().find_map(|l| l.strip_prefix("MODALIAS=")).map(str::trim) {
+                if !modalias.is_empty() {
+                    found.insert(modalias.to_string());
                 }
             }
         }

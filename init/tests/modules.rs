@@ -69,10 +69,51 @@ fn debian_modules_resolve_with_dependencies_first() {
 
     // Coldplug of this machine's devices against that kernel: every modalias is looked up.
     let started = Instant::now();
-    let devices = modaliases(std::path::Path::new("/sys/devices"));
+    let devices = modaliases(std::path::Path::new("/sys"));
+    let took = started.elapsed();
     let wanted: std::collections::BTreeSet<String> = devices.iter().flat_map(|m| index.for_modalias(m)).collect();
-    eprintln!("{} device modaliases → {} modules in {:?}: {wanted:?}", devices.len(), wanted.len(), started.elapsed());
+    eprintln!("{} device modaliases → {} modules in {took:?}: {wanted:?}", devices.len(), wanted.len());
     assert!(!devices.is_empty());
+}
+
+/// Coldplug reads the uevents of the buses' devices, not the whole device tree: it finds the
+/// same modaliases as a walk of every directory under /sys/devices, on this machine's kernel.
+#[test]
+fn coldplug_finds_every_modalias_the_device_tree_holds() {
+    let started = Instant::now();
+    let devices = modaliases(std::path::Path::new("/sys"));
+    let took = started.elapsed();
+    let started = Instant::now();
+    let walked = walked_modaliases(std::path::Path::new("/sys/devices"));
+    eprintln!(
+        "{} modaliases in {took:?}; the walk of /sys/devices: {} in {:?}",
+        devices.len(),
+        walked.len(),
+        started.elapsed()
+    );
+    assert!(!devices.is_empty());
+    assert_eq!(devices, walked);
+}
+
+/// Every modalias file's text under `dir`, by a walk of the whole tree (symlinks not followed).
+fn walked_modaliases(dir: &std::path::Path) -> std::collections::BTreeSet<String> {
+    let mut found = std::collections::BTreeSet::new();
+    let mut stack = vec![dir.to_path_buf()];
+    while let Some(d) = stack.pop() {
+        for entry in std::fs::read_dir(&d).into_iter().flatten().flatten() {
+            let kind = entry.file_type().unwrap();
+            if kind.is_dir() {
+                stack.push(entry.path());
+            } else if entry.file_name() == "modalias" {
+                if let Ok(text) = std::fs::read_to_string(entry.path()) {
+                    if !text.trim().is_empty() {
+                        found.insert(text.trim().to_string());
+                    }
+                }
+            }
+        }
+    }
+    found
 }
 
 #[test]

@@ -11,7 +11,7 @@ console, over the network and on the server's status page:
 4. `init ctl poweroff` (a oneshot in a newer manifest) stops everything and powers off cleanly.
 5. Second boot with the server down: init retries until the server is back, then comes up.
 Also: the initramfs builder gives the same bytes twice."""
-import filecmp, json, os, subprocess, sys, tempfile, time
+import filecmp, json, os, re, subprocess, sys, tempfile, time
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "..", "qemu"))
 from flintnode import ROOT, Checks, Demo, Vm, http_get, run, wait_http  # noqa: E402
@@ -36,7 +36,7 @@ def main():
         with Vm(site, "direct", hostfwd=[(HTTP, 80), (SSH, 22)]) as vm:
             with c.step("first boot"):
                 demo.check_up(vm, c, first, HTTP, SSH)
-                modules_loaded(vm, site, c)
+                modules_loaded(vm, demo, c)
             with c.step("tampered manifest"):
                 tampered_manifest(vm, demo, c)
             with c.step("tampered chunk"):
@@ -65,10 +65,10 @@ def cpio_names(data):
         at += (size + 3) // 4 * 4
 
 
-def modules_loaded(vm, site, c):
+def modules_loaded(vm, demo, c):
     """The initramfs holds its modules as zstd, which this kernel does not decompress: init does,
     and loads the NIC's driver and the background ones with no error from the kernel."""
-    modules = [f for f in cpio_names(subprocess.run(["zstd", "-dc", site.initrd], check=True,
+    modules = [f for f in cpio_names(subprocess.run(["zstd", "-dc", demo.site.initrd], check=True,
                                                     capture_output=True).stdout) if ".ko" in f]
     c.expect(modules and all(f.endswith(".ko.zst") for f in modules),
              f"the initramfs's {len(modules)} modules are all .ko.zst")
@@ -78,6 +78,12 @@ def modules_loaded(vm, site, c):
     late = vm.first("fuse, overlay loaded in the background")
     c.expect(late and "0 failures" in late[1], "fuse and overlay loaded in the background, 0 failures")
     c.expect(not vm.first("compressed module"), "the kernel logged no module it could not decompress")
+    # Coldplug reads the buses' and classes' uevents; a walk of the whole device tree in the
+    # guest finds no modalias it missed.
+    said = vm.first("device modaliases under /sys")
+    found = said and re.search(r"(\d+) device modaliases", said[1]).group(1)
+    walked = demo.ssh(SSH, "find /sys/devices -name modalias -exec cat {} + | sort -u | grep -c .").stdout.strip()
+    c.expect(found and walked == found, f"coldplug saw every device's modalias: {found} (a walk of /sys/devices: {walked})")
 
 
 def tampered_manifest(vm, demo, c):
@@ -139,4 +145,5 @@ def server_down_at_boot(demo, c):
         c.expect(len(retries) >= 2, f"init retried ({len(retries)} attempts logged)")
 
 
-main()
+if __name__ == "__main__":
+    main()
