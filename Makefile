@@ -6,7 +6,7 @@ export PATH := $(HOME)/.cargo/bin:$(PATH)
 MUSL_TARGET := x86_64-unknown-linux-musl
 STATIC_BINS := target/$(MUSL_TARGET)/release/flist target/$(MUSL_TARGET)/pid1/init
 QUIET       := $(if $(filter true,$(CI)),-q,)
-APT_PACKAGES := musl-tools debootstrap squashfs-tools squashfuse casync zstd attr python3 util-linux tar kmod \
+APT_PACKAGES := musl-tools debootstrap squashfs-tools squashfuse casync zstd xz-utils attr python3 util-linux tar kmod \
   dnsmasq-base iproute2 cpio qemu-system-x86 ipxe-qemu ovmf systemd-boot-efi mtools dosfstools binutils \
   openssl openssh-client fdisk e2fsprogs file busybox-static curl ca-certificates gcc umoci skopeo docker-registry apache2-utils redis-server postgresql
 FUZZ_SECONDS ?= 600
