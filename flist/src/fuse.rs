@@ -518,8 +518,8 @@ impl FlistFs {
 
     /// Asks for the chunks after `last` (up to the read-ahead, before `file_end`) to be fetched
     /// ahead; returns the last one asked for. Those up to `asked` were asked for by an earlier
-    /// read of the same reader: a reader's every request asking again for all of its read-ahead
-    /// was most of the locking on the read path.
+    /// read of the same reader, and are not asked for again: every request asking for its whole
+    /// window took three locks per chunk of it, shared with the fetchers.
     fn ask_ahead(&self, last: u32, file_end: u64, asked: u32) -> u32 {
         let window = last..=last.saturating_add(self.opts.readahead_chunks);
         let mut asked = if window.contains(&asked) { asked } else { last };
