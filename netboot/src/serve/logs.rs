@@ -172,7 +172,12 @@ fn last_line_position(file: &mut std::fs::File) -> io::Result<Option<Position>> 
     file.seek(SeekFrom::Start(from))?;
     let mut tail = Vec::new();
     file.take(len.saturating_sub(from)).read_to_end(&mut tail)?;
-    let whole = tail.iter().rposition(|&b| b == b'\n').map_or(0, |i| i + 1);
+    let whole = match tail.iter().rposition(|&b| b == b'\n') {
+        Some(i) => i + 1,
+        // No line ends this near the end: not a file this server wrote; left as it is.
+        None if from > 0 => return Ok(None),
+        None => 0,
+    };
     if whole < tail.len() {
         let cut = from + whole as u64;
         tracing::warn!("a log file ended in a torn line: {} bytes cut off", len.saturating_sub(cut));
@@ -290,6 +295,18 @@ mod tests {
             assert_eq!(said(&again, "abc"), ["b1 l0", "b1 l1", "b1 l2", "b1 l3", "b1 l4", "b1 l5"]);
             std::fs::write(&log, &whole).unwrap();
         }
+
+        // A file that no line ends near its end is not this server's: it is left as it is, and
+        // the position file is what counts.
+        let mut bytes = whole.clone();
+        bytes.extend(std::iter::repeat_n(b'x', 200 << 10));
+        std::fs::write(&log, &bytes).unwrap();
+        std::fs::write(&pos, Position { boot: 1, next: 5 }.to_line()).unwrap();
+        let again = LogStore::open(dir.path()).unwrap();
+        let s = again.store("abc", &batch(1, &[4, 5]), 1).unwrap();
+        assert_eq!((s.position, s.written), (Position { boot: 1, next: 6 }, 1));
+        assert!(std::fs::read(&log).unwrap().starts_with(&bytes));
+        std::fs::write(&log, &whole).unwrap();
 
         // Killed after a gap's line, before the line that follows it: that line is still taken.
         let mut bytes = whole.clone();
