@@ -273,14 +273,15 @@ pub fn read_module(path: &Path) -> Result<Vec<u8>, ModuleError> {
     let err = |source| ModuleError::Read { path: path.to_path_buf(), source };
     let file = std::fs::File::open(path).map_err(err)?;
     let mut out = Vec::new();
-    let name = path.to_string_lossy();
-    if name.ends_with(".xz") {
-        lzma_rs::xz_decompress(&mut std::io::BufReader::new(file), &mut out)
-            .map_err(|e| err(std::io::Error::new(std::io::ErrorKind::InvalidData, e.to_string())))?;
-    } else if name.ends_with(".zst") {
-        zstd::stream::read::Decoder::new(file).map_err(err)?.read_to_end(&mut out).map_err(err)?;
-    } else {
-        std::io::BufReader::new(file).read_to_end(&mut out).map_err(err)?;
+    match compression_of(path) {
+        Some("xz") => lzma_rs::xz_decompress(&mut std::io::BufReader::new(file), &mut out)
+            .map_err(|e| err(std::io::Error::new(std::io::ErrorKind::InvalidData, e.to_string())))?,
+        Some("zstd") => {
+            zstd::stream::read::Decoder::new(file).map_err(err)?.read_to_end(&mut out).map_err(err)?;
+        }
+        _ => {
+            std::io::BufReader::new(file).read_to_end(&mut out).map_err(err)?;
+        }
     }
     Ok(out)
 }
