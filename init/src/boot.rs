@@ -215,12 +215,20 @@ fn storage(label: &str, format_as: impl FnOnce() -> Option<String>) -> String {
         }
         tracing::error!("{}: the cache stays in memory", dev.display());
     }
-    match mount_fs("tmpfs", CACHE_MOUNT, "tmpfs", MsFlags::MS_NOSUID | MsFlags::MS_NODEV, Some("mode=0755")) {
+    let memory =
+        |options| mount_fs("tmpfs", CACHE_MOUNT, "tmpfs", MsFlags::MS_NOSUID | MsFlags::MS_NODEV, Some(options));
+    // Large folios for the chunk files (kernels from 6.14 size them by the write): allocating
+    // a cold read's cache pages one 4 KiB page at a time took a sixth of its CPU. A kernel
+    // without transparent huge pages refuses the option; the cache then does without.
+    match memory(MEMORY_CACHE_OPTIONS).or_else(|_| memory("mode=0755")) {
         Ok(()) if partition.is_some() => format!("a tmpfs on {CACHE_MOUNT} (nothing kept across boots)"),
         Ok(()) => format!("no partition named {label:?}: a tmpfs on {CACHE_MOUNT} (nothing kept across boots)"),
         Err(e) => format!("no cache at all: {e}"),
     }
 }
+
+/// How the cache's tmpfs is mounted when there is no cache disk.
+const MEMORY_CACHE_OPTIONS: &str = "mode=0755,huge=within_size";
 
 /// Whether [`storage`] said the cache is in memory.
 fn storage_is_memory(summary: &str) -> bool {

@@ -37,6 +37,7 @@ def main():
             with c.step("first boot"):
                 demo.check_up(vm, c, first, HTTP, SSH)
                 modules_loaded(vm, demo, c)
+                memory_cache(demo, c)
             with c.step("tampered manifest"):
                 tampered_manifest(vm, demo, c)
             with c.step("tampered chunk"):
@@ -84,6 +85,13 @@ def modules_loaded(vm, demo, c):
     found = said and re.search(r"(\d+) device modaliases", said[1]).group(1)
     walked = demo.ssh(SSH, "find /sys/devices -name modalias -exec cat {} + | sort -u | grep -c .").stdout.strip()
     c.expect(found and walked == found, f"coldplug saw every device's modalias: {found} (a walk of /sys/devices: {walked})")
+
+
+def memory_cache(demo, c):
+    """Without a cache disk the cache is a tmpfs with large folios for its chunk files."""
+    mounted = demo.ssh(SSH, "grep ' /var/cache/flint ' /proc/mounts").stdout.strip()
+    c.expect(mounted.startswith("tmpfs ") and "huge=within_size" in mounted,
+             f"the cache is a tmpfs mounted huge=within_size: {mounted!r}")
 
 
 def tampered_manifest(vm, demo, c):
