@@ -36,12 +36,12 @@ pub fn is_clean(url_path: &str) -> bool {
 
 /// `path` (from a URL) under `root`, if it names nothing outside it: no `..`, no hidden
 /// component (temporary files of writers), and no symlink leading out.
-pub async fn resolve(root: &Path, url_path: &str) -> Option<PathBuf> {
+fn resolve(root: &Path, url_path: &str) -> Option<PathBuf> {
     if !is_clean(url_path) {
         return None;
     }
     let relative = Path::new(url_path.trim_start_matches('/'));
-    let real = tokio::fs::canonicalize(root.join(relative)).await.ok()?;
+    let real = std::fs::canonicalize(root.join(relative)).ok()?;
     real.starts_with(root).then_some(real)
 }
 
@@ -137,11 +137,23 @@ fn open(path: &Path, headers: &HeaderMap, head: bool) -> Option<Opened> {
     Some(Opened { file, len, tag, answer, whole })
 }
 
-/// Answers a GET (or HEAD, without the body) for `path`, already resolved under the root.
-pub async fn serve(path: &Path, headers: &HeaderMap, head: bool) -> Response<Body> {
-    let (owned_path, owned_headers) = (path.to_owned(), headers.clone());
-    let opened = tokio::task::spawn_blocking(move || open(&owned_path, &owned_headers, head)).await;
-    let Ok(Some(Opened { file, len, tag, answer, whole })) = opened else {
+/// Answers a GET (or HEAD) for `url_path` under `root`, resolving and opening it in one trip to
+/// the blocking pool (a chunk took two: each a hand-off to another thread and back); `None`
+/// when it names nothing under the root.
+pub async fn serve_under(root: &Path, url_path: &str, headers: &HeaderMap, head: bool) -> Option<Response<Body>> {
+    let (root, url_path, owned_headers) = (root.to_owned(), url_path.to_owned(), headers.clone());
+    let found = tokio::task::spawn_blocking(move || {
+        let path = resolve(&root, &url_path)?;
+        let opened = open(&path, &owned_headers, head);
+        Some((path, opened))
+    });
+    let (path, opened) = found.await.ok().flatten()?;
+    Some(respond(&path, opened, head).await)
+}
+
+/// The response for `path`, opened (or not) by [`open`].
+async fn respond(path: &Path, opened: Option<Opened>, head: bool) -> Response<Body> {
+    let Some(Opened { file, len, tag, answer, whole }) = opened else {
         return text(StatusCode::NOT_FOUND, "not found\n");
     };
     let mut response = Response::builder()
@@ -231,8 +243,7 @@ mod tests {
             std::fs::write(root.join(".hidden"), b"h").unwrap();
             std::os::unix::fs::symlink("/etc", root.join("out")).unwrap();
             let path = format!("/{}", segments.join("/"));
-            let runtime = tokio::runtime::Builder::new_current_thread().build().unwrap();
-            if let Some(found) = runtime.block_on(super::resolve(&root, &path)) {
+            if let Some(found) = super::resolve(&root, &path) {
                 let inside = found.strip_prefix(&root);
                 prop_assert!(inside.is_ok(), "{path} -> {}", found.display());
                 let hidden = inside.iter().flat_map(|p| p.iter()).any(|c| c.to_string_lossy().starts_with('.'));

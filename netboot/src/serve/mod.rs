@@ -416,10 +416,11 @@ impl Server {
                 // A new version's flists go only to the nodes its rollout has reached.
                 let asker = self.registry().key_of(&ip);
                 let withheld = self.rollouts().withheld(p.trim_start_matches('/'), Some(&asker));
-                match files::resolve(&self.root, p).await.filter(|_| !withheld) {
-                    Some(file) => (kind, files::serve(&file, req.headers(), method == Method::HEAD).await),
-                    None => (kind, text(StatusCode::NOT_FOUND, "not found\n")),
-                }
+                let served = match withheld {
+                    true => None,
+                    false => files::serve_under(&self.root, p, req.headers(), method == Method::HEAD).await,
+                };
+                (kind, served.unwrap_or_else(|| text(StatusCode::NOT_FOUND, "not found\n")))
             }
             _ => ("other", text(StatusCode::METHOD_NOT_ALLOWED, "method not allowed\n")),
         };
@@ -578,12 +579,11 @@ impl Server {
             }
             _ => {}
         }
-        let own = match (&id, path.rsplit('/').next()) {
-            (Some(id), Some(name)) => files::resolve(&self.root, &format!("/nodes/{id}/{name}")).await,
-            _ => None,
-        };
-        if let Some(file) = own {
-            return files::serve(&file, req.headers(), head).await;
+        if let (Some(id), Some(name)) = (&id, path.rsplit('/').next()) {
+            if let Some(own) = files::serve_under(&self.root, &format!("/nodes/{id}/{name}"), req.headers(), head).await
+            {
+                return own;
+            }
         }
         let relative = path.trim_start_matches('/');
         let served = self.rollouts().serve(&self.root, relative, id.as_deref());
@@ -597,10 +597,9 @@ impl Server {
                 }
                 r
             }
-            Ok(fleet::Served::Root) => match files::resolve(&self.root, path).await {
-                Some(file) => files::serve(&file, req.headers(), head).await,
-                None => text(StatusCode::NOT_FOUND, "not found\n"),
-            },
+            Ok(fleet::Served::Root) => files::serve_under(&self.root, path, req.headers(), head)
+                .await
+                .unwrap_or_else(|| text(StatusCode::NOT_FOUND, "not found\n")),
             Err(e) => {
                 tracing::error!("{e}");
                 text(StatusCode::SERVICE_UNAVAILABLE, format!("{e}\n"))
