@@ -322,9 +322,6 @@ impl Cache {
 
     fn write(&self, key: &Key, fill: &mut dyn FnMut(&mut fs::File) -> io::Result<()>) -> io::Result<()> {
         let path = self.path(key);
-        if let Some(dir) = path.parent() {
-            fs::create_dir_all(dir)?;
-        }
         let mut tmp = tempfile::NamedTempFile::new_in(self.root.join("tmp"))?;
         fill(tmp.as_file_mut())?;
         // No fsync: every entry is verified whenever it is read (chunks by hash, assembled files
@@ -335,7 +332,18 @@ impl Cache {
         if pinned {
             tmp.as_file().sync_data()?;
         }
-        tmp.persist(&path).map_err(|e| e.error)?;
+        // The fan directory is made when the first entry in it finds it missing, not looked up
+        // before every write.
+        match tmp.persist(&path) {
+            Ok(_) => {}
+            Err(e) if e.error.kind() == io::ErrorKind::NotFound => {
+                if let Some(dir) = path.parent() {
+                    fs::create_dir_all(dir)?;
+                }
+                e.file.persist(&path).map_err(|e| e.error)?;
+            }
+            Err(e) => return Err(e.error),
+        }
         if let Some(dir) = path.parent().filter(|_| pinned) {
             crate::durable::sync_dir(dir)?;
         }
