@@ -441,6 +441,21 @@ mod tests {
     }
 
     #[test]
+    fn an_entry_is_written_when_its_fan_directory_is_gone() {
+        let dir = tempfile::tempdir().unwrap();
+        let cache = Cache::open(dir.path(), 1 << 20).unwrap();
+        let (first, v1) = chunk_of(b"first");
+        cache.put(&first, &v1);
+        let fan = cache.path(&Key::of(&first)).parent().unwrap().to_path_buf();
+        // Removed from under the cache (an operator's cleanup): the next entry in it, and the
+        // first one written again, make it anew.
+        fs::remove_dir_all(&fan).unwrap();
+        cache.put(&first, &v1);
+        assert_eq!(&*cache.get(&first).unwrap(), b"first");
+        assert_eq!(cache.stats().write_errors, 0);
+    }
+
+    #[test]
     fn quota_evicts_least_recently_used() {
         let dir = tempfile::tempdir().unwrap();
         let cache = Cache::open(dir.path(), 3000).unwrap();
