@@ -170,8 +170,9 @@ fn find_cache_partition(label: &str) -> Option<PathBuf> {
 
 /// Mounts the cache disk, or a tmpfs when there is none (nothing then survives a reboot). A
 /// blank cache partition is formatted first if the manifest asks for it (`format`): only then is
-/// the manifest looked at (`format_as`), before the node's identity is known.
-fn storage(label: &str, format_as: impl FnOnce() -> Option<String>) -> String {
+/// the manifest looked at (`format_as`), before the node's identity is known. Returns the line
+/// for the console and whether the cache is on a disk.
+fn storage(label: &str, format_as: impl FnOnce() -> Option<String>) -> (String, bool) {
     let partition = find_cache_partition(label);
     if let Some(dev) = &partition {
         let source = dev.to_string_lossy().into_owned();
@@ -187,18 +188,19 @@ fn storage(label: &str, format_as: impl FnOnce() -> Option<String>) -> String {
             })
         };
         if let Some(fs) = mount() {
-            return format!("{} ({fs}) on {CACHE_MOUNT}; {}", dev.display(), verity_note(fs));
+            return (format!("{} ({fs}) on {CACHE_MOUNT}; {}", dev.display(), verity_note(fs)), true);
         }
         let blank = looks_blank(dev);
         match blank.then(format_as).flatten().as_deref() {
             Some(fs) => match format(dev, fs, label) {
                 Ok(()) => match mount() {
                     Some(fs) => {
-                        return format!(
+                        let summary = format!(
                             "{} formatted ({fs}) and mounted on {CACHE_MOUNT}; {}",
                             dev.display(),
                             verity_note(fs)
-                        )
+                        );
+                        return (summary, true);
                     }
                     None => tracing::error!("{}: formatted as {fs} but it does not mount", dev.display()),
                 },
@@ -220,20 +222,26 @@ fn storage(label: &str, format_as: impl FnOnce() -> Option<String>) -> String {
     // Large folios for the chunk files (kernels from 6.14 size them by the write): allocating
     // a cold read's cache pages one 4 KiB page at a time took a sixth of its CPU. A kernel
     // without transparent huge pages refuses the option; the cache then does without.
-    match memory(MEMORY_CACHE_OPTIONS).or_else(|_| memory("mode=0755")) {
-        Ok(()) if partition.is_some() => format!("a tmpfs on {CACHE_MOUNT} (nothing kept across boots)"),
-        Ok(()) => format!("no partition named {label:?}: a tmpfs on {CACHE_MOUNT} (nothing kept across boots)"),
+    let mounted = match memory(MEMORY_CACHE_OPTIONS) {
+        Ok(()) => Ok(MEMORY_CACHE_OPTIONS),
+        Err(_) => memory(PLAIN_MEMORY_CACHE_OPTIONS).map(|()| PLAIN_MEMORY_CACHE_OPTIONS),
+    };
+    let summary = match mounted {
+        Ok(options) if partition.is_some() => {
+            format!("a tmpfs ({options}) on {CACHE_MOUNT} (nothing kept across boots)")
+        }
+        Ok(options) => {
+            format!("no partition named {label:?}: a tmpfs ({options}) on {CACHE_MOUNT} (nothing kept across boots)")
+        }
         Err(e) => format!("no cache at all: {e}"),
-    }
+    };
+    (summary, false)
 }
 
 /// How the cache's tmpfs is mounted when there is no cache disk.
 const MEMORY_CACHE_OPTIONS: &str = "mode=0755,huge=within_size";
-
-/// Whether [`storage`] said the cache is in memory.
-fn storage_is_memory(summary: &str) -> bool {
-    summary.contains("a tmpfs on") || summary.starts_with("no cache at all")
-}
+/// The same, for a kernel without transparent huge pages.
+const PLAIN_MEMORY_CACHE_OPTIONS: &str = "mode=0755";
 
 /// Whether the cache disk (a `fs`) has fs-verity, which passthrough needs.
 fn verity_note(fs: &str) -> String {
@@ -405,10 +413,9 @@ fn run(params: BootParams, started: Instant) -> Result<Power, String> {
             }
         }
     };
-    let storage = step(&mut timings, "storage", || storage(&params.cache_label, first_look));
+    let (storage, on_disk) = step(&mut timings, "storage", || storage(&params.cache_label, first_look));
     tracing::info!("storage: {storage}");
     // On a tmpfs nothing outlives the boot: the key is ephemeral, and the node says so.
-    let on_disk = !storage_is_memory(&storage);
     report::stage("storage", storage);
     let state = Path::new(CACHE_MOUNT).join("state");
     if let Err(e) = std::fs::create_dir_all(&state) {
