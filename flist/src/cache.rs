@@ -447,8 +447,8 @@ mod tests {
         let (first, v1) = chunk_of(b"first");
         cache.put(&first, &v1);
         let fan = cache.path(&Key::of(&first)).parent().unwrap().to_path_buf();
-        // Removed from under the cache (an operator's cleanup): the next entry in it, and the
-        // first one written again, make it anew.
+        // Removed from under the cache (an operator's cleanup): the entry written again makes
+        // it anew.
         fs::remove_dir_all(&fan).unwrap();
         cache.put(&first, &v1);
         assert_eq!(&*cache.get(&first).unwrap(), b"first");

@@ -219,9 +219,9 @@ fn storage(label: &str, format_as: impl FnOnce() -> Option<String>) -> (String, 
     }
     let memory =
         |options| mount_fs("tmpfs", CACHE_MOUNT, "tmpfs", MsFlags::MS_NOSUID | MsFlags::MS_NODEV, Some(options));
-    // Large folios for the chunk files (kernels from 6.14 size them by the write): allocating
-    // a cold read's cache pages one 4 KiB page at a time took a sixth of its CPU. A kernel
-    // without transparent huge pages refuses the option; the cache then does without.
+    // Large folios for the chunk files, where the kernel sizes them by the write (this host's
+    // 6.18 does): allocating a cold read's cache pages 4 KiB at a time took a sixth of its CPU.
+    // A kernel without transparent huge pages refuses the option; the cache then does without.
     let mounted = match memory(MEMORY_CACHE_OPTIONS) {
         Ok(()) => Ok(MEMORY_CACHE_OPTIONS),
         Err(_) => memory(PLAIN_MEMORY_CACHE_OPTIONS).map(|()| PLAIN_MEMORY_CACHE_OPTIONS),
