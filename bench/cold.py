@@ -12,6 +12,8 @@ from pathlib import Path
 from common import FLIST, Mount, demo_root, serve, sh, timed
 
 PORT = 18990 + os.getpid() % 500
+# How PID 1 mounts the cache's tmpfs when a node has no cache disk (init/src/boot.rs).
+MEMORY_CACHE_OPTIONS = "mode=0755,huge=within_size"
 
 
 def walk_cmd(top):
@@ -60,9 +62,9 @@ def main():
     # The cache in memory: a tmpfs mounted as PID 1 mounts it when a node has no cache disk.
     memory_work = work / "memory"
     memory_work.mkdir()
-    sh("mount", "-t", "tmpfs", "-o", "mode=0755,huge=within_size", "tmpfs", memory_work)
+    sh("mount", "-t", "tmpfs", "-o", MEMORY_CACHE_OPTIONS, "tmpfs", memory_work)
     try:
-        print(f"work in {work} and {disk_work}; the tmpfs mounted huge=within_size; flist mount defaults; "
+        print(f"work in {work} and {disk_work}; the tmpfs mounted {MEMORY_CACHE_OPTIONS}; flist mount defaults; "
               "cache entries are not fsynced; "
               f"each figure the best of {RUNS} runs (a cold run on a new mount with an empty cache)")
         for kind in trees:

@@ -227,11 +227,12 @@ fn storage(label: &str, format_as: impl FnOnce() -> Option<String>) -> (String, 
         Err(_) => memory(PLAIN_MEMORY_CACHE_OPTIONS).map(|()| PLAIN_MEMORY_CACHE_OPTIONS),
     };
     let summary = match mounted {
-        Ok(options) if partition.is_some() => {
-            format!("a tmpfs ({options}) on {CACHE_MOUNT} (nothing kept across boots)")
-        }
         Ok(options) => {
-            format!("no partition named {label:?}: a tmpfs ({options}) on {CACHE_MOUNT} (nothing kept across boots)")
+            let tmpfs = format!("a tmpfs ({options}) on {CACHE_MOUNT} (nothing kept across boots)");
+            match partition {
+                Some(_) => tmpfs,
+                None => format!("no partition named {label:?}: {tmpfs}"),
+            }
         }
         Err(e) => format!("no cache at all: {e}"),
     };
